@@ -1,0 +1,102 @@
+"""The ``stratagen`` command line: a thin layer over the Python API.
+
+Every user mistake (a :class:`StratagenError`) prints one ``error:`` line and exits 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable, Sequence
+
+from stratagen.registry import StratagenError, get_registry
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int | None]] = {}
+
+
+def command(name: str):
+    def wrap(fn):
+        COMMANDS[name] = fn
+        return fn
+    return wrap
+
+
+# ----------------------------------------------------------------------------- plugins
+@command("plugins")
+def _plugins(args: argparse.Namespace) -> int:
+    registry = get_registry()
+    rows = [dict(kind=c.kind, name=c.name, distribution=c.provider.distribution,
+                 version=c.provider.version, plugin=c.provider.plugin) for c in registry.components()]
+    failures = [dict(plugin=f.provider.plugin, distribution=f.provider.distribution,
+                     version=f.provider.version, error=f.error) for f in registry.failures]
+    if args.json:
+        print(json.dumps({"components": rows, "failures": failures}, indent=2))
+        return 0
+    widths = {k: max([len(k)] + [len(str(r[k])) for r in rows]) for k in ("kind", "name", "distribution", "version")}
+    print("  ".join(k.upper().ljust(w) for k, w in widths.items()) + "  PLUGIN")
+    for r in rows:
+        print("  ".join(str(r[k]).ljust(w) for k, w in widths.items()) + f"  {r['plugin']}")
+    for f in failures:
+        print(f"FAILED plugin {f['plugin']!r} from {f['distribution']} {f['version']}: {f['error']}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- config
+@command("config")
+def _config(args: argparse.Namespace) -> int:
+    from stratagen import config as cfg
+
+    if args.config_command == "schema":
+        print(json.dumps(cfg.json_schema(), indent=2))
+    else:
+        print(cfg.dump_config(cfg.load_config(args.file, args.set)), end="")
+    return 0
+
+
+def _add_set(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set data.root=s3://bucket/imagenet (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stratagen", description="Train, sample, evaluate and compare masked generative image models.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("plugins", help="list installed components and plugins that failed to load",
+                       description="List every component (kind, name, provider distribution and version), "
+                                   "and every plugin that failed to load, with the reason.")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("config", help="show a resolved config or the config JSON Schema",
+                       description="Inspect configs.")
+    csub = p.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    show = csub.add_parser("show", help="print the fully resolved config (extends, --set and defaults applied)")
+    show.add_argument("file", help="run config (path or fsspec URL)")
+    _add_set(show)
+    csub.add_parser("schema", help="print the run-config JSON Schema assembled from installed plugins")
+
+    from stratagen.engine import commands
+    commands.add_parsers(sub, _add_set)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = COMMANDS.get(args.command)
+    if handler is None:
+        from stratagen.engine import commands
+        handler = commands.HANDLERS[args.command]
+    try:
+        return handler(args) or 0
+    except StratagenError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

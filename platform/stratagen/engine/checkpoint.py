@@ -1,0 +1,96 @@
+"""Checkpoint IO: safetensors plus JSON metadata, through fsspec, written atomically.
+
+Nothing here unpickles: tensors come from safetensors, everything else from JSON.
+"""
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import fsspec
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from stratagen.registry import StratagenError
+
+
+def _fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    return fsspec.core.url_to_fs(url)
+
+
+def exists(url: str) -> bool:
+    fs, path = _fs(url)
+    return fs.exists(path)
+
+
+def write_bytes_atomic(url: str, data: bytes) -> None:
+    """Write to a temporary sibling, then move it over ``url``: a crash never leaves a torn file."""
+    fs, path = _fs(url)
+    parent = path.rsplit("/", 1)[0] if "/" in path else ""
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    temporary = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    with fs.open(temporary, "wb") as f:
+        f.write(data)
+    fs.mv(temporary, path)
+
+
+def read_bytes(url: str) -> bytes:
+    fs, path = _fs(url)
+    try:
+        with fs.open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise StratagenError(f"{url}: file not found") from None
+
+
+def save_tensors(url: str, tensors: dict[str, torch.Tensor], metadata: dict[str, Any] | None = None) -> None:
+    """Save tensors (made contiguous, on CPU) with JSON-serialisable metadata."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    meta = {"json": json.dumps(metadata or {})}
+    write_bytes_atomic(url, save_safetensors(tensors, metadata=meta))
+
+
+def load_tensors(url: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Inverse of :func:`save_tensors`."""
+    data = read_bytes(url)
+    try:
+        tensors = load_safetensors(data)
+        header_len = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8: 8 + header_len])
+    except Exception as exc:
+        raise StratagenError(f"{url}: not a readable safetensors file ({exc})") from None
+    return tensors, json.loads(header.get("__metadata__", {}).get("json", "{}"))
+
+
+def write_json(url: str, value: Any) -> None:
+    write_bytes_atomic(url, json.dumps(value, indent=2).encode())
+
+
+def read_json(url: str) -> Any:
+    return json.loads(read_bytes(url))
+
+
+def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """An optimizer's state dict split into tensors and JSON (for safetensors)."""
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, values in state["state"].items():
+        for name, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{index}.{name}"] = value
+            else:
+                scalars[f"{index}.{name}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
+                         meta: dict[str, Any]) -> None:
+    """Inverse of :func:`optimizer_state`."""
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in list(tensors.items()) + list(meta["scalars"].items()):
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})

@@ -1,0 +1,111 @@
+"""Multi-head attention, the single attention implementation of stratagen.
+
+The kernel is ``torch.nn.functional.scaled_dot_product_attention`` ("sdpa",
+the default) or xformers' ``memory_efficient_attention`` ("xformers"),
+chosen process-wide with :func:`set_attention_backend`. xformers has no CPU
+kernels, so with the "xformers" backend CPU tensors still go through SDPA.
+"""
+
+import importlib
+from types import ModuleType
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+_BACKENDS = ("sdpa", "xformers")
+_backend = "sdpa"
+_xformers_ops: ModuleType | None = None
+
+
+def set_attention_backend(name: str) -> None:
+    """Select the attention kernel: "sdpa" (default) or "xformers".
+
+    "xformers" is used for CUDA tensors only; CPU tensors still go through SDPA.
+    """
+    global _backend, _xformers_ops
+    if name not in _BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}; expected one of {_BACKENDS}")
+    if name == "xformers" and _xformers_ops is None:
+        try:
+            _xformers_ops = importlib.import_module("xformers.ops")
+        except ImportError as e:
+            raise ValueError(
+                "attention backend 'xformers' needs the xformers package, which is not importable; "
+                "install it or use 'sdpa'"
+            ) from e
+    _backend = name
+
+
+def get_attention_backend() -> str:
+    """Name of the attention kernel currently selected."""
+    return _backend
+
+
+def _attend(q: Tensor, k: Tensor, v: Tensor, dropout_p: float) -> Tensor:
+    """softmax(q k^T / sqrt(d)) v. q: [B,H,N,D], k/v: [B,H,M,D] -> [B,H,N,D]."""
+    if _backend == "xformers" and q.is_cuda:
+        # xformers expects [B, seq, heads, head_dim].
+        out = _xformers_ops.memory_efficient_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), p=dropout_p
+        )
+        return out.transpose(1, 2)
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+
+
+class Attention(nn.Module):
+    """Bidirectional multi-head self- or cross-attention (no mask).
+
+    Self-attention when ``context_dim`` is None, otherwise queries come from
+    ``x`` [B,N,dim] and keys/values from a context [B,M,context_dim]. Keys and
+    values have their own projection so that, for a fixed context, they can be
+    computed once with :meth:`project_kv` and reused across forward calls.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        context_dim: int | None = None,
+        qkv_bias: bool = True,
+        attn_dropout: float = 0.0,
+        proj_dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if dim % num_heads != 0:
+            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.is_cross = context_dim is not None
+        self.attn_dropout = attn_dropout
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.kv = nn.Linear(dim if context_dim is None else context_dim, 2 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_dropout)
+
+    def project_kv(self, context: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values of ``context`` [B,M,C], each [B,heads,M,head_dim]."""
+        B, M, _ = context.shape
+        kv = self.kv(context).view(B, M, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        return kv[0], kv[1]
+
+    def forward(
+        self,
+        x: Tensor,
+        context: Tensor | None = None,
+        kv: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
+        """x: [B,N,dim] -> [B,N,dim].
+
+        Cross-attention takes exactly one of ``context`` [B,M,context_dim] or
+        ``kv`` (the output of :meth:`project_kv`); self-attention takes neither.
+        """
+        if self.is_cross and (context is None) == (kv is None):
+            raise ValueError("cross-attention needs exactly one of `context` or `kv`")
+        if not self.is_cross and (context is not None or kv is not None):
+            raise ValueError("self-attention takes neither `context` nor `kv`")
+        B, N, C = x.shape
+        q = self.q(x).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)
+        k, v = kv if kv is not None else self.project_kv(x if context is None else context)
+        out = _attend(q, k, v, self.attn_dropout if self.training else 0.0)
+        out = out.transpose(1, 2).reshape(B, N, C)
+        return self.proj_drop(self.proj(out))

@@ -1,0 +1,65 @@
+"""LPIPS-style perceptual loss on frozen VGG16 features, without learned heads."""
+
+from pathlib import Path
+
+import timm
+import torch
+from timm.models import load_state_dict
+from torch import Tensor, nn
+
+_STAGES = [0, 1, 2, 3, 4]  # timm VGG taps: relu1_2, relu2_2, relu3_3, relu4_3, relu5_3
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class PerceptualLoss(nn.Module):
+    """Distance between VGG16 features of two image batches [B,3,H,W] in [-1, 1] -> scalar.
+
+    Features are taken after relu1_2, relu2_2, relu3_3, relu4_3 and relu5_3
+    and unit-normalised over channels. Per stage the squared difference is
+    summed over channels and averaged over positions (LPIPS with all linear
+    weights equal to one); stages are summed and the batch averaged.
+
+    Weights come only from ``weights_path``: a VGG16 ImageNet state dict
+    (timm ``vgg16.tv_in1k`` or torchvision ``vgg16`` layout; only the
+    ``features.*`` convolutions are used) saved as .safetensors, or as
+    .pth/.pt (read with ``torch.load(weights_only=True)``). Nothing is ever
+    downloaded. The network is frozen and always in eval mode.
+    """
+
+    def __init__(self, weights_path: str) -> None:
+        super().__init__()
+        if not Path(weights_path).is_file():
+            raise FileNotFoundError(
+                f"VGG16 weights not found at {weights_path!r}; save the ImageNet VGG16 state dict "
+                "(timm 'vgg16.tv_in1k' or torchvision vgg16) there as .safetensors or .pth"
+            )
+        # Built on the meta device to skip randomly initialising 138M parameters that are about to
+        # be overwritten; pruning drops the classifier and everything after relu5_3.
+        self.vgg = timm.create_model("vgg16", pretrained=False, device="meta")
+        self.vgg.prune_intermediate_layers(_STAGES, prune_head=True)
+        # timm's loader reads .safetensors directly and anything else with torch.load(weights_only=True).
+        # The "features.*" keys are named alike in timm and torchvision checkpoints.
+        state = load_state_dict(str(weights_path))
+        features = {k: v.float() for k, v in state.items() if k.startswith("features.")}
+        self.vgg.load_state_dict(features, strict=True, assign=True)
+        self.vgg.requires_grad_(False)
+        self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.train(False)
+
+    def train(self, mode: bool = True) -> "PerceptualLoss":
+        """Always stays in eval mode, whatever ``mode`` is."""
+        return super().train(False)
+
+    def _features(self, x: Tensor) -> list[Tensor]:
+        x = ((x + 1) / 2 - self.mean) / self.std
+        features = self.vgg.forward_intermediates(x, indices=_STAGES, intermediates_only=True)
+        return [f / (f.pow(2).sum(1, keepdim=True).sqrt() + 1e-10) for f in features]
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        per_image = sum(
+            (fx - fy).pow(2).sum(1).mean((1, 2))
+            for fx, fy in zip(self._features(x), self._features(y))
+        )
+        return per_image.mean()

@@ -1,0 +1,1 @@
+"""Built-in stratagen plugins, registered through the `stratagen` entry-point group."""

@@ -1,0 +1,48 @@
+"""MaskGIT (Chang et al. 2022) as plugins: the ``maskgit`` prior and the ``maskgit`` sampler."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from stratagen.registry import ComponentConfig, hookimpl
+
+from .decoding import StageSettings, iterative_decode
+from .prior import MaskedTokenTransformer
+from .sampler import MaskGITSampler, StagedSampler
+
+
+class TransformerConfig(ComponentConfig):
+    """Size and regularisation of a masked-token transformer (defaults: MaskGIT, 24 x 768, 16 heads)."""
+
+    depth: int = Field(24, ge=1)
+    width: int = Field(768, ge=8)
+    heads: int = Field(16, ge=1)
+    mlp_dim: int = Field(3072, ge=8)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    class_dropout: float = Field(0.1, ge=0, le=1, description="'uncond cutoff': enables classifier-free guidance")
+
+
+class MaskGITPriorConfig(TransformerConfig):
+    name: Literal["maskgit"] = "maskgit"
+
+
+class MaskGITSamplerConfig(ComponentConfig):
+    name: Literal["maskgit"] = "maskgit"
+    stream: str | None = Field(None, description="stream to decode; default: the only unconditioned prior's")
+    stage: StageSettings = StageSettings()
+
+
+@hookimpl
+def stratagen_register_priors(register):
+    register("maskgit", MaskedTokenTransformer, MaskGITPriorConfig)
+
+
+@hookimpl
+def stratagen_register_samplers(register):
+    register("maskgit", MaskGITSampler, MaskGITSamplerConfig)
+
+
+__all__ = ["MaskGITSampler", "MaskedTokenTransformer", "StageSettings", "StagedSampler", "TransformerConfig",
+           "iterative_decode"]

@@ -1,0 +1,91 @@
+"""StraIT (Qian et al. 2023) as plugins.
+
+- ``vqgan2-r`` / ``vqgan2-c``: the stratified tokenizer with residual or concat fusion (§3.1);
+- ``cmtm-top``: the top-level prior (Eq. 3) — the MaskGIT transformer on the top level;
+- ``cmtm-bottom``: the bottom-level prior cross-attending to the top tokens and the class (Eq. 4);
+  with other conditions it is also the cascade's f8 prior and the 512 upsampler;
+- ``stratified``: top then bottom decoding (§3.3); ``cascade``: the MaskGIT cascade baseline (§4.3).
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Literal
+
+from pydantic import Field
+
+from stratagen.plugins.maskgit import MaskedTokenTransformer, StageSettings, TransformerConfig
+from stratagen.plugins.vqgan import ConvVQConfig, build_loss
+from stratagen.registry import ComponentConfig, IncompatibleComponentsError, hookimpl
+
+from .samplers import CascadeSampler, StratifiedSampler
+from .tokenizer import VQGAN2Tokenizer
+
+
+class VQGAN2Config(ConvVQConfig):
+    """VQGAN2-R / VQGAN2-C (Table 11); the top factor is 2^(len(channel_mult) - 1), the bottom half of it."""
+
+    name: Literal["vqgan2-r", "vqgan2-c"]
+    bottom_codebook_size: int | None = Field(None, ge=2, description="separate bottom codebook (Table 8: 2048)")
+    latent_blocks: int = Field(2, ge=1, description="residual blocks of the latent conditional layer")
+
+
+class CMTMTopConfig(TransformerConfig):
+    """§4.1: 48 layers, width 768, FFN 5120, 32 heads (499M)."""
+
+    name: Literal["cmtm-top"] = "cmtm-top"
+    depth: int = Field(48, ge=1)
+    heads: int = Field(32, ge=1)
+    mlp_dim: int = Field(5120, ge=8)
+
+
+class CMTMBottomConfig(TransformerConfig):
+    """§4.1: 16 layers, width 768, FFN 4096, 24 heads, cross-attention to the conditions."""
+
+    name: Literal["cmtm-bottom"] = "cmtm-bottom"
+    depth: int = Field(16, ge=1)
+    heads: int = Field(24, ge=1)
+    mlp_dim: int = Field(4096, ge=8)
+
+
+class StratifiedConfig(ComponentConfig):
+    name: Literal["stratified"] = "stratified"
+    top: StageSettings = StageSettings(steps=18)
+    bottom: StageSettings = StageSettings(steps=6)
+    tokenizer: str | None = Field(None, description="the two-level tokenizer; default: the only one")
+
+
+class CascadeConfig(ComponentConfig):
+    name: Literal["cascade"] = "cascade"
+    top: StageSettings = StageSettings(steps=18)
+    bottom: StageSettings = StageSettings(steps=6)
+
+
+def build_vqgan2(*, fusion: str, resolution: int, loss, **fields) -> VQGAN2Tokenizer:
+    return VQGAN2Tokenizer(fusion=fusion, resolution=resolution, loss=build_loss(resolution, loss), **fields)
+
+
+def build_bottom_prior(*, conditions, **fields) -> MaskedTokenTransformer:
+    if not conditions:
+        raise IncompatibleComponentsError("cmtm-bottom needs at least one condition stream (priors.<id>.conditions)")
+    return MaskedTokenTransformer(conditions=conditions, **fields)
+
+
+@hookimpl
+def stratagen_register_tokenizers(register):
+    register("vqgan2-r", partial(build_vqgan2, fusion="residual"), VQGAN2Config)
+    register("vqgan2-c", partial(build_vqgan2, fusion="concat"), VQGAN2Config)
+
+
+@hookimpl
+def stratagen_register_priors(register):
+    register("cmtm-top", MaskedTokenTransformer, CMTMTopConfig)
+    register("cmtm-bottom", build_bottom_prior, CMTMBottomConfig)
+
+
+@hookimpl
+def stratagen_register_samplers(register):
+    register("stratified", StratifiedSampler, StratifiedConfig)
+    register("cascade", CascadeSampler, CascadeConfig)
+
+
+__all__ = ["CascadeSampler", "StratifiedSampler", "VQGAN2Tokenizer", "build_vqgan2"]

@@ -1,0 +1,88 @@
+"""StraIT's stratified sampler (§3.3) and the MaskGIT cascade sampler (§4.3, Table 6)."""
+from __future__ import annotations
+
+from stratagen.plugins.maskgit import StagedSampler, StageSettings
+from stratagen.registry import GenerativeModel, IncompatibleComponentsError, stream_key
+
+
+class StratifiedSampler(StagedSampler):
+    """Top level from a blank canvas in T_top steps, then the bottom level in T_bottom steps
+    conditioned on the finished top (StraIT §3.3; default 18 + 6, Table 7), decoded by the
+    same two-level tokenizer. The bottom prior's cross-attention keys and values of the
+    top tokens are computed once per image (see ``iterative_decode``).
+
+    Args:
+        top, bottom: per-level decoding settings.
+        tokenizer: id of the two-level tokenizer; default: the only one the model has.
+    """
+
+    def __init__(self, top: StageSettings = StageSettings(steps=18), bottom: StageSettings = StageSettings(steps=6),
+                 tokenizer: str | None = None):
+        self.top, self.bottom, self.tokenizer = top, bottom, tokenizer
+
+    def _streams(self, model: GenerativeModel) -> tuple[str, str, str]:
+        if self.tokenizer is not None:
+            if self.tokenizer not in model.tokenizers:
+                raise IncompatibleComponentsError(f"sampler.tokenizer {self.tokenizer!r} is not one of the "
+                                                  f"model's tokenizers: {', '.join(model.tokenizers)}")
+            candidates = [self.tokenizer]
+        else:
+            candidates = [tid for tid, t in model.tokenizers.items() if len(t.level_names) == 2]
+        if len(candidates) != 1 or len(model.tokenizers[candidates[0]].level_names) != 2:
+            described = ", ".join(f"{tid!r} ({len(t.level_names)} level{'s' * (len(t.level_names) > 1)}: "
+                                  f"{', '.join(t.level_names)})" for tid, t in model.tokenizers.items())
+            raise IncompatibleComponentsError(
+                "the stratified sampler needs exactly one two-level tokenizer (vqgan2-r or vqgan2-c); "
+                f"the model has {described}")
+        tid = candidates[0]
+        top_level, bottom_level = model.tokenizers[tid].level_names
+        return tid, stream_key(tid, top_level), stream_key(tid, bottom_level)
+
+    def check(self, model: GenerativeModel) -> None:
+        _, top, bottom = self._streams(model)
+        if model.prior_for(top).conditions:
+            raise IncompatibleComponentsError(f"the stratified sampler decodes {top!r} from scratch, but its "
+                                              f"prior is conditioned on {list(model.prior_for(top).conditions)}")
+        if top not in model.prior_for(bottom).conditions:
+            raise IncompatibleComponentsError(f"the bottom prior of {bottom!r} must be conditioned on {top!r} "
+                                              f"(priors.<id>.conditions: [{top}])")
+
+    def stages(self, model: GenerativeModel) -> list[tuple[str, StageSettings]]:
+        _, top, bottom = self._streams(model)
+        return [(top, self.top), (bottom, self.bottom)]
+
+    def output_tokenizer(self, model: GenerativeModel) -> str:
+        return self._streams(model)[0]
+
+
+class CascadeSampler(StagedSampler):
+    """Two tokenizers: an f16 prior from scratch, then an f8 prior that cross-attends to the
+    f16 tokens; images come from the f8 tokenizer (StraIT §4.3 "Stratified over Cascade")."""
+
+    def __init__(self, top: StageSettings = StageSettings(steps=18), bottom: StageSettings = StageSettings(steps=6)):
+        self.top, self.bottom = top, bottom
+
+    def _streams(self, model: GenerativeModel) -> tuple[str, str]:
+        pairs = [(c, slot.target) for slot in model.priors.values() for c in slot.conditions
+                 if c.split(".", 1)[0] != slot.target.split(".", 1)[0]]
+        if len(pairs) != 1 or len(model.priors) != 2:
+            raise IncompatibleComponentsError(
+                "the cascade sampler needs two priors: one on the first tokenizer's tokens and one on the second "
+                "tokenizer's tokens conditioned on the first's; the model has: "
+                + "; ".join(f"{s.target} | {list(s.conditions)}" for s in model.priors.values()))
+        return pairs[0]
+
+    def check(self, model: GenerativeModel) -> None:
+        top, bottom = self._streams(model)
+        if model.prior_for(top).conditions:
+            raise IncompatibleComponentsError(f"the cascade's first prior ({top!r}) must be unconditioned")
+        tid, level = bottom.split(".", 1)
+        if not model.tokenizers[tid].can_decode({level}):
+            raise IncompatibleComponentsError(f"tokenizer {tid!r} cannot decode level {level!r} alone")
+
+    def stages(self, model: GenerativeModel) -> list[tuple[str, StageSettings]]:
+        top, bottom = self._streams(model)
+        return [(top, self.top), (bottom, self.bottom)]
+
+    def output_tokenizer(self, model: GenerativeModel) -> str:
+        return self._streams(model)[1].split(".", 1)[0]

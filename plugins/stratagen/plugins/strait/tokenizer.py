@@ -1,0 +1,128 @@
+"""VQGAN2: StraIT's stratified two-level tokenizer (§3.1, Figure 3).
+
+The encoder (VQ-VAE-2 style) yields features at f/2 and f (8 and 16 at 256 px). The f map
+is quantized first into the ``top`` level; a latent conditional layer (residual blocks)
+upscales the quantized top map, which is stacked with the f/2 features and quantized
+into the ``bottom`` level. The decoder starts from the top latents; at its second level
+(after the first upsampling, f/2) the bottom latents are fused in:
+
+- ``residual`` (VQGAN2-R, "stratified residual fusion"): added as a residual, so the top
+  level alone still decodes (without the bottom detail);
+- ``concat`` (VQGAN2-C, the VQ-VAE-2 fusion): concatenated with the upsampled top
+  features and projected back; both levels are needed.
+
+The two variants differ only in that fusion module.
+"""
+from __future__ import annotations
+
+from typing import Literal, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from stratagen.nn import BlurUpsample, ResStage, VectorQuantizer, group_norm
+from stratagen.plugins.vqgan import Decoder, Encoder, VQGANLoss, VQTokenizer
+from stratagen.registry import AutoencoderOutput, LevelSpec, TokenGrids
+
+
+class ResidualFusion(nn.Module):
+    """VQGAN2-R: ``h + conv(z_bottom)``; h ``[B, C, h, w]``, z_bottom ``[B, D, h, w]``."""
+
+    def __init__(self, embedding_dim: int, channels: int):
+        super().__init__()
+        self.project = nn.Conv2d(embedding_dim, channels, 3, padding=1)
+
+    def forward(self, h: torch.Tensor, z_bottom: torch.Tensor) -> torch.Tensor:
+        return h + self.project(z_bottom)
+
+
+class ConcatFusion(nn.Module):
+    """VQGAN2-C: ``conv([h, z_bottom])`` back to C channels."""
+
+    def __init__(self, embedding_dim: int, channels: int):
+        super().__init__()
+        self.project = nn.Conv2d(channels + embedding_dim, channels, 3, padding=1)
+
+    def forward(self, h: torch.Tensor, z_bottom: torch.Tensor) -> torch.Tensor:
+        return self.project(torch.cat([h, z_bottom], dim=1))
+
+
+FUSIONS = {"residual": ResidualFusion, "concat": ConcatFusion}
+
+
+class VQGAN2Tokenizer(VQTokenizer):
+    """Two levels: ``top`` at factor f, ``bottom`` at f/2 (16x16 and 32x32 at 256 px, f=16).
+
+    Args:
+        fusion: ``residual`` (VQGAN2-R) or ``concat`` (VQGAN2-C).
+        codebook_size: the shared codebook (StraIT's default, 8192) or the top codebook
+            when ``bottom_codebook_size`` is given (separate codebooks, Table 8).
+        latent_blocks: residual blocks of the latent conditional layer.
+        Others as :class:`stratagen.plugins.vqgan.VQGANTokenizer`.
+    """
+
+    level_names = ("top", "bottom")
+
+    def __init__(self, *, resolution: int, fusion: Literal["residual", "concat"], channels: int,
+                 channel_mult: Sequence[int], num_res_blocks: int, codebook_size: int,
+                 bottom_codebook_size: int | None, embedding_dim: int, commitment_cost: float,
+                 restart_dead_codes: bool, latent_blocks: int, loss: VQGANLoss):
+        super().__init__()
+        self.fusion_kind = fusion
+        self.factor = 2 ** (len(channel_mult) - 1)
+        self.encoder = Encoder(channels, channel_mult, num_res_blocks, embedding_dim)
+        bottom_features = self.encoder.widths[-2]
+        self.latent_conditional = nn.Sequential(
+            ResStage(embedding_dim, bottom_features, latent_blocks), BlurUpsample(bottom_features, embedding_dim))
+        self.bottom_head = nn.Sequential(group_norm(bottom_features + embedding_dim), nn.SiLU(),
+                                         nn.Conv2d(bottom_features + embedding_dim, embedding_dim, 3, padding=1))
+        self.top_quantizer = VectorQuantizer(codebook_size, embedding_dim, commitment_cost, restart_dead_codes)
+        self.separate_bottom_quantizer = None if bottom_codebook_size is None else VectorQuantizer(
+            bottom_codebook_size, embedding_dim, commitment_cost, restart_dead_codes)
+        self.codebook_sizes = (codebook_size, bottom_codebook_size or codebook_size)
+        self.decoder = Decoder(channels, channel_mult, num_res_blocks, embedding_dim)
+        self.fusion = FUSIONS[fusion](embedding_dim, self.decoder.widths[0])
+        self.loss_fn = loss
+
+    @property
+    def bottom_quantizer(self) -> VectorQuantizer:
+        """The bottom level's quantizer: the shared codebook unless a separate one is configured."""
+        return self.separate_bottom_quantizer or self.top_quantizer
+
+    def level_specs(self, resolution: int) -> tuple[LevelSpec, ...]:
+        top, bottom = resolution // self.factor, resolution * 2 // self.factor
+        return (LevelSpec("top", top, top, self.codebook_sizes[0]),
+                LevelSpec("bottom", bottom, bottom, self.codebook_sizes[1]))
+
+    def can_decode(self, levels: set[str]) -> bool:
+        return levels == {"top", "bottom"} or (self.fusion_kind == "residual" and levels == {"top"})
+
+    def _quantize(self, images: torch.Tensor):
+        self._check_resolution(images)
+        features = self.encoder.stage_features(images)
+        top = self.top_quantizer(self.encoder.head(features[-1]))
+        stacked = torch.cat([features[-2], self.latent_conditional(top.z_q)], dim=1)
+        bottom = self.bottom_quantizer(self.bottom_head(stacked))
+        return top, bottom
+
+    def _decode_latents(self, z_top: torch.Tensor, z_bottom: torch.Tensor | None) -> torch.Tensor:
+        return self.decoder(z_top, None if z_bottom is None else lambda h: self.fusion(h, z_bottom))
+
+    def autoencode(self, images: torch.Tensor) -> AutoencoderOutput:
+        top, bottom = self._quantize(images)
+        stats = {name: {"perplexity": q.perplexity.item(), "usage": q.usage.item()}
+                 for name, q in (("top", top), ("bottom", bottom))}
+        return AutoencoderOutput(self._decode_latents(top.z_q, bottom.z_q),
+                                 TokenGrids({"top": top.indices, "bottom": bottom.indices}),
+                                 top.loss + bottom.loss, stats)
+
+    def encode(self, images: torch.Tensor) -> TokenGrids:
+        top, bottom = self._quantize(images)
+        return TokenGrids({"top": top.indices, "bottom": bottom.indices})
+
+    def decode(self, tokens: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        if not self.can_decode(set(tokens)):
+            raise ValueError(f"vqgan2 ({self.fusion_kind}) cannot decode levels {sorted(tokens)}")
+        z_top = self.top_quantizer.lookup(tokens["top"])
+        z_bottom = self.bottom_quantizer.lookup(tokens["bottom"]) if "bottom" in tokens else None
+        return self._decode_latents(z_top, z_bottom)

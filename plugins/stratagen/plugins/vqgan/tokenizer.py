@@ -1,0 +1,90 @@
+"""MaskGIT's VQGAN tokenizer: one level of f=2^(len(channel_mult)-1) tokens."""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from stratagen.nn import VectorQuantizer
+from stratagen.registry import AutoencoderOutput, LevelSpec, TokenGrids, Tokenizer
+
+from .losses import VQGANLoss
+from .networks import Decoder, Encoder
+
+
+class VQTokenizer(Tokenizer):
+    """Shared training logic of convolutional VQ tokenizers trained with :class:`VQGANLoss`.
+
+    Parameter groups: ``generator`` (everything but the discriminator) and
+    ``discriminator``.
+    """
+
+    loss_fn: VQGANLoss
+    factor: int
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        discriminator = list(self.loss_fn.discriminator.parameters()) if self.loss_fn.discriminator else []
+        ids = {id(p) for p in discriminator}
+        groups = {"generator": [p for p in self.parameters() if id(p) not in ids and p.requires_grad]}
+        if discriminator:
+            groups["discriminator"] = discriminator
+        return groups
+
+    def losses(self, images: torch.Tensor, step: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        out = self.autoencode(images)
+        generator, logs = self.loss_fn.generator_loss(images, out.reconstruction, out.quantizer_loss, step)
+        losses = {"generator": generator}
+        if self.loss_fn.discriminator is not None:
+            losses["discriminator"], d_logs = self.loss_fn.discriminator_loss(images, out.reconstruction, step)
+            logs.update(d_logs)
+        for level, stats in out.level_stats.items():
+            logs.update({f"{name}/{level}": value for name, value in stats.items()})
+        return losses, logs
+
+    def _check_resolution(self, images: torch.Tensor) -> None:
+        if images.shape[-1] % self.factor or images.shape[-2] % self.factor:
+            raise ValueError(f"image size {tuple(images.shape[-2:])} is not divisible by the factor {self.factor}")
+
+
+class VQGANTokenizer(VQTokenizer):
+    """Encoder -> vector quantizer -> decoder, one level named ``tokens``.
+
+    Args:
+        resolution: training image size (for the discriminator).
+        channels, channel_mult, num_res_blocks: encoder/decoder widths (Table 11:
+            128, [1, 1, 2, 2, 4] for f=16, 2).
+        codebook_size, embedding_dim, commitment_cost: quantizer (8192, 32, 0.25).
+        restart_dead_codes: re-initialise unused codes from encoder outputs.
+        loss: the VQGAN losses (perceptual, adversarial).
+    """
+
+    level_names = ("tokens",)
+
+    def __init__(self, *, resolution: int, channels: int, channel_mult: Sequence[int], num_res_blocks: int,
+                 codebook_size: int, embedding_dim: int, commitment_cost: float, restart_dead_codes: bool,
+                 loss: VQGANLoss):
+        super().__init__()
+        self.factor = 2 ** (len(channel_mult) - 1)
+        self.codebook_size = codebook_size
+        self.encoder = Encoder(channels, channel_mult, num_res_blocks, embedding_dim)
+        self.quantizer = VectorQuantizer(codebook_size, embedding_dim, commitment_cost, restart_dead_codes)
+        self.decoder = Decoder(channels, channel_mult, num_res_blocks, embedding_dim)
+        self.loss_fn = loss
+
+    def level_specs(self, resolution: int) -> tuple[LevelSpec, ...]:
+        side = resolution // self.factor
+        return (LevelSpec("tokens", side, side, self.codebook_size),)
+
+    def autoencode(self, images: torch.Tensor) -> AutoencoderOutput:
+        self._check_resolution(images)
+        q = self.quantizer(self.encoder(images))
+        stats = {"tokens": {"perplexity": q.perplexity.item(), "usage": q.usage.item()}}
+        return AutoencoderOutput(self.decoder(q.z_q), TokenGrids({"tokens": q.indices}), q.loss, stats)
+
+    def encode(self, images: torch.Tensor) -> TokenGrids:
+        self._check_resolution(images)
+        return TokenGrids({"tokens": self.quantizer(self.encoder(images)).indices})
+
+    def decode(self, tokens: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return self.decoder(self.quantizer.lookup(tokens["tokens"]))

@@ -1,0 +1,61 @@
+"""The pluggy hook specifications: one ``register`` callback per component kind.
+
+A plugin module implements any of these hooks; each receives a ``register`` callable::
+
+    from stratagen.registry import hookimpl
+
+    @hookimpl
+    def stratagen_register_schedules(register):
+        register("quartic", QuarticSchedule)
+
+``register(name, factory, config=None)``: ``factory`` builds the component from the
+fields of ``config`` (a pydantic model with ``name: Literal[...]``, ``extra="forbid"``)
+passed as keyword arguments, plus any wiring the engine supplies (e.g. a prior's
+``target`` level). Components without settings (mask schedules) pass no config.
+"""
+import pluggy
+
+PROJECT = "stratagen"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def stratagen_register_tokenizers(register):
+    """Register Tokenizer factories."""
+
+
+@hookspec
+def stratagen_register_priors(register):
+    """Register Prior factories."""
+
+
+@hookspec
+def stratagen_register_samplers(register):
+    """Register Sampler factories."""
+
+
+@hookspec
+def stratagen_register_schedules(register):
+    """Register MaskSchedule factories (no config)."""
+
+
+@hookspec
+def stratagen_register_datasets(register):
+    """Register Dataset factories."""
+
+
+@hookspec
+def stratagen_register_metrics(register):
+    """Register sample-quality Metric factories."""
+
+
+#: component kind -> hook name
+KIND_HOOKS = {
+    "tokenizer": "stratagen_register_tokenizers",
+    "prior": "stratagen_register_priors",
+    "sampler": "stratagen_register_samplers",
+    "schedule": "stratagen_register_schedules",
+    "dataset": "stratagen_register_datasets",
+    "metric": "stratagen_register_metrics",
+}

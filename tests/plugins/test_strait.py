@@ -1,0 +1,154 @@
+"""StraIT plugins: VQGAN2-R/C, the CMTM bottom prior, stratified and cascade sampling."""
+import pytest
+import torch
+
+from stratagen import api
+from stratagen.engine import build
+from stratagen.plugins.maskgit import MaskedTokenTransformer
+from stratagen.plugins.vqgan import VQGANLossConfig
+from stratagen.plugins.strait import build_vqgan2
+from stratagen.registry import IncompatibleComponentsError, LevelSpec, get_registry
+
+
+def tiny_vqgan2(fusion: str, seed: int = 0):
+    torch.manual_seed(seed)
+    return build_vqgan2(fusion=fusion, resolution=256, channels=4, channel_mult=(1, 1, 1, 1, 2), num_res_blocks=1,
+                        codebook_size=64, bottom_codebook_size=None, embedding_dim=4, commitment_cost=0.25,
+                        restart_dead_codes=False, latent_blocks=1, loss=VQGANLossConfig(gan_weight=0.0)).eval()
+
+
+@pytest.mark.parametrize("fusion", ["residual", "concat"])
+def test_vqgan2_levels_at_256px(fusion):
+    tokenizer = tiny_vqgan2(fusion)
+    top, bottom = tokenizer.level_specs(256)
+    assert (top.name, top.height, top.width) == ("top", 16, 16)
+    assert (bottom.name, bottom.height, bottom.width) == ("bottom", 32, 32)
+    images = torch.rand(1, 3, 256, 256) * 2 - 1
+    with torch.no_grad():
+        grids = tokenizer.encode(images)
+        assert grids["top"].shape == (1, 16, 16) and grids["bottom"].shape == (1, 32, 32)
+        assert tokenizer.decode(grids).shape == (1, 3, 256, 256)
+        out = tokenizer.autoencode(images)
+    assert set(out.level_stats) == {"top", "bottom"}
+
+
+def test_r_and_c_differ_only_in_fusion():
+    r, c = tiny_vqgan2("residual"), tiny_vqgan2("concat")
+    r_params = {k: v.shape for k, v in r.state_dict().items()}
+    c_params = {k: v.shape for k, v in c.state_dict().items()}
+    differing = {k for k in r_params.keys() | c_params.keys() if r_params.get(k) != c_params.get(k)}
+    assert differing and all(k.startswith("fusion.") for k in differing)
+    shared = {k for k in r_params if not k.startswith("fusion.")}
+    assert all(torch.equal(r.state_dict()[k], c.state_dict()[k]) for k in shared), "same seed, same shared weights"
+
+
+def test_residual_decodes_top_alone_concat_refuses():
+    r, c = tiny_vqgan2("residual"), tiny_vqgan2("concat")
+    assert r.can_decode({"top"}) and not c.can_decode({"top"})
+    top = torch.randint(0, 64, (1, 16, 16))
+    with torch.no_grad():
+        assert r.decode({"top": top}).shape == (1, 3, 256, 256)
+    with pytest.raises(ValueError):
+        c.decode({"top": top})
+
+
+def test_separate_codebooks():
+    tokenizer = build_vqgan2(fusion="residual", resolution=32, channels=4, channel_mult=(1, 1, 2),
+                             num_res_blocks=1, codebook_size=64, bottom_codebook_size=16, embedding_dim=4,
+                             commitment_cost=0.25, restart_dead_codes=False, latent_blocks=1,
+                             loss=VQGANLossConfig(gan_weight=0.0))
+    top, bottom = tokenizer.level_specs(32)
+    assert (top.codebook_size, bottom.codebook_size) == (64, 16)
+    assert tokenizer.top_quantizer is not tokenizer.bottom_quantizer
+    assert int(tokenizer.encode(torch.rand(2, 3, 32, 32))["bottom"].max()) < 16
+
+
+def bottom_prior():
+    torch.manual_seed(0)
+    prior = MaskedTokenTransformer(target=LevelSpec("bottom", 4, 4, 32), conditions=(LevelSpec("top", 2, 2, 32),),
+                                   num_classes=3, depth=2, width=32, heads=2, mlp_dim=64, dropout=0.0)
+    for p in prior.parameters():
+        p.data.normal_(0, 0.3, generator=torch.Generator().manual_seed(p.numel()))
+    return prior.eval()
+
+
+def test_bottom_logits_depend_on_top_tokens():
+    prior = bottom_prior()
+    tokens = torch.full((2, 16), prior.mask_token_id)
+    labels = torch.tensor([0, 1])
+    top_a = torch.randint(0, 32, (2, 2, 2), generator=torch.Generator().manual_seed(0))
+    top_b = top_a.clone()
+    top_b[:, 0, 0] = (top_b[:, 0, 0] + 1) % 32
+    logits_a = prior(tokens, labels, prior.encode_conditions([top_a], labels))
+    logits_b = prior(tokens, labels, prior.encode_conditions([top_b], labels))
+    assert (logits_a - logits_b).abs().max() > 1e-3
+
+
+def test_cross_attention_cache_equals_recomputing():
+    prior = bottom_prior()
+    tokens = torch.randint(0, 33, (2, 16))
+    labels = torch.tensor([2, 0])
+    top = torch.randint(0, 32, (2, 2, 2))
+    cached = prior(tokens, labels, prior.encode_conditions([top], labels))
+    recomputed = prior(tokens, labels, prior.encode_conditions([top], labels, cache_kv=False))
+    assert torch.allclose(cached, recomputed, atol=1e-6)
+
+
+def test_paper_top_prior_parameter_count_within_2_percent_of_499m():
+    config = api.load("configs/strait_r.yaml")
+    with torch.device("meta"):
+        model = build.build_model(config)
+    top = sum(p.numel() for p in model.priors["top"].prior.parameters())
+    assert abs(top - 499e6) / 499e6 < 0.02
+
+
+def trained(tiny, variant):
+    config = api.load(str(tiny(variant)))
+    api.train(config)
+    return api.Pipeline.from_run(config.run.dir)
+
+
+def test_stratified_spends_exactly_t_top_and_t_bottom_steps_and_leaves_nothing_masked(tiny, monkeypatch):
+    pipe = trained(tiny, "strait")
+    import stratagen.plugins.maskgit.sampler as sampler_module
+
+    calls = []
+    real = sampler_module.iterative_decode
+
+    def spy(prior, canvas, labels, conditions, settings, generator):
+        result = real(prior, canvas, labels, conditions, settings, generator)
+        calls.append((prior.target.name, len(result.masked_after_step), len(conditions)))
+        return result
+
+    monkeypatch.setattr(sampler_module, "iterative_decode", spy)
+    out = pipe.sample([0, 1, 2], seed=0)
+    assert calls == [("top", 3, 0), ("bottom", 2, 1)]
+    assert out.steps == 5
+    assert set(out.tokens) == {"vq.top", "vq.bottom"}
+    assert all((t >= 0).all() and (t < 32).all() for t in out.tokens.values())
+    assert out.images.shape == (3, 3, 16, 16)
+    again = pipe.sample([0, 1, 2], seed=0)
+    assert torch.equal(out.images, again.images)
+
+
+def test_cascade_decodes_through_the_f8_tokenizer_and_f16_alone(tiny, monkeypatch):
+    pipe = trained(tiny, "cascade")
+    decoded = []
+    for tid, tokenizer in pipe.model.tokenizers.items():
+        original = tokenizer.decode
+        monkeypatch.setattr(tokenizer, "decode", lambda t, tid=tid, original=original: decoded.append(tid) or original(t))
+    out = pipe.sample([0, 1], seed=1)
+    assert decoded == ["f8"] and out.images.shape == (2, 3, 16, 16)
+    assert out.tokens["f8.tokens"].shape == (2, 8, 8) and out.tokens["f16.tokens"].shape == (2, 4, 4)
+    f16_only = get_registry().build("sampler", api.load(str(pipe.run.path("config.yaml")),
+                                                        ["sampler.name=maskgit", "sampler.stream=f16.tokens"]).sampler)
+    decoded.clear()
+    assert pipe.sample([0, 1], seed=1, sampler=f16_only).images.shape == (2, 3, 16, 16)
+    assert decoded == ["f16"]
+
+
+def test_incompatible_sampler_is_refused_before_work(tiny, tmp_path):
+    config = api.load(str(tiny("maskgit")), ["sampler.name=stratified"])
+    with pytest.raises(IncompatibleComponentsError, match="two-level tokenizer"):
+        api.train(config)
+    assert not (tmp_path / "run-maskgit" / "tokenizers").exists()
