@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from stratagen.registry import (ConfigError, GenerativeModel, LevelSpec, PriorSlot, Registry, Sampler,
                                 Tokenizer, get_registry, split_stream_key)
 
@@ -25,8 +27,14 @@ def level_spec(tokenizers: dict[str, Tokenizer], stream: str, resolution: int, w
 
 
 def build_model(config: Any, registry: Registry | None = None) -> GenerativeModel:
-    """Tokenizers and priors of ``config``, freshly initialised (weights load separately)."""
+    """Tokenizers and priors of ``config``, initialised from ``run.seed`` (weights load separately)."""
     registry = registry or get_registry()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.run.seed)
+        return _build_model(config, registry)
+
+
+def _build_model(config: Any, registry: Registry) -> GenerativeModel:
     resolution = config.data.resolution
     num_classes = config.data.num_classes
     tokenizers = {tid: registry.build("tokenizer", entry.model, resolution=resolution)

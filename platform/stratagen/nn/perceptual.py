@@ -2,9 +2,7 @@
 
 from pathlib import Path
 
-import timm
 import torch
-from timm.models import load_state_dict
 from torch import Tensor, nn
 
 _STAGES = [0, 1, 2, 3, 4]  # timm VGG taps: relu1_2, relu2_2, relu3_3, relu4_3, relu5_3
@@ -34,6 +32,9 @@ class PerceptualLoss(nn.Module):
                 f"VGG16 weights not found at {weights_path!r}; save the ImageNet VGG16 state dict "
                 "(timm 'vgg16.tv_in1k' or torchvision vgg16) there as .safetensors or .pth"
             )
+        import timm  # imported on use: timm's import costs seconds
+        from timm.models import load_state_dict
+
         # Built on the meta device to skip randomly initialising 138M parameters that are about to
         # be overwritten; pruning drops the classifier and everything after relu5_3.
         self.vgg = timm.create_model("vgg16", pretrained=False, device="meta")
