@@ -42,6 +42,17 @@ def tiny_config(run_dir: Path, variant: str = "maskgit") -> dict[str, Any]:
             "bottom": {"target": "f8.tokens", "conditions": ["f16.tokens"],
                        "model": {"name": "cmtm-bottom", **TINY_PRIOR}, "train": dict(TINY_TRAIN)}}
         config["sampler"] = {"name": "cascade", "top": {"steps": 3}, "bottom": {"steps": 2}}
+    elif variant == "upsample":
+        config = tiny_config(run_dir, "strait")
+        config["data"]["resolution"] = 32
+        config["tokenizers"]["vq"]["resolution"] = 16
+        config["tokenizers"]["vq512"] = {"share": "vq"}
+        config["priors"]["up_top"] = {"target": "vq512.top", "conditions": ["vq.top", "vq.bottom"],
+                                      "model": {"name": "upsampler", **TINY_PRIOR}, "train": dict(TINY_TRAIN)}
+        config["priors"]["up_bottom"] = {"target": "vq512.bottom", "conditions": ["vq512.top", "vq.top", "vq.bottom"],
+                                         "model": {"name": "upsampler", **TINY_PRIOR}, "train": dict(TINY_TRAIN)}
+        config["sampler"] = {"name": "upsample", "top": {"steps": 2}, "bottom": {"steps": 2},
+                             "up_top": {"steps": 2}, "up_bottom": {"steps": 2}}
     else:
         raise ValueError(variant)
     return copy.deepcopy(config)  # callers edit nested sections freely

@@ -52,12 +52,18 @@ class Pipeline:
     def from_run(cls, source: str, overrides: Sequence[str] = (), device: str | None = None,
                  registry: Registry | None = None) -> "Pipeline":
         """Load a trained run (directory, or the config that names it) with its weights."""
-        config = load(source, overrides, registry)
+        return cls.from_config(load(source, overrides, registry), device, registry)
+
+    @classmethod
+    def from_config(cls, config: BaseModel, device: str | None = None,
+                    registry: Registry | None = None) -> "Pipeline":
+        """The trained run ``config.run.dir`` names, built from the validated ``config``."""
         model = build.build_model(config, registry)
         run = Run(config.run.dir)
         target = resolve_device(device or config.run.device)
         for tid, tokenizer in model.tokenizers.items():
-            run.load_weights("tokenizer", tid, tokenizer, registry)
+            if config.tokenizers[tid].share is None:
+                run.load_weights("tokenizer", tid, tokenizer, registry)
             tokenizer.to(target).eval()
         for pid, slot in model.priors.items():
             run.load_weights("prior", pid, slot.prior, registry)
@@ -100,14 +106,16 @@ def train(config: BaseModel, resume: bool = False, registry: Registry | None = N
     try:
         for tid, tokenizer in model.tokenizers.items():
             tokenizer.to(procs.device)
-            if run.trained_step("tokenizer", tid) == config.tokenizers[tid].train.steps:
+            if config.tokenizers[tid].share is not None:
+                pass  # the very module of the tokenizer it shares, already trained above
+            elif run.trained_step("tokenizer", tid) == config.tokenizers[tid].train.steps:
                 run.load_weights("tokenizer", tid, tokenizer, registry)
             else:
                 training.train_tokenizer(run, config, tid, tokenizer, train_data, procs, logger, resume, registry)
             tokenizer.eval()
             if config.priors and not run.token_shards(tid, "train"):
                 if procs.is_main:
-                    training.tokenize(run, tid, tokenizer, train_data, "train", procs.device)
+                    training.tokenize(run, tid, tokenizer, train_data, "train", procs.device, model.resolution_of(tid))
                 _barrier(procs)
         pipeline = Pipeline(config, model, run, procs.device, registry)
         last = list(model.priors)[-1] if model.priors else None
@@ -123,11 +131,16 @@ def train(config: BaseModel, resume: bool = False, registry: Registry | None = N
             training.train_prior(run, config, pid, model, procs, logger, on_images, resume, registry)
     finally:
         logger.close()
+    if procs.is_main and run.is_local:
+        from stratagen.engine.figures import loss_curves
+
+        loss_curves(run.local_path("tb"), run.local_path("plots"))
     return run
 
 
 def _has_checkpoints(run: Run, config: BaseModel) -> bool:
-    kinds = [("tokenizer", t) for t in config.tokenizers] + [("prior", p) for p in config.priors]
+    kinds = [("tokenizer", t) for t, e in config.tokenizers.items() if e.share is None]
+    kinds += [("prior", p) for p in config.priors]
     return any(run.trained_step(kind, cid) is not None for kind, cid in kinds)
 
 

@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal, Union
 
 import fsspec
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from stratagen.registry import ConfigError, Registry, get_registry, split_stream_key
 
@@ -50,7 +50,17 @@ class TrainSettings(Strict):
 
 
 class TokenizerEntry(Strict):
-    model: Any = Field(description="the tokenizer plugin and its settings")
+    model: Any = Field(None, description="the tokenizer plugin and its settings")
+    resolution: int | None = Field(None, ge=8, description="image size this tokenizer works at (default: "
+                                   "data.resolution); images are resized bilinearly, antialiased")
+    share: str | None = Field(None, description="use the model and weights of this other tokenizer id (not "
+                              "trained here): one tokenizer at two resolutions, e.g. the 256 -> 512 upsampler")
+
+    @model_validator(mode="after")
+    def _model_or_share(self) -> "TokenizerEntry":
+        if (self.model is None) == (self.share is None):
+            raise ValueError("give exactly one of 'model' or 'share'")
+        return self
     train: TrainSettings = TrainSettings(optimizer="adam", lr=1e-4, betas=(0.5, 0.9), weight_decay=0.0,
                                          warmup_steps=0, lr_schedule="constant", grad_clip=None)
 
@@ -59,6 +69,9 @@ class PriorEntry(Strict):
     target: str = Field(description="the stream it generates: '<tokenizer id>.<level>'")
     conditions: list[str] = Field(default_factory=list, description="streams it attends to")
     mask_schedule: str = Field("cosine", description="schedule drawing training mask ratios")
+    condition_augmentation: float = Field(
+        0.0, ge=0, lt=1, description="StraIT Appendix C (Eq. 6): share of condition tokens masked and refilled "
+                                     "by the prior that generates them; 0 (off) as in the paper")
     model: Any = Field(description="the prior plugin and its settings")
     train: TrainSettings = TrainSettings()
 
@@ -93,9 +106,26 @@ def _union(registry: Registry, kind: str) -> Any:
     return Annotated[Union[tuple(models)], Field(discriminator="name")]
 
 
+class EvalSettingsBase(Strict):
+    """How samples are drawn and scored (``stratagen eval``, ``stratagen compare``)."""
+
+    samples_per_class: int = Field(10, ge=1)
+    classes: list[int] | None = Field(None, description="classes to sample (default: all)")
+    seed: int = 0
+    batch_size: int = Field(64, ge=1, description="images generated per sampler call")
+
+
+@functools.cache
+def _eval_settings_model(registry: Registry) -> type[BaseModel]:
+    metric = _union(registry, "metric")
+    default = [registry.get("metric", "in-domain").config()] if "in-domain" in registry.names("metric") else []
+    return create_model("EvalSettings", __base__=EvalSettingsBase,
+                        metrics=(list[metric], Field(default_factory=lambda: list(default))))
+
+
 @functools.cache
 def _run_config_model(registry: Registry) -> type[BaseModel]:
-    tokenizer = create_model("Tokenizer", __base__=TokenizerEntry, model=(_union(registry, "tokenizer"), ...))
+    tokenizer = create_model("Tokenizer", __base__=TokenizerEntry, model=(_union(registry, "tokenizer") | None, None))
     prior = create_model("PriorSection", __base__=PriorEntry, model=(_union(registry, "prior"), ...))
     ids = Annotated[str, Field(pattern=ID_PATTERN)]
     return create_model(
@@ -106,7 +136,62 @@ def _run_config_model(registry: Registry) -> type[BaseModel]:
         tokenizers=(dict[ids, tokenizer], ...),
         priors=(dict[ids, prior], Field(default_factory=dict)),
         sampler=(_union(registry, "sampler") | None, None),
+        eval=(_eval_settings_model(registry), Field(default_factory=_eval_settings_model(registry))),
     )
+
+
+class VariantEntry(Strict):
+    """One contender of a compare run: a run config or an existing run directory."""
+
+    config: str | None = Field(None, description="run config (relative to the compare file), trained if needed")
+    run: str | None = Field(None, description="an existing run directory")
+    set: list[str] = Field(default_factory=list, description="overrides, as --set KEY=VALUE")
+
+    @field_validator("run")
+    @classmethod
+    def _one_source(cls, value: str | None, info: Any) -> str | None:
+        if (value is None) == (info.data.get("config") is None):
+            raise ValueError("give exactly one of 'config' or 'run'")
+        return value
+
+
+class Sweeps(Strict):
+    """Sampler settings varied one at a time around each variant's own sampler."""
+
+    temperature: list[float] = Field(default_factory=list, description="sampling temperature, every level")
+    steps: list[list[int]] = Field(default_factory=list, description="steps per level, e.g. [18, 6] (Table 7)")
+    schedule: list[str] = Field(default_factory=list, description="mask schedule, every level (Table 10)")
+    guidance: list[float] = Field(default_factory=list, description="classifier-free guidance scale, every level "
+                                  "(Table 3)")
+
+
+@functools.cache
+def _compare_config_model(registry: Registry) -> type[BaseModel]:
+    return create_model(
+        "CompareConfig",
+        __base__=Strict,
+        dir=(str, Field(description="compare output directory (local)")),
+        device=(Literal["auto", "cpu", "cuda"], "auto"),
+        variants=(dict[Annotated[str, Field(pattern=ID_PATTERN)], VariantEntry], Field(min_length=1)),
+        eval=(_eval_settings_model(registry), Field(default_factory=_eval_settings_model(registry))),
+        sweeps=(Sweeps, Field(default_factory=Sweeps)),
+    )
+
+
+def load_compare_config(url: str, overrides: list[str] | None = None, registry: Registry | None = None) -> BaseModel:
+    """Read, merge, override and validate a compare config; variant paths resolve relative to it."""
+    registry = registry or get_registry()
+    data = apply_overrides(load_raw(url), overrides or [], url)
+    model = _compare_config_model(registry)
+    try:
+        config = model.model_validate(data)
+    except ValidationError as exc:
+        tags = {c.name for c in registry.components()}
+        raise ConfigError("\n".join(_format_error(model, url, e, tags) for e in exc.errors()[:5])) from None
+    for variant in config.variants.values():
+        if variant.config is not None:
+            variant.config = _resolve_relative(url, variant.config)
+    return config
 
 
 def run_config_model(registry: Registry | None = None) -> type[BaseModel]:

@@ -152,3 +152,20 @@ def test_incompatible_sampler_is_refused_before_work(tiny, tmp_path):
     with pytest.raises(IncompatibleComponentsError, match="two-level tokenizer"):
         api.train(config)
     assert not (tmp_path / "run-maskgit" / "tokenizers").exists()
+
+
+def test_condition_augmentation_replaces_about_the_ratio_with_top_prior_predictions():
+    from stratagen.engine.train import augment_conditions
+
+    torch.manual_seed(0)
+    top = MaskedTokenTransformer(target=LevelSpec("top", 4, 4, 8), num_classes=3, depth=1, width=16, heads=2,
+                                 mlp_dim=32, dropout=0.0)
+    for p in top.parameters():
+        p.data.normal_(0, 0.5, generator=torch.Generator().manual_seed(p.numel()))
+    grid = torch.randint(0, 8, (64, 4, 4), generator=torch.Generator().manual_seed(1))
+    labels = torch.randint(0, 3, (64,))
+    (augmented,) = augment_conditions([grid], [top], labels, 0.3, torch.Generator().manual_seed(2))
+    changed = (augmented != grid).float().mean().item()
+    assert 0.05 < changed <= 0.3 + 0.05  # masked share, minus positions the prior predicts unchanged
+    (none,) = augment_conditions([grid], [top], labels, 0.0, torch.Generator().manual_seed(2))
+    assert torch.equal(none, grid)

@@ -41,11 +41,37 @@ def add_parsers(sub: argparse._SubParsersAction, add_set: Callable[[argparse.Arg
     p.add_argument("--out", default=None, help="output folder (default: <run>/samples)")
     add_set(p)
 
+    p = sub.add_parser("eval", help="evaluate a trained run: tokenizers (Table 1) and samples",
+                       description="Reconstruction PSNR, rFID, per-level perplexity and codebook usage of each "
+                                   "tokenizer, and the configured metrics of the sampler's images, written to "
+                                   "<run>/eval.json. In-domain metrics are not comparable to Inception FIDs.")
+    p.add_argument("source", help="run directory or config")
+    p.add_argument("--tokenizers-only", action="store_true", help="skip sampling")
+    add_set(p)
+
+    p = sub.add_parser("compare", help="train/load, sample and score several variants side by side",
+                       description="Run a compare config: every variant samples the same classes with the same "
+                                   "seeds, is scored identically, and lands in results.csv/.md, figures/ and "
+                                   "TensorBoard. Re-running skips finished work.")
+    p.add_argument("source", help="compare config")
+    add_set(p)
+
+    p = sub.add_parser("bench", help="measure seconds per training step and per sampled image",
+                       description="Time one training step of every component (random tokens stand in for the "
+                                   "token cache) and sampling per image, on the config's device.")
+    p.add_argument("source", help="run config or run directory")
+    p.add_argument("--repeats", type=int, default=5)
+    add_set(p)
+
     p = sub.add_parser("info", help="print each component with its parameter count",
                        description="Build the components of a config or run directory (no training) and "
                                    "print their parameter counts.")
     p.add_argument("source", help="run directory or config")
     add_set(p)
+
+    from stratagen.engine import editing  # imported here: editing registers its handler in this module
+
+    editing.add_parser(sub, add_set)
 
 
 @handler("train")
@@ -67,7 +93,8 @@ def _tokenize(args: argparse.Namespace) -> int:
     pipe = api.Pipeline.from_run(args.source, args.set)
     dataset = build.dataset(pipe.config, args.split)
     for tid, tokenizer in pipe.model.tokenizers.items():
-        count = tokenize(pipe.run, tid, tokenizer, dataset, args.split, pipe.device, args.batch_size)
+        count = tokenize(pipe.run, tid, tokenizer, dataset, args.split, pipe.device, pipe.model.resolution_of(tid),
+                         args.batch_size)
         print(f"{tid}: {count} images -> {pipe.run.path('tokens', tid)}")
     return 0
 
@@ -88,6 +115,53 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
+@handler("eval")
+def _eval(args: argparse.Namespace) -> int:
+    import json
+
+    from stratagen import api
+    from stratagen.engine import checkpoint, evaluate
+
+    pipe = api.Pipeline.from_run(args.source, args.set)
+    settings = pipe.config.eval
+    metrics = evaluate.build_metrics(settings)
+    reference = evaluate.reference_set(pipe.config, pipe.run.local_path("eval_cache"))
+    report: dict = {"tokenizers": evaluate.tokenizer_report(pipe, reference, metrics)}
+    if not args.tokenizers_only and pipe.config.sampler is not None:
+        labels = evaluate.sample_labels(pipe.model.num_classes, settings)
+        generated = evaluate.generate(pipe, labels, settings.seed, settings.batch_size)
+        report["samples"] = {**evaluate.score(generated, metrics, reference),
+                             "sec_per_image": generated.seconds_per_image, "count": len(labels)}
+    checkpoint.write_json(pipe.run.path("eval.json"), report)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+@handler("compare")
+def _compare(args: argparse.Namespace) -> int:
+    from stratagen.engine.compare import compare
+
+    result = compare(args.source, args.set)
+    with open(f"{result.dir}/results.md") as f:
+        print(f.read())
+    print(f"figures: {result.dir}/figures/")
+    print(f"open the dashboard: tensorboard --logdir {result.dir}/tb")
+    for name, message in result.failures.items():
+        print(f"error: variant {name} failed: {message}")
+    return 1 if result.failures else 0
+
+
+@handler("bench")
+def _bench(args: argparse.Namespace) -> int:
+    from stratagen import api
+    from stratagen.engine.bench import benchmark
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    for row in benchmark(api.load(args.source, args.set), args.repeats):
+        print(f"{row['component']:<24} {row['what']:<26} {row['seconds'] * 1000:10.1f} ms")
+    return 0
+
+
 @handler("info")
 def _info(args: argparse.Namespace) -> int:
     from stratagen import api
@@ -98,8 +172,11 @@ def _info(args: argparse.Namespace) -> int:
     rows = []
     for tid, tokenizer in model.tokenizers.items():
         levels = ", ".join(f"{s.name} {s.height}x{s.width}/{s.codebook_size}"
-                           for s in tokenizer.level_specs(model.resolution))
-        rows.append(("tokenizer", tid, config.tokenizers[tid].model.name, _count(tokenizer), levels))
+                           for s in tokenizer.level_specs(model.resolution_of(tid)))
+        shared = config.tokenizers[tid].share
+        plugin = config.tokenizers[shared or tid].model.name
+        rows.append(("tokenizer", tid, plugin, 0 if shared else _count(tokenizer),
+                     levels + (f" (weights of {shared})" if shared else "")))
     for pid, slot in model.priors.items():
         streams = slot.target + (f" | {', '.join(slot.conditions)}" if slot.conditions else "")
         rows.append(("prior", pid, config.priors[pid].model.name, _count(slot.prior), streams))

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from stratagen.registry import GenerativeModel, Prior, Registry, Tokenizer, get_registry
+from stratagen.registry import GenerativeModel, Prior, Registry, StratagenError, Tokenizer, get_registry
 
 from . import build, checkpoint
 from .logger import RunLogger, progress
@@ -171,10 +171,15 @@ def _load_train_state(url: str, module: nn.Module, optimizers: dict[str, torch.o
 
 
 # ----------------------------------------------------------------------------- stages
-def stack_batch(dataset: Any, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images ``[B, 3, H, W]`` and labels ``[B]`` of ``dataset`` at ``indices``."""
+def stack_batch(dataset: Any, indices: torch.Tensor, resolution: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images ``[B, 3, H, W]`` and labels ``[B]`` of ``dataset`` at ``indices``, resized to
+    ``resolution`` (bilinear, antialiased) when given and different."""
     items = [dataset[int(i)] for i in indices]
-    return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
+    images = torch.stack([x for x, _ in items])
+    if resolution is not None and images.shape[-1] != resolution:
+        images = torch.nn.functional.interpolate(images, size=(resolution, resolution), mode="bilinear",
+                                                 antialias=True, align_corners=False).clamp(-1, 1)
+    return images, torch.tensor([y for _, y in items])
 
 
 def autocast(procs: Processes):
@@ -186,12 +191,13 @@ def train_tokenizer(run: Run, config: Any, tid: str, tokenizer: Tokenizer, datas
                     logger: RunLogger, resume: bool = True, registry: Registry | None = None) -> None:
     entry = config.tokenizers[tid]
     settings = entry.train
+    resolution = entry.resolution or config.data.resolution
     per_rank = settings.batch_size // procs.world
-    preview = stack_batch(dataset, torch.arange(min(8, len(dataset))))[0].to(procs.device)
+    preview = stack_batch(dataset, torch.arange(min(8, len(dataset))), resolution)[0].to(procs.device)
 
     def loss_step(step: int):
         images, _ = stack_batch(dataset, batch_indices(len(dataset), per_rank * procs.world, step,
-                                                       config.run.seed, procs))
+                                                       config.run.seed, procs), resolution)
         with autocast(procs):
             return tokenizer.losses(images.to(procs.device), step)
 
@@ -239,14 +245,21 @@ def train_prior(run: Run, config: Any, pid: str, model: GenerativeModel, procs: 
                                                         else [procs.device.index])
     settings = entry.train
     per_rank = settings.batch_size // procs.world
+    sources = [model.prior_for(c).prior for c in slot.conditions] if entry.condition_augmentation > 0 else []
+    if any(source.conditions for source in sources):
+        raise StratagenError(f"priors.{pid}.condition_augmentation: the priors of its conditions must be "
+                             f"unconditioned (StraIT's top prior)")
 
     def loss_step(step: int):
         idx = batch_indices(len(labels_all), per_rank * procs.world, step, config.run.seed, procs)
         generator = torch.Generator(procs.device).manual_seed(step_seed(config.run.seed, step, 100 + procs.rank))
         tokens = data[slot.target][idx].to(procs.device)
+        labels = labels_all[idx].to(procs.device)
         conditions = [data[c][idx].to(procs.device) for c in slot.conditions]
+        if sources:
+            conditions = augment_conditions(conditions, sources, labels, entry.condition_augmentation, generator)
         with autocast(procs):
-            loss, logs = objective(tokens, labels_all[idx].to(procs.device), conditions, schedule, generator)
+            loss, logs = objective(tokens, labels, conditions, schedule, generator)
         return {"prior": loss}, logs
 
     slot.prior.train()
@@ -258,9 +271,28 @@ def train_prior(run: Run, config: Any, pid: str, model: GenerativeModel, procs: 
 
 
 @torch.no_grad()
+def augment_conditions(conditions: Sequence[torch.Tensor], sources: Sequence[Prior], labels: torch.Tensor,
+                       ratio: float, generator: torch.Generator) -> list[torch.Tensor]:
+    """Conditional augmentation (StraIT Appendix C, Eq. 6): mask ``ratio`` of each condition
+    grid ``[B, h, w]`` and fill the masked positions with the most likely tokens of the prior
+    that generates that level (evaluated, not trained, here)."""
+    out = []
+    for grid, source in zip(conditions, sources):
+        flat = grid.flatten(1)
+        masked = torch.rand(flat.shape, generator=generator, device=flat.device) < ratio
+        was_training = source.training
+        source.eval()
+        logits = source(torch.where(masked, source.mask_token_id, flat), labels, source.encode_conditions([], labels))
+        source.train(was_training)
+        out.append(torch.where(masked, logits.argmax(-1), flat).view_as(grid))
+    return out
+
+
+@torch.no_grad()
 def tokenize(run: Run, tid: str, tokenizer: Tokenizer, dataset: Any, split: str, device: torch.device,
-             batch_size: int = 64, shard_size: int = 10_000) -> int:
-    """Encode ``dataset`` once and write its token grids (and labels) as safetensors shards."""
+             resolution: int | None = None, batch_size: int = 64, shard_size: int = 10_000) -> int:
+    """Encode ``dataset`` (resized to ``resolution``) once; write its token grids and labels as
+    safetensors shards."""
     tokenizer.eval()
     shard: dict[str, list[torch.Tensor]] = {}
     written = 0
@@ -275,7 +307,7 @@ def tokenize(run: Run, tid: str, tokenizer: Tokenizer, dataset: Any, split: str,
             shard = {}
 
     for start in progress(range(0, len(dataset), batch_size), desc=f"tokenize {tid} ({split})"):
-        images, labels = stack_batch(dataset, torch.arange(start, min(start + batch_size, len(dataset))))
+        images, labels = stack_batch(dataset, torch.arange(start, min(start + batch_size, len(dataset))), resolution)
         grids = tokenizer.encode(images.to(device))
         for level, grid in grids.items():
             shard.setdefault(level, []).append(grid.cpu())

@@ -73,6 +73,7 @@ class DomainClassifier(nn.Module):
         return features, self.head(features)
 
 
+@torch.enable_grad()  # callers may evaluate under no_grad (e.g. rFID inside evaluate_tokenizer)
 def train_classifier(images: torch.Tensor, labels: torch.Tensor, steps: int, batch_size: int,
                      device: torch.device) -> tuple[DomainClassifier, dict[str, float]]:
     """Train on a seeded 80 % of ``images`` (uint8 ``[N, 3, H, W]``, ``labels`` ``[N]``).
@@ -218,7 +219,7 @@ class InDomainMetric(Metric):
         extractor = InDomainExtractor(IN_DOMAIN_EXTRACTOR, ["feat", "logits"],
                                       feature_extractor_weights_path=self.classifier_path(reference))
         images = to_uint8(generated.cpu())
-        features = extract_features(extractor, iter(images.split(self.batch_size)), self.device)
+        features = extract_features(extractor, images.split(self.batch_size), self.device)
         out = fidelity_scores(features, extractor, self.key, reference, ("fid", "isc", "kid"), self.batch_size,
                               self.device, self.kid_subset_size)
         out["class_accuracy"] = (features["logits"].argmax(1) == labels.cpu()).float().mean().item()

@@ -23,7 +23,7 @@ import hashlib
 import os
 from abc import ABC, abstractmethod
 from functools import cached_property
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -88,7 +88,7 @@ def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor,
 
 
 @torch.no_grad()
-def extract_features(extractor: FeatureExtractorBase, batches: Iterator[torch.Tensor],
+def extract_features(extractor: FeatureExtractorBase, batches: Iterable[torch.Tensor],
                      device: torch.device) -> dict[str, torch.Tensor]:
     """Run a torch-fidelity extractor over uint8 ``[B, 3, H, W]`` batches -> ``{layer: [N, D]}`` on CPU."""
     extractor.to(device).eval()
@@ -232,41 +232,42 @@ class InceptionMetric(Metric):
 
     def __init__(self, weights: str | None, metrics: Sequence[str] = ("fid", "isc"), kid_subset_size: int = 1000,
                  device: str = "cpu", vgg_weights: str | None = None, batch_size: int = 64):
-        self.metrics = tuple(dict.fromkeys(metrics))
-        unknown = set(self.metrics) - {"fid", "isc", "kid", "prc"}
-        if unknown or not self.metrics:
+        metrics = tuple(dict.fromkeys(metrics))
+        if not metrics or set(metrics) - {"fid", "isc", "kid", "prc"}:
             raise StratagenError(f"metric 'inception': metrics must be some of fid, isc, kid, prc; got {list(metrics)}")
-        self.inception_metrics = tuple(m for m in self.metrics if m != "prc")
-        self.weights = (_require_file(weights, "torch-fidelity's Inception-v3 weights", INCEPTION_FILE,
-                                      URL_INCEPTION_V3, "weights") if self.inception_metrics else None)
-        self.vgg_weights = (_require_file(vgg_weights, "VGG16 weights for prc", VGG16_FILE, VGG16_URL, "vgg_weights")
-                            if "prc" in self.metrics else None)
+        inception = tuple(m for m in metrics if m != "prc")
+        #: torch-fidelity extractor name -> (class, weights file, metrics it serves)
+        self.groups: dict[str, tuple[type[FeatureExtractorBase], str, tuple[str, ...]]] = {}
+        if inception:
+            path = _require_file(weights, "torch-fidelity's Inception-v3 weights", INCEPTION_FILE, URL_INCEPTION_V3,
+                                 "weights")
+            self.groups["inception-v3-compat"] = (FeatureExtractorInceptionV3, path, inception)
+        if "prc" in metrics:
+            path = _require_file(vgg_weights, "VGG16 weights for prc", VGG16_FILE, VGG16_URL, "vgg_weights")
+            self.groups["vgg16"] = (FeatureExtractorVGG16, path, ("prc",))
         self.kid_subset_size = kid_subset_size
         self.batch_size = batch_size
         self.device = resolve_device(device)
         self._extractors: dict[str, tuple[FeatureExtractorBase, str]] = {}
 
-    def _extractor(self, kind: str) -> tuple[FeatureExtractorBase, str]:
-        """The Inception (``kind="inception"``) or VGG16 extractor and its cache key, loaded once."""
-        if kind not in self._extractors:
-            cls, path, metrics = ((FeatureExtractorInceptionV3, self.weights, self.inception_metrics)
-                                  if kind == "inception" else (FeatureExtractorVGG16, self.vgg_weights, ("prc",)))
+    def _extractor(self, name: str) -> tuple[FeatureExtractorBase, str]:
+        """torch-fidelity's extractor ``name`` with its weights, and its cache key; loaded once."""
+        if name not in self._extractors:
+            cls, path, metrics = self.groups[name]
             layers = list(dict.fromkeys(cls.get_default_feature_layer_for_metric(m) for m in metrics))
             try:
-                extractor = cls(kind, layers, feature_extractor_weights_path=path, verbose=False)
+                extractor = cls(name, layers, feature_extractor_weights_path=path, verbose=False)
             except Exception as exc:  # a wrong or truncated file: say which
-                raise StratagenError(f"{path}: not a usable {kind} state dict for torch-fidelity ({exc})") from None
-            self._extractors[kind] = (extractor, f"{kind}-{_file_key(path)}")
-        return self._extractors[kind]
+                raise StratagenError(f"{path}: not a usable {name} state dict for torch-fidelity ({exc})") from None
+            self._extractors[name] = (extractor, f"{name}-{_file_key(path)}")
+        return self._extractors[name]
 
     def compute(self, generated: torch.Tensor, labels: torch.Tensor, reference: ReferenceSet) -> dict[str, float]:
         images = to_uint8(generated.cpu())
         out: dict[str, float] = {}
-        for kind, metrics in (("inception", self.inception_metrics), ("vgg16", ("prc",) if self.vgg_weights else ())):
-            if not metrics:
-                continue
-            extractor, key = self._extractor(kind)
-            features = extract_features(extractor, iter(images.split(self.batch_size)), self.device)
+        for name, (_, _, metrics) in self.groups.items():
+            extractor, key = self._extractor(name)
+            features = extract_features(extractor, images.split(self.batch_size), self.device)
             out.update(fidelity_scores(features, extractor, key, reference, metrics, self.batch_size, self.device,
                                        self.kid_subset_size))
         return out

@@ -33,7 +33,8 @@ def psnr(images: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate_tokenizer(tokenizer: Tokenizer, dataset: Dataset, batch_size: int, device: str | torch.device,
-                       fid_metric: Metric | None = None, cache_dir: str | os.PathLike | None = None) -> dict[str, float]:
+                       fid_metric: Metric | None = None,
+                       cache_dir: str | os.PathLike | None = None) -> dict[str, float]:
     """Reconstruction quality and codebook statistics of ``tokenizer`` over every image of ``dataset``.
 
     Args:

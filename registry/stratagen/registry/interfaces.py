@@ -169,6 +169,16 @@ class GenerativeModel:
     priors: dict[str, PriorSlot]
     resolution: int
     num_classes: int
+    #: image size each tokenizer id works at (its streams' grids follow from it)
+    resolutions: dict[str, int] = field(default_factory=dict)
+
+    def resolution_of(self, tokenizer_id: str) -> int:
+        return self.resolutions.get(tokenizer_id, self.resolution)
+
+    def level_spec(self, stream: str) -> LevelSpec:
+        tokenizer_id, level = split_stream_key(stream)
+        specs = self.tokenizers[tokenizer_id].level_specs(self.resolution_of(tokenizer_id))
+        return next(s for s in specs if s.name == level)
 
     def prior_for(self, stream: str) -> PriorSlot:
         """The prior generating ``stream``; IncompatibleComponentsError if there is none."""

@@ -4,7 +4,10 @@
 - ``cmtm-top``: the top-level prior (Eq. 3) — the MaskGIT transformer on the top level;
 - ``cmtm-bottom``: the bottom-level prior cross-attending to the top tokens and the class (Eq. 4);
   with other conditions it is also the cascade's f8 prior and the 512 upsampler;
-- ``stratified``: top then bottom decoding (§3.3); ``cascade``: the MaskGIT cascade baseline (§4.3).
+- ``upsampler``: the 256 -> 512 token-level upsampler prior (§4.2, Table 4), the bottom prior's
+  architecture with 3 layers by default;
+- ``stratified``: top then bottom decoding (§3.3); ``cascade``: the MaskGIT cascade baseline (§4.3);
+  ``upsample``: StraIT at 256 px, then the upsampler's 512 px tokens, decoded at 512.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from stratagen.plugins.maskgit import MaskedTokenTransformer, StageSettings, Tra
 from stratagen.plugins.vqgan import ConvVQConfig, build_loss
 from stratagen.registry import ComponentConfig, IncompatibleComponentsError, hookimpl
 
-from .samplers import CascadeSampler, StratifiedSampler
+from .samplers import CascadeSampler, StratifiedSampler, UpsampleSampler
 from .tokenizer import VQGAN2Tokenizer
 
 
@@ -47,6 +50,23 @@ class CMTMBottomConfig(TransformerConfig):
     mlp_dim: int = Field(4096, ge=8)
 
 
+class UpsamplerConfig(CMTMBottomConfig):
+    """§4.2: the bottom prior's architecture, 3 layers by default."""
+
+    name: Literal["upsampler"] = "upsampler"
+    depth: int = Field(3, ge=1)
+
+
+class UpsampleConfig(ComponentConfig):
+    name: Literal["upsample"] = "upsample"
+    top: StageSettings = StageSettings(steps=18)
+    bottom: StageSettings = StageSettings(steps=6)
+    up_top: StageSettings = StageSettings(steps=12)
+    up_bottom: StageSettings = StageSettings(steps=12)
+    low: str = Field("vq", description="tokenizer id of the low-resolution streams")
+    high: str = Field("vq512", description="tokenizer id of the high-resolution streams")
+
+
 class StratifiedConfig(ComponentConfig):
     name: Literal["stratified"] = "stratified"
     top: StageSettings = StageSettings(steps=18)
@@ -66,7 +86,8 @@ def build_vqgan2(*, fusion: str, resolution: int, loss, **fields) -> VQGAN2Token
 
 def build_bottom_prior(*, conditions, **fields) -> MaskedTokenTransformer:
     if not conditions:
-        raise IncompatibleComponentsError("cmtm-bottom needs at least one condition stream (priors.<id>.conditions)")
+        raise IncompatibleComponentsError("cmtm-bottom and upsampler priors need at least one condition stream "
+                                          "(priors.<id>.conditions)")
     return MaskedTokenTransformer(conditions=conditions, **fields)
 
 
@@ -80,12 +101,14 @@ def stratagen_register_tokenizers(register):
 def stratagen_register_priors(register):
     register("cmtm-top", MaskedTokenTransformer, CMTMTopConfig)
     register("cmtm-bottom", build_bottom_prior, CMTMBottomConfig)
+    register("upsampler", build_bottom_prior, UpsamplerConfig)
 
 
 @hookimpl
 def stratagen_register_samplers(register):
     register("stratified", StratifiedSampler, StratifiedConfig)
     register("cascade", CascadeSampler, CascadeConfig)
+    register("upsample", UpsampleSampler, UpsampleConfig)
 
 
-__all__ = ["CascadeSampler", "StratifiedSampler", "VQGAN2Tokenizer", "build_vqgan2"]
+__all__ = ["CascadeSampler", "StratifiedSampler", "UpsampleSampler", "VQGAN2Tokenizer", "build_vqgan2"]

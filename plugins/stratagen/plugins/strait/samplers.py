@@ -55,6 +55,54 @@ class StratifiedSampler(StagedSampler):
         return self._streams(model)[0]
 
 
+class UpsampleSampler(StagedSampler):
+    """StraIT 256 -> token-level upsampler -> 512 (§4.2 "Higher Resolution in Token-level", Table 4).
+
+    Decodes the low-resolution stratified streams (top, then bottom), then the high-resolution
+    streams of the same tokenizer at twice the size, each conditioned on what came before,
+    and decodes images with the high-resolution tokenizer id.
+
+    Args:
+        top, bottom: settings of the 256 px StraIT stages.
+        up_top, up_bottom: settings of the upsampler stages (Table 4: 12 + 12).
+        low, high: tokenizer ids of the 256 px and 512 px streams (``high`` shares ``low``'s weights).
+    """
+
+    def __init__(self, top: StageSettings = StageSettings(steps=18), bottom: StageSettings = StageSettings(steps=6),
+                 up_top: StageSettings = StageSettings(steps=12), up_bottom: StageSettings = StageSettings(steps=12),
+                 low: str = "vq", high: str = "vq512"):
+        self.settings = (top, bottom, up_top, up_bottom)
+        self.low, self.high = low, high
+
+    def _streams(self, model: GenerativeModel) -> list[str]:
+        streams = []
+        for tid in (self.low, self.high):
+            tokenizer = model.tokenizers.get(tid)
+            if tokenizer is None or len(tokenizer.level_names) != 2:
+                raise IncompatibleComponentsError(
+                    f"the upsample sampler needs two-level tokenizers {self.low!r} (low resolution) and {self.high!r} "
+                    f"(high); the model has: {', '.join(model.tokenizers)}")
+            streams += [stream_key(tid, level) for level in tokenizer.level_names]
+        return streams
+
+    def check(self, model: GenerativeModel) -> None:
+        streams = self._streams(model)
+        if model.resolution_of(self.high) <= model.resolution_of(self.low):
+            raise IncompatibleComponentsError(f"tokenizer {self.high!r} must work at a higher resolution than "
+                                              f"{self.low!r}")
+        for i, stream in enumerate(streams):
+            missing = set(model.prior_for(stream).conditions) - set(streams[:i])
+            if missing:
+                raise IncompatibleComponentsError(f"the prior of {stream!r} is conditioned on {sorted(missing)}, "
+                                                  f"which the upsample sampler has not decoded before it")
+
+    def stages(self, model: GenerativeModel) -> list[tuple[str, StageSettings]]:
+        return list(zip(self._streams(model), self.settings))
+
+    def output_tokenizer(self, model: GenerativeModel) -> str:
+        return self.high
+
+
 class CascadeSampler(StagedSampler):
     """Two tokenizers: an f16 prior from scratch, then an f8 prior that cross-attends to the
     f16 tokens; images come from the f8 tokenizer (StraIT §4.3 "Stratified over Cascade")."""

@@ -1,0 +1,97 @@
+"""Evaluation of a trained run: tokenizer reconstruction (Table 1) and sample quality.
+
+In-domain metrics (the default, offline) score images in the feature space of a small
+classifier trained on the run's eval split; they rank models on the same data but are
+not comparable to published Inception FIDs.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from pydantic import BaseModel
+
+from stratagen.eval import ReferenceSet, evaluate_tokenizer
+from stratagen.registry import Registry, Sampler, get_registry, split_stream_key
+
+from . import build
+from .logger import progress
+
+
+@dataclass
+class Generated:
+    """Images ``[N, 3, H, W]`` for ``labels`` ``[N]``, and the sampling cost."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    seconds_per_image: float
+    steps: int
+
+
+def sample_labels(num_classes: int, settings: Any) -> list[int]:
+    """``samples_per_class`` labels for each evaluated class, class-major."""
+    classes = settings.classes if settings.classes is not None else list(range(num_classes))
+    return [c for c in classes for _ in range(settings.samples_per_class)]
+
+
+def generate(pipe: Any, labels: Sequence[int], seed: int, batch_size: int, sampler: Sampler | None = None,
+             desc: str = "sample") -> Generated:
+    """Sample ``labels`` in batches; batch ``i`` uses seed ``seed + i``, so every model given the
+    same labels, seed and batch size is sampled under identical conditions."""
+    images, steps, start = [], 0, time.perf_counter()
+    batches = range(0, len(labels), batch_size)
+    for i, begin in enumerate(progress(batches, desc=desc)):
+        out = pipe.sample(labels[begin: begin + batch_size], seed=seed + i, sampler=sampler)
+        images.append(out.images.float().clamp(-1, 1).cpu())
+        steps = out.steps
+    seconds = time.perf_counter() - start
+    return Generated(torch.cat(images), torch.tensor(list(labels)), seconds / max(1, len(labels)), steps)
+
+
+def build_metrics(settings: Any, registry: Registry | None = None) -> list[tuple[str, Any]]:
+    registry = registry or get_registry()
+    return [(m.name, registry.build("metric", m)) for m in settings.metrics]
+
+
+def score(generated: Generated, metrics: list[tuple[str, Any]], reference: ReferenceSet) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for _, metric in metrics:
+        out.update(metric.compute(generated.images, generated.labels, reference))
+    return out
+
+
+def reference_set(config: BaseModel, cache_dir: str, registry: Registry | None = None) -> ReferenceSet:
+    """The run's eval split, with metric caches (classifier, features) under ``cache_dir``."""
+    return ReferenceSet(build.dataset(config, "eval", registry), cache_dir)
+
+
+def tokenizer_report(pipe: Any, reference: ReferenceSet, metrics: list[tuple[str, Any]],
+                     batch_size: int = 64) -> dict[str, dict[str, float]]:
+    """Per tokenizer: PSNR, per-level perplexity and usage, and rFID with the first FID metric."""
+    fid_metric = next((m for _, m in metrics), None)
+    return {tid: evaluate_tokenizer(tokenizer, reference.dataset, batch_size, pipe.device, fid_metric,
+                                    reference.cache_dir)
+            for tid, tokenizer in pipe.model.tokenizers.items() if pipe.config.tokenizers[tid].share is None}
+
+
+def describe(pipe: Any, sampler: Sampler) -> dict[str, Any]:
+    """Table 6 columns that describe a model: tokens per level, steps per level, parameters."""
+    streams = [stream for stream, _ in sampler.stages(pipe.model)]
+    specs = []
+    for stream in streams:
+        spec = pipe.model.level_spec(stream)
+        specs.append(f"{spec.height}x{spec.width}")
+    steps = "+".join(str(settings.steps) for _, settings in sampler.stages(pipe.model))
+    used_tokenizers = {split_stream_key(s)[0] for s in streams} | {sampler.output_tokenizer(pipe.model)}
+    params = sum(_generator_parameters(t) for t in {id(pipe.model.tokenizers[i]): pipe.model.tokenizers[i]
+                                                     for i in used_tokenizers}.values())
+    params += sum(p.numel() for slot in pipe.model.priors.values() if slot.target in streams
+                  for p in slot.prior.parameters())
+    return {"tokens": " + ".join(specs), "steps": steps, "params": params}
+
+
+def _generator_parameters(tokenizer: torch.nn.Module) -> int:
+    """The tokenizer's parameters without its training-only discriminator."""
+    return sum(p.numel() for p in tokenizer.parameter_groups().get("generator", tokenizer.parameters()))

@@ -1,0 +1,105 @@
+"""Compare runs: identical sampling across variants, outputs, skipped finished work, the dashboard."""
+import csv
+import os
+
+import pytest
+import yaml
+
+from stratagen import api
+from stratagen.engine import compare as compare_module
+from stratagen.engine import dashboard, evaluate
+from tinyconfigs import tiny_config, write_config
+
+
+@pytest.fixture(scope="module")
+def compare_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compare")
+    write_config(root / "maskgit.yaml", tiny_config(root / "runs/maskgit", "maskgit"))
+    write_config(root / "strait.yaml", tiny_config(root / "runs/strait", "strait"))
+    spec = {
+        "dir": str(root / "out"),
+        "device": "cpu",
+        "variants": {
+            "tiny-maskgit": {"config": "maskgit.yaml"},
+            "tiny-strait": {"config": "strait.yaml"},
+            "broken": {"run": str(root / "no-such-run")},
+        },
+        "eval": {"samples_per_class": 3, "seed": 4, "batch_size": 6,
+                 "metrics": [{"name": "in-domain", "classifier_steps": 20, "batch_size": 16, "kid_subset_size": 4}]},
+        "sweeps": {"temperature": [0.5, 2.0], "steps": [[2, 1]], "schedule": ["linear"]},
+    }
+    path = root / "compare.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    result = compare_module.compare(str(path))
+    return root, path, result
+
+
+def test_every_variant_is_sampled_and_scored_alike(compare_run):
+    root, _, result = compare_run
+    assert set(result.failures) == {"broken"} and "not a run directory" in result.failures["broken"]
+    rows = list(csv.DictReader(open(root / "out/results.csv")))
+    by_variant = {v: [r for r in rows if r["variant"] == v] for v in ("tiny-maskgit", "tiny-strait")}
+    # maskgit has one stage: the [2, 1] allocation does not apply to it
+    assert [(r["sweep"], r["value"]) for r in by_variant["tiny-maskgit"]] == [
+        ("default", "-"), ("temperature", "0.5"), ("temperature", "2"), ("schedule", "linear")]
+    assert [(r["sweep"], r["value"]) for r in by_variant["tiny-strait"]] == [
+        ("default", "-"), ("temperature", "0.5"), ("temperature", "2"), ("steps", "2+1"), ("schedule", "linear")]
+    strait_steps = {r["sweep"]: r["steps"] for r in by_variant["tiny-strait"]}
+    assert strait_steps["default"] == "3+2" and strait_steps["steps"] == "2+1"
+    assert by_variant["tiny-strait"][0]["tokens"] == "4x4 + 8x8"
+    for row in rows:
+        assert 0 <= float(row["class_accuracy"]) <= 1 and float(row["fid"]) >= 0
+
+
+def test_identical_labels_and_seeds_for_every_variant(compare_run, monkeypatch):
+    root, path, _ = compare_run
+    calls = []
+    real = evaluate.generate
+
+    def spy(pipe, labels, seed, batch_size, sampler=None, desc=""):
+        calls.append((tuple(labels), seed, batch_size))
+        return real(pipe, labels, seed, batch_size, sampler, desc)
+
+    monkeypatch.setattr(evaluate, "generate", spy)
+    out = root / "out2"
+    compare_module.compare(str(path), [f"dir={out}", "variants.broken=null", "sweeps.temperature=[]",
+                                       "sweeps.steps=[]", "sweeps.schedule=[]"])
+    assert len(calls) == 2 and calls[0] == calls[1]
+    assert calls[0][0] == tuple(c for c in range(4) for _ in range(3)) and calls[0][1] == 4
+
+
+def test_outputs_and_rerun_skips_finished_work(compare_run, monkeypatch):
+    root, path, _ = compare_run
+    out = root / "out"
+    for name in ("results.csv", "results.md", "tokenizers.md", "figures/side_by_side.png",
+                 "figures/fid_vs_temperature.png", "figures/class_accuracy_vs_schedule.png"):
+        assert (out / name).exists(), name
+    md = (out / "results.md").read_text()
+    assert "best FID over the temperature sweep" in md and "tiny-strait" in md and "broken" in md
+    assert "psnr" in (out / "tokenizers.md").read_text()
+    assert sorted(os.listdir(out / "tb")) == ["tiny-maskgit", "tiny-strait"]
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("finished work was redone")
+
+    monkeypatch.setattr(evaluate, "generate", must_not_run)
+    monkeypatch.setattr(api, "train", lambda config, resume=False, registry=None: None)
+    again = compare_module.compare(str(path))
+    assert len(again.rows) == 9 and set(again.failures) == {"broken"}
+
+
+def test_dashboard_http_api_lists_every_variant(compare_run):
+    root, _, _ = compare_run
+    report = dashboard.check_dashboard(str(root / "out/tb"), ["tiny-maskgit", "tiny-strait"], screenshot=None)
+    assert {"tiny-maskgit", "tiny-strait"} <= set(report.runs)
+    assert "default/fid" in report.scalar_tags["tiny-maskgit"]
+    assert "temperature/class_accuracy" in report.scalar_tags["tiny-strait"]
+
+
+@pytest.mark.skipif(dashboard.find_chromium() is None,
+                    reason="no Chromium installed (CI installs Debian's chromium; `apt-get install chromium`)")
+def test_dashboard_in_a_real_browser(compare_run):
+    root, _, _ = compare_run
+    shot = root / "dashboard.png"
+    dashboard.check_dashboard(str(root / "out/tb"), ["tiny-maskgit", "tiny-strait"], screenshot=str(shot))
+    assert shot.stat().st_size > 10_000
