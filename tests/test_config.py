@@ -11,6 +11,8 @@ from stratagen import cli
 from stratagen import config as cfg
 from tinyconfigs import tiny_config, write_config
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
 
 def run_cli(capsys, *argv):
     code = cli.main(list(argv))
@@ -132,3 +134,20 @@ def test_real_cli_process_prints_no_traceback(tmp_path):
     result = subprocess.run([str(exe), "info", str(path)], capture_output=True, text=True)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and "tokenizers.vq.model" in result.stderr
+
+
+SHIPPED = sorted(str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "configs").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED)
+def test_every_shipped_config_validates(path, monkeypatch):
+    monkeypatch.chdir(REPO_ROOT)
+    if path.startswith("configs/compare/"):
+        config = cfg.load_compare_config(path)
+        assert config.variants
+        return
+    config = cfg.load_config(path)
+    if path.startswith("configs/demo/"):  # small enough to build: check the sampler fits the model
+        from stratagen.engine import build
+
+        build.build_sampler(config, build.build_model(config))

@@ -26,7 +26,7 @@ def compare_run(tmp_path_factory):
         },
         "eval": {"samples_per_class": 3, "seed": 4, "batch_size": 6,
                  "metrics": [{"name": "in-domain", "classifier_steps": 20, "batch_size": 16, "kid_subset_size": 4}]},
-        "sweeps": {"temperature": [0.5, 2.0], "steps": [[2, 1]], "schedule": ["linear"]},
+        "sweeps": {"temperature": [0.5, 2.0], "steps": [[2, 1]], "schedule": ["linear"], "guidance": [1.5]},
     }
     path = root / "compare.yaml"
     path.write_text(yaml.safe_dump(spec))
@@ -41,9 +41,10 @@ def test_every_variant_is_sampled_and_scored_alike(compare_run):
     by_variant = {v: [r for r in rows if r["variant"] == v] for v in ("tiny-maskgit", "tiny-strait")}
     # maskgit has one stage: the [2, 1] allocation does not apply to it
     assert [(r["sweep"], r["value"]) for r in by_variant["tiny-maskgit"]] == [
-        ("default", "-"), ("temperature", "0.5"), ("temperature", "2"), ("schedule", "linear")]
+        ("default", "-"), ("temperature", "0.5"), ("temperature", "2"), ("schedule", "linear"), ("guidance", "1.5")]
     assert [(r["sweep"], r["value"]) for r in by_variant["tiny-strait"]] == [
-        ("default", "-"), ("temperature", "0.5"), ("temperature", "2"), ("steps", "2+1"), ("schedule", "linear")]
+        ("default", "-"), ("temperature", "0.5"), ("temperature", "2"), ("steps", "2+1"), ("schedule", "linear"),
+        ("guidance", "1.5")]
     strait_steps = {r["sweep"]: r["steps"] for r in by_variant["tiny-strait"]}
     assert strait_steps["default"] == "3+2" and strait_steps["steps"] == "2+1"
     assert by_variant["tiny-strait"][0]["tokens"] == "4x4 + 8x8"
@@ -63,7 +64,7 @@ def test_identical_labels_and_seeds_for_every_variant(compare_run, monkeypatch):
     monkeypatch.setattr(evaluate, "generate", spy)
     out = root / "out2"
     compare_module.compare(str(path), [f"dir={out}", "variants.broken=null", "sweeps.temperature=[]",
-                                       "sweeps.steps=[]", "sweeps.schedule=[]"])
+                                       "sweeps.steps=[]", "sweeps.schedule=[]", "sweeps.guidance=[]"])
     assert len(calls) == 2 and calls[0] == calls[1]
     assert calls[0][0] == tuple(c for c in range(4) for _ in range(3)) and calls[0][1] == 4
 
@@ -85,7 +86,7 @@ def test_outputs_and_rerun_skips_finished_work(compare_run, monkeypatch):
     monkeypatch.setattr(evaluate, "generate", must_not_run)
     monkeypatch.setattr(api, "train", lambda config, resume=False, registry=None: None)
     again = compare_module.compare(str(path))
-    assert len(again.rows) == 9 and set(again.failures) == {"broken"}
+    assert len(again.rows) == 11 and set(again.failures) == {"broken"}
 
 
 def test_dashboard_http_api_lists_every_variant(compare_run):

@@ -65,10 +65,13 @@ def test_reconstruction_loss_falls():
     assert logs["reconstruction"] < 0.6 * first
 
 
-def test_perceptual_off_without_weights_says_so(caplog):
+def test_perceptual_off_without_weights_says_so_once(caplog):
+    from stratagen.plugins.vqgan import losses
+
+    losses._say_perceptual_off.cache_clear()
     with caplog.at_level(logging.WARNING):
-        tiny_vqgan()
-    assert "perceptual loss is off" in caplog.text
+        tiny_vqgan(), tiny_vqgan()
+    assert caplog.text.count("perceptual loss is off") == 1
 
 
 def test_missing_perceptual_weights_fail_fast_when_training(tmp_path):

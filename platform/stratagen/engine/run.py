@@ -16,7 +16,6 @@ from typing import Any
 
 import fsspec
 import torch
-import yaml
 from torch import nn
 
 from stratagen import config as cfg
@@ -108,7 +107,3 @@ class Run:
                                  f"(run `stratagen tokenize`)")
         parts = [checkpoint.load_tensors(s)[0] for s in shards]
         return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-
-
-def dump_yaml(value: Any) -> str:
-    return yaml.safe_dump(value, sort_keys=False)

@@ -113,10 +113,10 @@ class CascadeSampler(StagedSampler):
     def _streams(self, model: GenerativeModel) -> tuple[str, str]:
         pairs = [(c, slot.target) for slot in model.priors.values() for c in slot.conditions
                  if c.split(".", 1)[0] != slot.target.split(".", 1)[0]]
-        if len(pairs) != 1 or len(model.priors) != 2:
+        if len(pairs) != 1:
             raise IncompatibleComponentsError(
-                "the cascade sampler needs two priors: one on the first tokenizer's tokens and one on the second "
-                "tokenizer's tokens conditioned on the first's; the model has: "
+                "the cascade sampler needs one prior on the second tokenizer's tokens conditioned on the first "
+                "tokenizer's tokens (and a prior generating those); the model has: "
                 + "; ".join(f"{s.target} | {list(s.conditions)}" for s in model.priors.values()))
         return pairs[0]
 

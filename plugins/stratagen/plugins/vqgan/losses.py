@@ -4,6 +4,7 @@ Shared by every convolutional VQ tokenizer (``vqgan``, ``vqgan2-r``, ``vqgan2-c`
 """
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Sequence
 
@@ -16,6 +17,12 @@ from stratagen.nn import (PerceptualLoss, StyleGANDiscriminator, discriminator_l
 from stratagen.registry import MissingWeightsError
 
 log = logging.getLogger(__name__)
+
+
+@functools.cache
+def _say_perceptual_off() -> None:
+    """Said once per process, however many tokenizers are built."""
+    log.warning("perceptual loss is off: no perceptual_weights file given (VGG16 ImageNet weights)")
 
 
 class VQGANLoss(nn.Module):
@@ -43,7 +50,7 @@ class VQGANLoss(nn.Module):
         # Kept outside the module tree: the frozen VGG is not part of the tokenizer's weights.
         self._perceptual: list[PerceptualLoss] = []
         if perceptual_weights is None and perceptual_weight > 0:
-            log.warning("perceptual loss is off: no perceptual_weights file given (VGG16 ImageNet weights)")
+            _say_perceptual_off()
         self.discriminator = StyleGANDiscriminator(resolution, channels=disc_channels,
                                                    channel_mult=tuple(disc_channel_mult)) if gan_weight > 0 else None
 
