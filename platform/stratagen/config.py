@@ -95,6 +95,8 @@ class RunSettings(Strict):
     dir: str = Field(description="run directory: a local path or an fsspec URL")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    attention: Literal["sdpa", "xformers"] = Field(
+        "sdpa", description="attention kernel: torch SDPA, or xformers (optional extra, CUDA only)")
 
 
 def _union(registry: Registry, kind: str) -> Any:

@@ -169,3 +169,21 @@ def test_condition_augmentation_replaces_about_the_ratio_with_top_prior_predicti
     assert 0.05 < changed <= 0.3 + 0.05  # masked share, minus positions the prior predicts unchanged
     (none,) = augment_conditions([grid], [top], labels, 0.0, torch.Generator().manual_seed(2))
     assert torch.equal(none, grid)
+
+
+def test_a_stream_with_two_priors_uses_the_one_that_fits_what_is_decoded(tmp_path):
+    from tinyconfigs import tiny_config, write_config
+
+    config = tiny_config(tmp_path / "run", "cascade")
+    config["priors"]["f8"] = {"target": "f8.tokens", "model": dict(config["priors"]["top"]["model"]),
+                              "train": dict(config["priors"]["top"]["train"])}
+    loaded = api.load(str(write_config(tmp_path / "c.yaml", config)))
+    model = build.build_model(loaded)
+    assert model.prior_for("f8.tokens") is model.priors["f8"]
+    assert model.prior_for("f8.tokens", {"f16.tokens"}) is model.priors["bottom"]
+    del model.priors["f8"]
+    with pytest.raises(IncompatibleComponentsError, match="'f8.tokens' from scratch"):
+        model.prior_for("f8.tokens")
+    single = api.load(str(write_config(tmp_path / "c.yaml", config)), ["sampler.name=maskgit",
+                                                                      "sampler.stream=f8.tokens"])
+    build.build_sampler(single, build.build_model(single))  # the unconditioned f8 prior decodes alone

@@ -5,6 +5,8 @@ from typing import Any
 
 import torch
 
+from stratagen.nn import set_attention_backend
+
 from stratagen.registry import (ConfigError, GenerativeModel, LevelSpec, PriorSlot, Registry, Sampler,
                                 Tokenizer, get_registry, split_stream_key)
 
@@ -29,6 +31,10 @@ def level_spec(tokenizers: dict[str, Tokenizer], stream: str, resolutions: dict[
 def build_model(config: Any, registry: Registry | None = None) -> GenerativeModel:
     """Tokenizers and priors of ``config``, initialised from ``run.seed`` (weights load separately)."""
     registry = registry or get_registry()
+    try:
+        set_attention_backend(config.run.attention)
+    except ValueError as exc:
+        raise ConfigError(f"run.attention: {exc}") from None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.run.seed)
         return _build_model(config, registry)

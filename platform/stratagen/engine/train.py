@@ -20,7 +20,7 @@ from torch import nn
 
 from stratagen.registry import GenerativeModel, Prior, Registry, StratagenError, Tokenizer, get_registry
 
-from . import build, checkpoint
+from . import checkpoint
 from .logger import RunLogger, progress
 from .run import TRAIN_STATE, Run
 

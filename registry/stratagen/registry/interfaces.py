@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -180,15 +180,24 @@ class GenerativeModel:
         specs = self.tokenizers[tokenizer_id].level_specs(self.resolution_of(tokenizer_id))
         return next(s for s in specs if s.name == level)
 
-    def prior_for(self, stream: str) -> PriorSlot:
-        """The prior generating ``stream``; IncompatibleComponentsError if there is none."""
-        for slot in self.priors.values():
-            if slot.target == stream:
-                return slot
+    def prior_for(self, stream: str, decoded: Iterable[str] = ()) -> PriorSlot:
+        """The prior generating ``stream`` from the streams in ``decoded``.
+
+        Of several (e.g. the cascade's conditioned f8 prior and an unconditioned one), the
+        one that uses the most decoded streams; IncompatibleComponentsError if there is none.
+        """
+        decoded = set(decoded)
+        fitting = [s for s in self.priors.values() if s.target == stream and set(s.conditions) <= decoded]
+        if fitting:
+            return max(fitting, key=lambda s: len(s.conditions))
+        others = [f"{s.target} | {list(s.conditions)}" for s in self.priors.values() if s.target == stream]
+        if others:
+            given = f"from {sorted(decoded)}" if decoded else "from scratch"
+            raise IncompatibleComponentsError(f"no prior generates {stream!r} {given}: its priors are conditioned "
+                                              f"on more ({'; '.join(others)})")
         raise IncompatibleComponentsError(
             f"no prior generates stream {stream!r}; priors generate: "
-            + ", ".join(s.target for s in self.priors.values())
-        )
+            + ", ".join(s.target for s in self.priors.values()))
 
     def tokenizer_of(self, stream: str) -> Tokenizer:
         return self.tokenizers[split_stream_key(stream)[0]]

@@ -36,7 +36,8 @@ class StagedSampler(Sampler):
         generated: dict[str, torch.Tensor] = {}
         steps = 0
         for stream, settings in self.stages(model):
-            slot = model.prior_for(stream)
+            decoded = set(generated) | {s for s, t in canvas.items() if not (t == UNKNOWN).any()}
+            slot = model.prior_for(stream, decoded)
             spec = slot.prior.target
             known = canvas.get(stream)
             if known is None:
@@ -85,11 +86,11 @@ class MaskGITSampler(StagedSampler):
 
     def check(self, model: GenerativeModel) -> None:
         stream = self._stream(model)
-        slot = model.prior_for(stream)
-        if slot.conditions:
-            raise IncompatibleComponentsError(
-                f"the maskgit sampler decodes one stream from scratch, but the prior of {stream!r} "
-                f"is conditioned on {list(slot.conditions)}; use the stratified or cascade sampler")
+        try:
+            model.prior_for(stream)
+        except IncompatibleComponentsError as exc:
+            raise IncompatibleComponentsError(f"the maskgit sampler decodes one stream from scratch, but {exc}; "
+                                              f"use the stratified or cascade sampler") from None
         tokenizer_id, level = split_stream_key(stream)
         tokenizer = model.tokenizers[tokenizer_id]
         if not tokenizer.can_decode({level}):

@@ -40,10 +40,8 @@ class StratifiedSampler(StagedSampler):
 
     def check(self, model: GenerativeModel) -> None:
         _, top, bottom = self._streams(model)
-        if model.prior_for(top).conditions:
-            raise IncompatibleComponentsError(f"the stratified sampler decodes {top!r} from scratch, but its "
-                                              f"prior is conditioned on {list(model.prior_for(top).conditions)}")
-        if top not in model.prior_for(bottom).conditions:
+        model.prior_for(top)  # decodable from scratch
+        if top not in model.prior_for(bottom, {top}).conditions:
             raise IncompatibleComponentsError(f"the bottom prior of {bottom!r} must be conditioned on {top!r} "
                                               f"(priors.<id>.conditions: [{top}])")
 
@@ -91,10 +89,7 @@ class UpsampleSampler(StagedSampler):
             raise IncompatibleComponentsError(f"tokenizer {self.high!r} must work at a higher resolution than "
                                               f"{self.low!r}")
         for i, stream in enumerate(streams):
-            missing = set(model.prior_for(stream).conditions) - set(streams[:i])
-            if missing:
-                raise IncompatibleComponentsError(f"the prior of {stream!r} is conditioned on {sorted(missing)}, "
-                                                  f"which the upsample sampler has not decoded before it")
+            model.prior_for(stream, streams[:i])  # says which conditions are missing
 
     def stages(self, model: GenerativeModel) -> list[tuple[str, StageSettings]]:
         return list(zip(self._streams(model), self.settings))
@@ -122,8 +117,7 @@ class CascadeSampler(StagedSampler):
 
     def check(self, model: GenerativeModel) -> None:
         top, bottom = self._streams(model)
-        if model.prior_for(top).conditions:
-            raise IncompatibleComponentsError(f"the cascade's first prior ({top!r}) must be unconditioned")
+        model.prior_for(top)  # the cascade's first prior is unconditioned
         tid, level = bottom.split(".", 1)
         if not model.tokenizers[tid].can_decode({level}):
             raise IncompatibleComponentsError(f"tokenizer {tid!r} cannot decode level {level!r} alone")
