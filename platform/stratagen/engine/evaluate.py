@@ -87,8 +87,10 @@ def describe(pipe: Any, sampler: Sampler) -> dict[str, Any]:
     used_tokenizers = {split_stream_key(s)[0] for s in streams} | {sampler.output_tokenizer(pipe.model)}
     params = sum(_generator_parameters(t) for t in {id(pipe.model.tokenizers[i]): pipe.model.tokenizers[i]
                                                      for i in used_tokenizers}.values())
-    params += sum(p.numel() for slot in pipe.model.priors.values() if slot.target in streams
-                  for p in slot.prior.parameters())
+    decoded: list[str] = []
+    for stream in streams:  # the priors the sampler actually uses
+        params += sum(p.numel() for p in pipe.model.prior_for(stream, decoded).prior.parameters())
+        decoded.append(stream)
     return {"tokens": " + ".join(specs), "steps": steps, "params": params}
 
 
