@@ -50,9 +50,10 @@ def benchmark(config: Any, repeats: int = 5) -> list[dict[str, Any]]:
                       for c in prior.conditions]
         labels = torch.randint(0, model.num_classes, (batch,), device=device)
         generator = torch.Generator(device).manual_seed(0)
+        def prior_step():
+            prior.loss(tokens, labels, conditions, schedule, generator).loss.backward()
         rows.append({"component": f"prior {pid}", "what": f"train step, batch {batch}",
-                     "seconds": _time(lambda: prior.loss(tokens, labels, conditions, schedule, generator).loss.backward(),
-                                      repeats)})
+                     "seconds": _time(prior_step, repeats)})
     if config.sampler is not None:
         for module in [*model.tokenizers.values(), *(s.prior for s in model.priors.values())]:
             module.eval()

@@ -56,8 +56,9 @@ class CompareResult:
 # ----------------------------------------------------------------------------- sweeps
 def _stages(sampler: BaseModel) -> list[str]:
     """Names of the sampler config's per-level stage sections (``stage``, or ``top``/``bottom``)."""
-    return [name for name in type(sampler).model_fields
-            if isinstance(getattr(sampler, name), BaseModel) and "choice_temperature" in type(getattr(sampler, name)).model_fields]
+    sections = {name: getattr(sampler, name) for name in type(sampler).model_fields}
+    return [name for name, value in sections.items()
+            if isinstance(value, BaseModel) and "choice_temperature" in type(value).model_fields]
 
 
 def _with_stages(sampler: BaseModel, update) -> BaseModel:

@@ -105,7 +105,8 @@ def _browser_check(base: str, expected: list[str], screenshot: str, chromium: st
 
     with tempfile.TemporaryDirectory() as profile, sync_playwright() as playwright:
         browser = playwright.chromium.launch_persistent_context(
-            profile, executable_path=chromium, headless=True, args=CHROMIUM_FLAGS, viewport={"width": 1400, "height": 1000})
+            profile, executable_path=chromium, headless=True, args=CHROMIUM_FLAGS,
+            viewport={"width": 1400, "height": 1000})
         try:
             page = browser.new_page()
             page.goto(f"{base}/#custom_scalars", wait_until="networkidle")

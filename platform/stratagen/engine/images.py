@@ -14,7 +14,8 @@ def save_images(images: torch.Tensor, labels: Sequence[int], folder: str, nrow: 
     """Write ``[B, 3, H, W]`` images in [-1, 1] as ``<prefix>class<c>_<i>.png`` plus ``<prefix>grid.png``."""
     os.makedirs(folder, exist_ok=True)
     for i, (image, label) in enumerate(zip(images, labels)):
-        save_image(image.float().cpu().clamp(-1, 1) * 0.5 + 0.5, os.path.join(folder, f"{prefix}class{label}_{i:04d}.png"))
+        path = os.path.join(folder, f"{prefix}class{label}_{i:04d}.png")
+        save_image(image.float().cpu().clamp(-1, 1) * 0.5 + 0.5, path)
     grid = os.path.join(folder, f"{prefix}grid.png")
     save_image(image_grid(images, nrow), grid)
     return grid

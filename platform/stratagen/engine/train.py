@@ -171,7 +171,8 @@ def _load_train_state(url: str, module: nn.Module, optimizers: dict[str, torch.o
 
 
 # ----------------------------------------------------------------------------- stages
-def stack_batch(dataset: Any, indices: torch.Tensor, resolution: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def stack_batch(dataset: Any, indices: torch.Tensor,
+                resolution: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Images ``[B, 3, H, W]`` and labels ``[B]`` of ``dataset`` at ``indices``, resized to
     ``resolution`` (bilinear, antialiased) when given and different."""
     items = [dataset[int(i)] for i in indices]

@@ -9,7 +9,8 @@ from .manager import Component, PluginFailure, Provider, Registry, get_registry
 from .tokens import LevelSpec, TokenGrids, split_stream_key, stream_key
 
 __all__ = [
-    "UNKNOWN", "AutoencoderOutput", "Component", "ComponentConfig", "ConfigError", "GenerativeModel", "IncompatibleComponentsError",
+    "UNKNOWN", "AutoencoderOutput", "Component", "ComponentConfig", "ConfigError", "GenerativeModel",
+    "IncompatibleComponentsError",
     "LevelSpec", "MaskSchedule", "MissingWeightsError", "PluginFailure", "PluginLoadError", "Prior", "PriorLoss",
     "PriorSlot", "Provider", "Registry", "SampleOutput", "Sampler", "StratagenError", "TokenGrids", "Tokenizer",
     "UnknownComponentError", "get_registry", "hookimpl", "split_stream_key", "stream_key",

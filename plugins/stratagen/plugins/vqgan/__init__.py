@@ -41,7 +41,8 @@ class ConvVQConfig(ComponentConfig):
 
 class VQGANConfig(ConvVQConfig):
     name: Literal["vqgan"] = "vqgan"
-    factor: Literal[2, 4, 8, 16, 32] = Field(16, description="downsampling factor f; needs log2(f)+1 channel_mult entries")
+    factor: Literal[2, 4, 8, 16, 32] = Field(
+        16, description="downsampling factor f; needs log2(f)+1 channel_mult entries")
 
     @model_validator(mode="after")
     def _factor_matches(self) -> "VQGANConfig":
