@@ -6,7 +6,6 @@ from typing import Any
 import torch
 
 from stratagen.nn import set_attention_backend
-
 from stratagen.registry import (ConfigError, GenerativeModel, LevelSpec, PriorSlot, Registry, Sampler,
                                 Tokenizer, get_registry, split_stream_key)
 

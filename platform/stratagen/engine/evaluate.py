@@ -78,12 +78,11 @@ def tokenizer_report(pipe: Any, reference: ReferenceSet, metrics: list[tuple[str
 
 def describe(pipe: Any, sampler: Sampler) -> dict[str, Any]:
     """Table 6 columns that describe a model: tokens per level, steps per level, parameters."""
-    streams = [stream for stream, _ in sampler.stages(pipe.model)]
-    specs = []
-    for stream in streams:
-        spec = pipe.model.level_spec(stream)
-        specs.append(f"{spec.height}x{spec.width}")
-    steps = "+".join(str(settings.steps) for _, settings in sampler.stages(pipe.model))
+    stages = sampler.stages(pipe.model)
+    streams = [stream for stream, _ in stages]
+    specs = [pipe.model.level_spec(stream) for stream in streams]
+    tokens = " + ".join(f"{spec.height}x{spec.width}" for spec in specs)
+    steps = "+".join(str(settings.steps) for _, settings in stages)
     used_tokenizers = {split_stream_key(s)[0] for s in streams} | {sampler.output_tokenizer(pipe.model)}
     params = sum(_generator_parameters(t) for t in {id(pipe.model.tokenizers[i]): pipe.model.tokenizers[i]
                                                      for i in used_tokenizers}.values())
@@ -91,7 +90,7 @@ def describe(pipe: Any, sampler: Sampler) -> dict[str, Any]:
     for stream in streams:  # the priors the sampler actually uses
         params += sum(p.numel() for p in pipe.model.prior_for(stream, decoded).prior.parameters())
         decoded.append(stream)
-    return {"tokens": " + ".join(specs), "steps": steps, "params": params}
+    return {"tokens": tokens, "steps": steps, "params": params}
 
 
 def _generator_parameters(tokenizer: torch.nn.Module) -> int:
