@@ -17,8 +17,9 @@ from pydantic import BaseModel
 from stratagen import config as cfg
 from stratagen.engine import build
 from stratagen.engine import train as training
+from stratagen.engine.distributed import barrier, setup_processes
 from stratagen.engine.logger import RunLogger
-from stratagen.engine.run import Run
+from stratagen.io.run import Run
 from stratagen.registry import GenerativeModel, Registry, Sampler, SampleOutput, StratagenError, get_registry
 
 log = logging.getLogger("stratagen")
@@ -91,7 +92,7 @@ def train(config: BaseModel, resume: bool = False, registry: Registry | None = N
     continues interrupted components from their last checkpoint.
     """
     registry = registry or get_registry()
-    procs = training.setup_processes(config.run.device)
+    procs = setup_processes(config.run.device)
     run = Run(config.run.dir)
     if not resume and _has_checkpoints(run, config):
         raise StratagenError(f"{run.url} already holds checkpoints; pass --resume to continue it, "
@@ -116,7 +117,7 @@ def train(config: BaseModel, resume: bool = False, registry: Registry | None = N
             if config.priors and not run.token_shards(tid, "train"):
                 if procs.is_main:
                     training.tokenize(run, tid, tokenizer, train_data, "train", procs.device, model.resolution_of(tid))
-                _barrier(procs)
+                barrier(procs)
         pipeline = Pipeline(config, model, run, procs.device, registry)
         last = list(model.priors)[-1] if model.priors else None
         for pid, slot in model.priors.items():
@@ -142,11 +143,6 @@ def _has_checkpoints(run: Run, config: BaseModel) -> bool:
     kinds = [("tokenizer", t) for t, e in config.tokenizers.items() if e.share is None]
     kinds += [("prior", p) for p in config.priors]
     return any(run.trained_step(kind, cid) is not None for kind, cid in kinds)
-
-
-def _barrier(procs: training.Processes) -> None:
-    if procs.world > 1:
-        torch.distributed.barrier()
 
 
 def _log_samples(pipeline: Pipeline, logger: RunLogger, step: int) -> None:

@@ -8,7 +8,7 @@ import torch
 import yaml
 
 from stratagen import api
-from stratagen.engine import checkpoint
+from stratagen.io import checkpoint
 from stratagen.registry import StratagenError
 from tinyconfigs import tiny_config, write_config
 

@@ -9,7 +9,7 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from torch_fidelity.utils import create_feature_extractor
 
 from stratagen.data import SyntheticShapes
-from stratagen.engine import checkpoint
+from stratagen.io import checkpoint
 from stratagen.eval import IN_DOMAIN_EXTRACTOR, DomainClassifier, InDomainExtractor
 from stratagen.eval.classifier import load_classifier, train_classifier
 from stratagen.registry import MissingWeightsError, StratagenError

@@ -2,7 +2,7 @@
 import torch
 
 from stratagen import api
-from stratagen.engine import checkpoint
+from stratagen.io import checkpoint
 from stratagen.registry import IncompatibleComponentsError
 
 

@@ -120,7 +120,8 @@ def _eval(args: argparse.Namespace) -> int:
     import json
 
     from stratagen import api
-    from stratagen.engine import checkpoint, evaluate
+    from stratagen.engine import evaluate
+    from stratagen.io import checkpoint
 
     pipe = api.Pipeline.from_run(args.source, args.set)
     settings = pipe.config.eval

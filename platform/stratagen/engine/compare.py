@@ -36,7 +36,9 @@ from stratagen import api
 from stratagen import config as cfg
 from stratagen.registry import Registry, StratagenError, get_registry
 
-from . import checkpoint, evaluate, figures
+from stratagen.io import checkpoint
+
+from . import evaluate, figures
 
 log = logging.getLogger("stratagen")
 

@@ -30,7 +30,7 @@ from torch import nn
 from torch_fidelity import FeatureExtractorBase, register_feature_extractor
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
-from stratagen.engine import checkpoint
+from stratagen.io import checkpoint
 from stratagen.registry import MissingWeightsError, StratagenError
 
 from .fidelity import Metric, ReferenceSet, extract_features, fidelity_scores, resolve_device, to_uint8

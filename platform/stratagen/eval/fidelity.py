@@ -33,7 +33,7 @@ from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, isc_features_to_metri
 from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, kid_features_to_metric
 from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_features_to_metric
 
-from stratagen.engine import checkpoint
+from stratagen.io import checkpoint
 from stratagen.registry import MissingWeightsError, StratagenError
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"

@@ -21,7 +21,7 @@ from torch import nn
 from stratagen import config as cfg
 from stratagen.registry import Registry, StratagenError, get_registry
 
-from . import checkpoint
+from stratagen.io import checkpoint
 
 WEIGHTS = "model.safetensors"
 TRAIN_STATE = "checkpoint.safetensors"

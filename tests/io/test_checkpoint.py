@@ -5,7 +5,7 @@ import fsspec
 import pytest
 import torch
 
-from stratagen.engine import checkpoint
+from stratagen.io import checkpoint
 from stratagen.registry import StratagenError
 
 

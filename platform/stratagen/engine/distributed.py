@@ -1,0 +1,74 @@
+"""Where this process stands among the training processes (torchrun), and seeds per step.
+
+Under ``torchrun`` each process takes its slice of the global batch; only rank 0 logs
+and writes checkpoints. Every step draws its batch, masks and dropout from seeds derived
+from ``(run.seed, step)``, so a resumed run reproduces an uninterrupted one exactly.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Processes:
+    """This process's place among the training processes."""
+
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_processes(device_setting: str) -> Processes:
+    """Join the torchrun process group if launched by torchrun (gloo on CPU, nccl on CUDA)."""
+    use_cuda = device_setting == "cuda" or (device_setting == "auto" and torch.cuda.is_available())
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if use_cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return Processes(rank, world, device)
+
+
+def step_seed(seed: int, step: int, stream: int) -> int:
+    """A distinct, reproducible seed per (run seed, step, purpose)."""
+    return (seed * 1_000_003 + step * 7919 + stream) % (2**63 - 1)
+
+
+def batch_indices(size: int, batch: int, step: int, seed: int, procs: Processes) -> torch.Tensor:
+    """This process's share of step ``step``'s global batch; epochs are seeded permutations."""
+    start = step * batch
+    indices = []
+    while len(indices) < batch:
+        epoch, offset = divmod(start + len(indices), size)
+        perm = torch.randperm(size, generator=torch.Generator().manual_seed(step_seed(seed, epoch, 1)))
+        indices.extend(perm[offset: offset + batch - len(indices)].tolist())
+    per_rank = batch // procs.world
+    return torch.tensor(indices[procs.rank * per_rank: (procs.rank + 1) * per_rank])
+
+
+def average_gradients(params: Sequence[nn.Parameter], procs: Processes) -> None:
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= procs.world
+
+
+def barrier(procs: Processes) -> None:
+    """Wait for every process (no-op in a single process)."""
+    if procs.world > 1:
+        dist.barrier()
