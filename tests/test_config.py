@@ -150,7 +150,7 @@ def test_every_shipped_config_validates(path, monkeypatch):
     if path.startswith("configs/demo/"):  # small enough to build: check the sampler fits the model
         from stratagen.engine import build
 
-        build.build_sampler(config, build.build_model(config))
+        build.build(config)
 
 
 def test_attention_backend_is_selected_from_the_config(tmp_path):
@@ -158,10 +158,10 @@ def test_attention_backend_is_selected_from_the_config(tmp_path):
     from stratagen.nn import get_attention_backend
 
     path = write_config(tmp_path / "c.yaml", tiny_config(tmp_path / "run"))
-    build.build_model(cfg.load_config(str(path)))
+    build.build(cfg.load_config(str(path)))
     assert get_attention_backend() == "sdpa"
     try:
         import xformers  # noqa: F401
     except ImportError:
-        with pytest.raises(cfg.ConfigError, match="run.attention: .*xformers"):
-            build.build_model(cfg.load_config(str(path), ["run.attention=xformers"]))
+        with pytest.raises(ConfigError, match="run.attention: .*xformers"):
+            build.build(cfg.load_config(str(path), ["run.attention=xformers"]))

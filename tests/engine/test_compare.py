@@ -1,13 +1,16 @@
 """Compare runs: identical sampling across variants, outputs, skipped finished work, the dashboard."""
 import csv
 import os
+import re
 
 import pytest
 import yaml
 
 from stratagen import api
+from stratagen import config as cfg
 from stratagen.engine import compare as compare_module
 from stratagen.engine import dashboard, evaluate
+from stratagen.registry import ConfigError
 from tinyconfigs import tiny_config, write_config
 
 
@@ -26,7 +29,7 @@ def compare_run(tmp_path_factory):
         },
         "eval": {"samples_per_class": 3, "seed": 4, "batch_size": 6,
                  "metrics": [{"name": "in-domain", "classifier_steps": 20, "batch_size": 16, "kid_subset_size": 4}]},
-        "sweeps": {"temperature": [0.5, 2.0], "steps": [[2, 1]], "schedule": ["linear"], "guidance": [1.5]},
+        "sweeps": {"temperature": [0.5, 2.0], "schedule": ["linear"], "guidance_scale": [1.5]},
     }
     path = root / "compare.yaml"
     path.write_text(yaml.safe_dump(spec))
@@ -39,15 +42,11 @@ def test_every_variant_is_sampled_and_scored_alike(compare_run):
     assert set(result.failures) == {"broken"} and "not a run directory" in result.failures["broken"]
     rows = list(csv.DictReader(open(root / "out/results.csv")))
     by_variant = {v: [r for r in rows if r["variant"] == v] for v in ("tiny-maskgit", "tiny-strait")}
-    # maskgit has one stage: the [2, 1] allocation does not apply to it
-    assert [(r["sweep"], r["value"]) for r in by_variant["tiny-maskgit"]] == [
-        ("default", "-"), ("temperature", "0.5"), ("temperature", "2"), ("schedule", "linear"), ("guidance", "1.5")]
-    assert [(r["sweep"], r["value"]) for r in by_variant["tiny-strait"]] == [
-        ("default", "-"), ("temperature", "0.5"), ("temperature", "2"), ("steps", "2+1"), ("schedule", "linear"),
-        ("guidance", "1.5")]
-    strait_steps = {r["sweep"]: r["steps"] for r in by_variant["tiny-strait"]}
-    assert strait_steps["default"] == "3+2" and strait_steps["steps"] == "2+1"
-    assert by_variant["tiny-strait"][0]["tokens"] == "4x4 + 8x8"
+    expected = [("default", "-"), ("guidance_scale", "1.5"), ("schedule", "linear"), ("temperature", "0.5"),
+                ("temperature", "2")]  # sweeps in the file's order (yaml.safe_dump sorts the keys)
+    for variant in ("tiny-maskgit", "tiny-strait"):
+        assert [(r["sweep"], r["value"]) for r in by_variant[variant]] == expected
+    assert by_variant["tiny-strait"][0]["tokens"] == "4x4 + 8x8" and by_variant["tiny-strait"][0]["steps"] == "3+2"
     for row in rows:
         assert 0 <= float(row["class_accuracy"]) <= 1 and float(row["fid"]) >= 0
 
@@ -63,8 +62,7 @@ def test_identical_labels_and_seeds_for_every_variant(compare_run, monkeypatch):
 
     monkeypatch.setattr(evaluate, "generate", spy)
     out = root / "out2"
-    compare_module.compare(str(path), [f"dir={out}", "variants.broken=null", "sweeps.temperature=[]",
-                                       "sweeps.steps=[]", "sweeps.schedule=[]", "sweeps.guidance=[]"])
+    compare_module.compare(str(path), [f"dir={out}", "variants.broken=null", "sweeps={}"])
     assert len(calls) == 2 and calls[0] == calls[1]
     assert calls[0][0] == tuple(c for c in range(4) for _ in range(3)) and calls[0][1] == 4
 
@@ -84,9 +82,10 @@ def test_outputs_and_rerun_skips_finished_work(compare_run, monkeypatch):
         raise AssertionError("finished work was redone")
 
     monkeypatch.setattr(evaluate, "generate", must_not_run)
-    monkeypatch.setattr(api, "train", lambda config, resume=False, registry=None: None)
+    monkeypatch.setattr(compare_module, "train", lambda config, resume=False, registry=None:
+                        compare_module.Pipeline.from_config(config, registry=registry))  # loads, trains nothing
     again = compare_module.compare(str(path))
-    assert len(again.rows) == 11 and set(again.failures) == {"broken"}
+    assert len(again.rows) == 10 and set(again.failures) == {"broken"}
 
 
 def test_dashboard_http_api_lists_every_variant(compare_run):
@@ -104,3 +103,40 @@ def test_dashboard_in_a_real_browser(compare_run):
     shot = root / "dashboard.png"
     dashboard.check_dashboard(str(root / "out/tb"), ["tiny-maskgit", "tiny-strait"], screenshot=str(shot))
     assert shot.stat().st_size > 10_000
+
+
+def test_steps_sweeps_give_one_value_per_stage(tmp_path):
+    strait = api.load(str(write_config(tmp_path / "s.yaml", tiny_config(tmp_path / "run", "strait"))))
+    points = compare_module.sweep_points(strait.sampler, {"steps": [[2, 1], 5], "choice_temperature": [0.0]})
+    assert [(sweep, label) for sweep, label, _ in points] == [
+        ("default", "-"), ("steps", "2+1"), ("steps", "5"), ("choice_temperature", "0")]
+    assert (points[1][2].top.steps, points[1][2].bottom.steps) == (2, 1)
+    assert (points[2][2].top.steps, points[2][2].bottom.steps) == (5, 5)
+    assert points[3][2].top.choice_temperature == 0.0 and points[3][2].top.temperature == 1.0
+
+
+@pytest.mark.parametrize("sweeps, message", [
+    ({"steps": [-3]}, "steps = -3: Input should be greater than or equal to 1"),
+    ({"steps": [[2, -3]]}, "steps = -3: Input should be greater than or equal to 1"),
+    ({"temperature": [0]}, "temperature = 0: Input should be greater than 0"),
+    ({"guidance_scale": [-2]}, "guidance_scale = -2: Input should be greater than or equal to 0"),
+    ({"schedule": ["cosin"]}, "unknown schedule 'cosin'"),
+    ({"order": ["haltn"]}, "unknown order 'haltn'"),
+    ({"guidance": [1.0]}, "unknown sweep 'guidance'; stage settings: steps, schedule, order"),
+])
+def test_bad_sweep_values_are_refused_when_the_compare_config_is_read(tmp_path, sweeps, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"dir": str(tmp_path / "out"), "variants": {"a": {"run": "x"}},
+                                    "sweeps": sweeps}))
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        cfg.load_compare_config(str(path))
+
+
+def test_a_sweep_that_does_not_fit_a_variant_is_refused_before_any_work(tmp_path):
+    write_config(tmp_path / "m.yaml", tiny_config(tmp_path / "run", "maskgit"))
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"dir": str(tmp_path / "out"), "variants": {"mg": {"config": "m.yaml"}},
+                                    "sweeps": {"steps": [[18, 6]]}}))
+    with pytest.raises(ConfigError, match=re.escape("variant mg: steps [18, 6]: sampler 'maskgit' has 1 stages")):
+        compare_module.compare(str(path))
+    assert not (tmp_path / "run").exists()  # nothing was trained

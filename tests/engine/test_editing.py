@@ -8,8 +8,11 @@ import torch
 from PIL import Image
 
 from stratagen import api
-from stratagen.engine import commands, editing
-from stratagen.plugins.maskgit import MaskGITSampler, StageSettings
+from stratagen.cli import edit as edit_verb
+from stratagen.cli.verbs import HANDLERS
+from stratagen.engine import editing
+from stratagen.plugins.maskgit import MaskGITSampler
+from stratagen.registry import StageSettings
 from stratagen.registry import StratagenError, split_stream_key
 from tinyconfigs import tiny_config, write_config
 
@@ -85,7 +88,7 @@ def test_same_seed_same_edit(pipes):
 @pytest.mark.parametrize("variant", ["strait", "cascade"])
 def test_domain_transfer_keeps_the_top_and_repredicts_the_bottom(pipes, variant):
     pipe, images = pipes[variant], noise_images()
-    top, bottom = [stream for stream, _ in pipe.sampler().stages(pipe.model)]
+    top, bottom = [stage.stream for stage in pipe.sampler().stages(pipe.model)]
     result = editing.domain_transfer(pipe, images, new_classes=[2, 0], seed=3)
     assert result.images is result.generated
     assert torch.equal(result.tokens[top], encoded(pipe, images, top))
@@ -136,9 +139,9 @@ def test_image_files_load_resized_and_name_bad_files(tmp_path):
 
 def test_edit_verb_writes_the_result_and_its_strip(pipes, tmp_path):
     parser = argparse.ArgumentParser()
-    editing.add_parser(parser.add_subparsers(dest="command"),
+    edit_verb.add_parser(parser.add_subparsers(dest="command"),
                        lambda p: p.add_argument("--set", action="append", default=[]))
-    assert commands.HANDLERS["edit"] is editing.run_edit
+    assert HANDLERS["edit"] is edit_verb.run_edit
     run = str(pipes["strait"].run.path())
     pixels = (np.random.default_rng(0).random((R, R, 3)) * 255).astype(np.uint8)
     Image.fromarray(pixels).save(tmp_path / "in.png")
@@ -147,7 +150,7 @@ def test_edit_verb_writes_the_result_and_its_strip(pipes, tmp_path):
     Image.fromarray(drawn).save(tmp_path / "mask.png")
 
     def edit(*flags: str) -> int:
-        return editing.run_edit(parser.parse_args(["edit", run, "--image", str(tmp_path / "in.png"), *flags]))
+        return edit_verb.run_edit(parser.parse_args(["edit", run, "--image", str(tmp_path / "in.png"), *flags]))
 
     assert edit("--mask", str(tmp_path / "mask.png"), "--class", "2", "--out", str(tmp_path / "a/out.png")) == 0
     out = np.array(Image.open(tmp_path / "a/out.png"))

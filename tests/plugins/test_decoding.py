@@ -4,8 +4,9 @@ import math
 import pytest
 import torch
 
-from stratagen.plugins.maskgit import MaskedTokenTransformer, StageSettings, iterative_decode
-from stratagen.plugins.maskgit.decoding import guided_logits
+from stratagen.plugins.maskgit import MaskedTokenTransformer
+from stratagen.registry import StageSettings
+from stratagen.sampling import guided_logits, iterative_decode
 from stratagen.registry import UNKNOWN, LevelSpec, get_registry
 
 

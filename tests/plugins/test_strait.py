@@ -97,7 +97,7 @@ def test_cross_attention_cache_equals_recomputing():
 def test_paper_top_prior_parameter_count_within_2_percent_of_499m():
     config = api.load("configs/strait_r.yaml")
     with torch.device("meta"):
-        model = build.build_model(config)
+        model = build.build(config).model
     top = sum(p.numel() for p in model.priors["top"].prior.parameters())
     assert abs(top - 499e6) / 499e6 < 0.02
 
@@ -110,13 +110,13 @@ def trained(tiny, variant):
 
 def test_stratified_spends_exactly_t_top_and_t_bottom_steps_and_leaves_nothing_masked(tiny, monkeypatch):
     pipe = trained(tiny, "strait")
-    import stratagen.plugins.maskgit.sampler as sampler_module
+    import stratagen.sampling.staged as sampler_module
 
     calls = []
     real = sampler_module.iterative_decode
 
-    def spy(prior, canvas, labels, conditions, settings, generator):
-        result = real(prior, canvas, labels, conditions, settings, generator)
+    def spy(prior, canvas, labels, conditions, *args):
+        result = real(prior, canvas, labels, conditions, *args)
         calls.append((prior.target.name, len(result.masked_after_step), len(conditions)))
         return result
 
@@ -178,7 +178,7 @@ def test_a_stream_with_two_priors_uses_the_one_that_fits_what_is_decoded(tmp_pat
     config["priors"]["f8"] = {"target": "f8.tokens", "model": dict(config["priors"]["top"]["model"]),
                               "train": dict(config["priors"]["top"]["train"])}
     loaded = api.load(str(write_config(tmp_path / "c.yaml", config)))
-    model = build.build_model(loaded)
+    model = build.build(loaded).model
     assert model.prior_for("f8.tokens") is model.priors["f8"]
     assert model.prior_for("f8.tokens", {"f16.tokens"}) is model.priors["bottom"]
     del model.priors["f8"]
@@ -186,4 +186,4 @@ def test_a_stream_with_two_priors_uses_the_one_that_fits_what_is_decoded(tmp_pat
         model.prior_for("f8.tokens")
     single = api.load(str(write_config(tmp_path / "c.yaml", config)), ["sampler.name=maskgit",
                                                                       "sampler.stream=f8.tokens"])
-    build.build_sampler(single, build.build_model(single))  # the unconditioned f8 prior decodes alone
+    build.build(single)  # the unconditioned f8 prior decodes alone

@@ -184,8 +184,8 @@ def test_order_follows_dependencies_not_config_order(example):
         ("top", "t.top", ()),
     ))
     sampler.check(model)
-    assert [s for s, _ in sampler.stages(model)] == ["t.top", "t.bottom"]
-    assert all(settings is sampler.stage for _, settings in sampler.stages(model))
+    assert [s.stream for s in sampler.stages(model)] == ["t.top", "t.bottom"]
+    assert all(s.settings is sampler.stage for s in sampler.stages(model))
     assert sampler.output_tokenizer(model) == "t"
 
     cascade = model_of({"f16": TwoLevelTokenizer(), "f8": TwoLevelTokenizer()}, slots(
@@ -215,7 +215,7 @@ def test_check_refuses_cycles_missing_conditions_and_undecodable_levels(example)
 
 def test_samples_a_two_stage_cascade(example):
     """Two real tokenizers and priors: the second prior attends to the first stream."""
-    from stratagen.plugins.maskgit import StageSettings
+    from stratagen.registry import StageSettings
     from stratagen.plugins.maskgit.prior import MaskedTokenTransformer
     from stratagen.plugins.vqgan import VQGANConfig
     from stratagen.registry import PriorSlot, get_registry

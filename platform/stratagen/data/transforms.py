@@ -28,3 +28,13 @@ def random_flip(x: Tensor, generator: torch.Generator) -> Tensor:
     if torch.rand((), generator=generator).item() < 0.5:
         return x.flip(-1)
     return x
+
+
+def resize_images(images: Tensor, resolution: int | None) -> Tensor:
+    """``[B, 3, H, W]`` in [-1, 1] -> ``[B, 3, resolution, resolution]`` (bilinear, antialiased);
+    unchanged when ``resolution`` is None or already the size. This is how a tokenizer that
+    works at another resolution than the data (``tokenizers.<id>.resolution``) sees images."""
+    if resolution is None or tuple(images.shape[-2:]) == (resolution, resolution):
+        return images
+    return torch.nn.functional.interpolate(images, size=(resolution, resolution), mode="bilinear",
+                                           antialias=True, align_corners=False).clamp(-1, 1)

@@ -10,9 +10,7 @@ from typing import Any
 
 import torch
 
-from stratagen.registry import get_registry
-
-from . import build
+from .build import build
 from .train import stack_batch
 
 
@@ -27,20 +25,22 @@ def _time(fn, repeats: int) -> float:
 def benchmark(config: Any, repeats: int = 5) -> list[dict[str, Any]]:
     """Rows of ``{component, what, seconds, per}`` on the config's device."""
     device = torch.device("cuda" if config.run.device != "cpu" and torch.cuda.is_available() else "cpu")
-    model = build.build_model(config)
-    data = build.dataset(config, "train")
+    built = build(config)
+    model = built.model
+    data = built.dataset("train")
     rows = []
     for tid, tokenizer in model.tokenizers.items():
+        if not model.owns_weights(tid):
+            continue
         tokenizer.to(device).train()
         batch = config.tokenizers[tid].train.batch_size
-        images = stack_batch(data, torch.arange(batch) % len(data))[0].to(device)
+        images = stack_batch(data, torch.arange(batch) % len(data), model.resolution_of(tid))[0].to(device)
 
         def step():
             losses, _ = tokenizer.losses(images, 10**9)
             sum(losses.values()).backward()
         rows.append({"component": f"tokenizer {tid}", "what": f"train step, batch {batch}",
                      "seconds": _time(step, repeats)})
-    schedule = get_registry().build("schedule", "cosine")
     for pid, slot in model.priors.items():
         prior = slot.prior.to(device).train()
         batch = config.priors[pid].train.batch_size
@@ -51,13 +51,13 @@ def benchmark(config: Any, repeats: int = 5) -> list[dict[str, Any]]:
         labels = torch.randint(0, model.num_classes, (batch,), device=device)
         generator = torch.Generator(device).manual_seed(0)
         def prior_step():
-            prior.loss(tokens, labels, conditions, schedule, generator).loss.backward()
+            prior.loss(tokens, labels, conditions, built.schedules[pid], generator).loss.backward()
         rows.append({"component": f"prior {pid}", "what": f"train step, batch {batch}",
                      "seconds": _time(prior_step, repeats)})
-    if config.sampler is not None:
-        for module in [*model.tokenizers.values(), *(s.prior for s in model.priors.values())]:
-            module.eval()
-        sampler = build.build_sampler(config, model)
+    if built.sampler is not None:
+        for module in built.modules():
+            module.to(device).eval()
+        sampler = built.sampler
         labels = torch.arange(config.eval.batch_size, device=device) % model.num_classes
         generator = torch.Generator(device).manual_seed(0)
         seconds = _time(lambda: sampler.sample(model, labels, generator), max(1, repeats // 2))

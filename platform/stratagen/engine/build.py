@@ -1,21 +1,98 @@
-"""Build a run's components from its validated config, and refuse incompatible ones early."""
+"""The one place that turns a validated run config into components, and refuses incompatible ones early.
+
+:func:`build` creates every component of a run once: tokenizers (with sharing and
+per-tokenizer resolutions), priors, critics, their training mask schedules and the
+sampler (checked against the model). Datasets and metrics are built on first use and
+kept. Training, sampling, evaluation, editing and benchmarking all work from the
+returned :class:`BuiltRun`; none of them reads component wiring from the config again.
+"""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from pydantic import BaseModel
 
 from stratagen.nn import set_attention_backend
-from stratagen.registry import (ConfigError, GenerativeModel, LevelSpec, PriorSlot, Registry, Sampler,
-                                Tokenizer, get_registry, split_stream_key)
+from stratagen.registry import (ConfigError, CriticSlot, GenerativeModel, LevelSpec, MaskSchedule, PriorSlot,
+                                Registry, Sampler, Tokenizer, get_registry, split_stream_key)
 
 
-def dataset(config: Any, split: str, registry: Registry | None = None):
-    """The run's dataset for ``split`` ("train" or "eval")."""
-    return (registry or get_registry()).build("dataset", config.data, split=split)
+@dataclass
+class BuiltRun:
+    """Every component of one run, built from its config.
+
+    Attributes:
+        config: the validated run config.
+        model: tokenizers, priors and critics, with sharing, resolutions and streams.
+        sampler: the configured sampler, already checked against ``model`` (None if the
+            config names none).
+        schedules: per prior or critic id, the mask schedule drawing its training mask ratios.
+    """
+
+    config: BaseModel
+    model: GenerativeModel
+    sampler: Sampler | None
+    schedules: dict[str, MaskSchedule]
+    registry: Registry
+    _datasets: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def dataset(self, split: str) -> Any:
+        """The run's dataset for ``split`` ("train" or "eval"), built once."""
+        if split not in self._datasets:
+            self._datasets[split] = self.registry.build("dataset", self.config.data, split=split)
+        return self._datasets[split]
+
+    def sampler_for(self, sampler_config: BaseModel | None) -> Sampler:
+        """The run's sampler, or one built from ``sampler_config`` and checked against the model."""
+        if sampler_config is None:
+            if self.sampler is None:
+                raise ConfigError("sampler: this config names no sampler")
+            return self.sampler
+        return build_sampler(sampler_config, self.model, self.registry)
+
+    def modules(self) -> list[torch.nn.Module]:
+        """Every distinct trainable module (a shared tokenizer once)."""
+        found = [*self.model.tokenizers.values(), *(s.prior for s in self.model.priors.values()),
+                 *(s.critic for s in self.model.critics.values())]
+        return list({id(m): m for m in found}.values())
 
 
-def level_spec(tokenizers: dict[str, Tokenizer], stream: str, resolutions: dict[str, int], where: str) -> LevelSpec:
+def build(config: BaseModel, registry: Registry | None = None) -> BuiltRun:
+    """Every component of ``config``, initialised from ``run.seed`` (weights load separately)."""
+    registry = registry or get_registry()
+    try:
+        set_attention_backend(config.run.attention)
+    except ValueError as exc:
+        raise ConfigError(f"run.attention: {exc}") from None
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.run.seed)
+        model = _build_model(config, registry)
+    schedules = {cid: registry.build("schedule", entry.mask_schedule)
+                 for cid, entry in [*config.priors.items(), *config.critics.items()]}
+    sampler = build_sampler(config.sampler, model, registry) if config.sampler is not None else None
+    return BuiltRun(config, model, sampler, schedules, registry)
+
+
+def build_sampler(sampler_config: BaseModel, model: GenerativeModel, registry: Registry | None = None) -> Sampler:
+    """A sampler from its config, checked against ``model`` (IncompatibleComponentsError says why),
+    including every stage's decode order (a ``critic`` order needs a critic of that stream)."""
+    sampler = (registry or get_registry()).build("sampler", sampler_config)
+    sampler.check(model)
+    for stage in sampler.stages(model):
+        if stage.settings.order == "critic":
+            model.critic_for(stage.stream)
+    return sampler
+
+
+def build_metrics(settings: Any, registry: Registry | None = None) -> list[tuple[str, Any]]:
+    """The metrics of an ``eval`` section, as ``(name, metric)``."""
+    registry = registry or get_registry()
+    return [(m.name, registry.build("metric", m)) for m in settings.metrics]
+
+
+def _level_spec(tokenizers: dict[str, Tokenizer], stream: str, resolutions: dict[str, int], where: str) -> LevelSpec:
     """The LevelSpec of ``stream``; ConfigError naming ``where`` if it does not exist."""
     tokenizer_id, level = split_stream_key(stream)
     if tokenizer_id not in tokenizers:
@@ -27,49 +104,37 @@ def level_spec(tokenizers: dict[str, Tokenizer], stream: str, resolutions: dict[
     return specs[level]
 
 
-def build_model(config: Any, registry: Registry | None = None) -> GenerativeModel:
-    """Tokenizers and priors of ``config``, initialised from ``run.seed`` (weights load separately)."""
-    registry = registry or get_registry()
-    try:
-        set_attention_backend(config.run.attention)
-    except ValueError as exc:
-        raise ConfigError(f"run.attention: {exc}") from None
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.run.seed)
-        return _build_model(config, registry)
-
-
 def _build_model(config: Any, registry: Registry) -> GenerativeModel:
     resolution = config.data.resolution
     num_classes = config.data.num_classes
     resolutions = {tid: entry.resolution or resolution for tid, entry in config.tokenizers.items()}
     tokenizers: dict[str, Tokenizer] = {}
+    shared: dict[str, str] = {}
     for tid, entry in config.tokenizers.items():
         if entry.share is None:
             tokenizers[tid] = registry.build("tokenizer", entry.model, resolution=resolutions[tid])
-        elif entry.share in tokenizers and config.tokenizers[entry.share].share is None:
+        elif entry.share in tokenizers and entry.share not in shared:
             tokenizers[tid] = tokenizers[entry.share]
+            shared[tid] = entry.share
         else:
             raise ConfigError(f"tokenizers.{tid}.share: {entry.share!r} must be a tokenizer defined above it that "
                               f"does not share itself")
     priors = {}
     for pid, entry in config.priors.items():
         where = f"priors.{pid}"
-        target = level_spec(tokenizers, entry.target, resolutions, f"{where}.target")
-        conditions = [level_spec(tokenizers, c, resolutions, f"{where}.conditions") for c in entry.conditions]
+        target = _level_spec(tokenizers, entry.target, resolutions, f"{where}.target")
+        conditions = [_level_spec(tokenizers, c, resolutions, f"{where}.conditions") for c in entry.conditions]
         if entry.target in entry.conditions:
             raise ConfigError(f"{where}.conditions: a prior cannot be conditioned on its own target {entry.target!r}")
         prior = registry.build("prior", entry.model, target=target, conditions=conditions, num_classes=num_classes)
         priors[pid] = PriorSlot(prior, entry.target, tuple(entry.conditions))
-    return GenerativeModel(tokenizers, priors, resolution, num_classes, resolutions)
-
-
-def build_sampler(config: Any, model: GenerativeModel, registry: Registry | None = None,
-                  sampler_config: Any = None) -> Sampler:
-    """The configured sampler, checked against ``model`` (IncompatibleComponentsError says why)."""
-    sampler_config = sampler_config or config.sampler
-    if sampler_config is None:
-        raise ConfigError("sampler: this config names no sampler")
-    sampler = (registry or get_registry()).build("sampler", sampler_config)
-    sampler.check(model)
-    return sampler
+    critics = {}
+    for cid, entry in config.critics.items():
+        if entry.prior not in priors:
+            raise ConfigError(f"critics.{cid}.prior: {entry.prior!r} is not a prior of this run; "
+                              f"priors: {', '.join(priors) or 'none'}")
+        slot = priors[entry.prior]
+        critic = registry.build("critic", entry.model, target=slot.prior.target, conditions=slot.prior.conditions,
+                                num_classes=num_classes, prior=slot.prior)
+        critics[cid] = CriticSlot(critic, entry.prior, slot.target, slot.conditions)
+    return GenerativeModel(tokenizers, priors, resolution, num_classes, resolutions, shared, critics)

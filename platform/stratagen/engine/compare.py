@@ -32,13 +32,14 @@ from typing import Any
 import torch
 from pydantic import BaseModel
 
-from stratagen import api
 from stratagen import config as cfg
-from stratagen.registry import Registry, StratagenError, get_registry
-
 from stratagen.io import checkpoint
+from stratagen.io.run import Run
+from stratagen.registry import ConfigError, Registry, SamplerConfig, StratagenError, get_registry
 
 from . import evaluate, figures
+from .build import build_metrics
+from .pipeline import Pipeline, load_config, train
 
 log = logging.getLogger("stratagen")
 
@@ -56,33 +57,21 @@ class CompareResult:
 
 
 # ----------------------------------------------------------------------------- sweeps
-def _stages(sampler: BaseModel) -> list[str]:
-    """Names of the sampler config's per-level stage sections (``stage``, or ``top``/``bottom``)."""
-    sections = {name: getattr(sampler, name) for name in type(sampler).model_fields}
-    return [name for name, value in sections.items()
-            if isinstance(value, BaseModel) and "choice_temperature" in type(value).model_fields]
+def sweep_points(sampler: BaseModel, sweeps: dict[str, list[Any]]) -> list[tuple[str, str, BaseModel]]:
+    """``(sweep, value label, sampler config)``: the default point, then one setting at a time.
 
-
-def _with_stages(sampler: BaseModel, update) -> BaseModel:
-    """A copy of ``sampler`` with ``update(index, stage) -> dict`` applied to each stage section."""
-    names = _stages(sampler)
-    return sampler.model_copy(update={n: getattr(sampler, n).model_copy(update=update(i, getattr(sampler, n)))
-                                      for i, n in enumerate(names)})
-
-
-def sweep_points(sampler: BaseModel, sweeps: Any) -> list[tuple[str, str, BaseModel]]:
-    """``(sweep, value label, sampler config)``: the default point, then one sweep at a time."""
+    Sweeps are stage settings (:class:`stratagen.registry.StageSettings`) the sampler declares
+    sweepable; a value applies to every stage, a list gives one value per stage (``steps:
+    [[18, 6]]``). ConfigError if the sampler cannot take a value.
+    """
     points = [("default", "-", sampler)]
-    for value in sweeps.temperature:
-        points.append(("temperature", f"{value:g}", _with_stages(sampler, lambda i, s: {"temperature": value})))
-    for allocation in sweeps.steps:
-        if len(allocation) == len(_stages(sampler)):
-            points.append(("steps", "+".join(map(str, allocation)),
-                           _with_stages(sampler, lambda i, s: {"steps": allocation[i]})))
-    for schedule in sweeps.schedule:
-        points.append(("schedule", schedule, _with_stages(sampler, lambda i, s: {"schedule": schedule})))
-    for scale in sweeps.guidance:
-        points.append(("guidance", f"{scale:g}", _with_stages(sampler, lambda i, s: {"guidance_scale": scale})))
+    for setting, values in sweeps.items():
+        if not isinstance(sampler, SamplerConfig):
+            raise ConfigError(f"sweeps: sampler {sampler.name!r} has no stage settings to sweep")
+        for value in values:
+            label = "+".join(map(str, value)) if isinstance(value, list) else f"{value:g}" if isinstance(
+                value, float) else str(value)
+            points.append((setting, label, sampler.with_setting(setting, value)))
     return points
 
 
@@ -101,10 +90,11 @@ class CompareRunner:
 
     def run(self) -> CompareResult:
         result = CompareResult(self.dir)
-        metrics = evaluate.build_metrics(self.config.eval, self.registry)
+        run_configs = self._check_variants()
+        metrics = build_metrics(self.config.eval, self.registry)
         for name, variant in self.config.variants.items():
             try:
-                self._run_variant(name, variant, metrics, result)
+                self._run_variant(name, variant, run_configs[name], metrics, result)
             except Exception as exc:  # a crashed variant is reported; the others still run
                 message = str(exc) if isinstance(exc, StratagenError) else f"{type(exc).__name__}: {exc}"
                 result.failures[name] = message
@@ -113,16 +103,39 @@ class CompareRunner:
         self._write_outputs(result)
         return result
 
-    def _run_variant(self, name: str, variant: Any, metrics: list, result: CompareResult) -> None:
-        source = variant.config or variant.run
-        run_config = api.load(source, variant.set, self.registry)
+    def _check_variants(self) -> dict[str, BaseModel | None]:
+        """Every variant's run config with its sampler and every sweep point checked, before any
+        work starts (ConfigError naming the variant). A ``run:`` variant whose run an earlier
+        variant trains (None here) is checked when it is reached."""
+        configs: dict[str, BaseModel | None] = {}
+        for name, variant in self.config.variants.items():
+            if variant.run is not None and not Run(variant.run).exists():
+                configs[name] = None
+                continue
+            configs[name] = self._variant_config(name, variant)
+        return configs
+
+    def _variant_config(self, name: str, variant: Any) -> BaseModel:
+        try:
+            run_config = load_config(variant.config or variant.run, variant.set, self.registry)
+            if run_config.sampler is None:
+                raise ConfigError("its run config names no sampler")
+            sweep_points(run_config.sampler, self.config.sweeps)
+        except StratagenError as exc:
+            raise ConfigError(f"variant {name}: {exc}") from None
         if self.config.device != "auto":
             run_config = run_config.model_copy(update={"run": run_config.run.model_copy(
                 update={"device": self.config.device})})
+        return run_config
+
+    def _run_variant(self, name: str, variant: Any, run_config: BaseModel | None, metrics: list,
+                     result: CompareResult) -> None:
+        run_config = run_config or self._variant_config(name, variant)
         if variant.config is not None:
-            api.train(run_config, resume=True, registry=self.registry)
-        pipe = api.Pipeline.from_config(run_config, registry=self.registry)
-        reference = evaluate.reference_set(run_config, self.path("cache", "reference"), self.registry)
+            pipe = train(run_config, resume=True, registry=self.registry)
+        else:
+            pipe = Pipeline.from_config(run_config, registry=self.registry)
+        reference = evaluate.reference_set(pipe.built, self.path("cache", "reference"))
         result.class_names = list(getattr(reference.dataset, "class_names", []))
         result.tokenizers[name] = self._cached(f"{name}/tokenizers.json",
                                                lambda: evaluate.tokenizer_report(pipe, reference, metrics))
@@ -136,7 +149,7 @@ class CompareRunner:
                 if sweep == "default":
                     firsts = generated.images[:: self.config.eval.samples_per_class]
                     checkpoint.save_tensors(self.path("cache", name, "grid.safetensors"), {"images": firsts})
-                row = {"variant": name, "sweep": sweep, "value": value, **evaluate.describe(pipe, sampler),
+                row = {"variant": name, "sweep": sweep, "value": value, **sampler.describe(pipe.model),
                        "sec_per_image": round(generated.seconds_per_image, 4)}
                 row.update({k: round(v, 4) for k, v in evaluate.score(generated, metrics, reference).items()})
                 return row
@@ -167,7 +180,7 @@ class CompareRunner:
         os.makedirs(self.path("figures"), exist_ok=True)
         if result.grids:
             figures.side_by_side(result.grids, result.class_names, self.path("figures", "side_by_side.png"))
-        for sweep in ("temperature", "steps", "schedule", "guidance"):
+        for sweep in dict.fromkeys(r["sweep"] for r in result.rows if r["sweep"] != "default"):
             for metric in [m for m in TABLE_METRICS if any(m in r for r in result.rows)]:
                 series = {v: [(r["value"], r[metric]) for r in result.rows if r["variant"] == v and r["sweep"] == sweep]
                           for v in dict.fromkeys(r["variant"] for r in result.rows)}

@@ -21,23 +21,21 @@ regenerated. No fine-tuning, no architecture change, the same forward passes as 
 """
 from __future__ import annotations
 
-import argparse
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
-from stratagen.data.transforms import resize_center_crop, to_tensor
-from stratagen.engine.commands import handler
+from stratagen.data.transforms import resize_center_crop, resize_images, to_tensor
 from stratagen.engine.logger import image_grid
 from stratagen.registry import UNKNOWN, Sampler, StratagenError, TokenGrids, split_stream_key
 
 if TYPE_CHECKING:
-    from stratagen.api import Pipeline
+    from stratagen.engine.pipeline import Pipeline
 
 
 @dataclass
@@ -99,8 +97,9 @@ def token_canvas(pipe: Pipeline, images: torch.Tensor, pixel_mask: torch.Tensor,
     with torch.no_grad():
         for stream in streams:
             tokenizer_id, level = split_stream_key(stream)
-            if tokenizer_id not in encoded:
-                encoded[tokenizer_id] = pipe.model.tokenizer_of(stream).encode(images)
+            if tokenizer_id not in encoded:  # each tokenizer sees the images at its own resolution
+                resized = resize_images(images, pipe.model.resolution_of(tokenizer_id))
+                encoded[tokenizer_id] = pipe.model.tokenizer_of(stream).encode(resized)
             tokens = encoded[tokenizer_id][level]
             canvas[stream] = tokens.masked_fill(project_mask(pixel_mask, *tokens.shape[1:]), UNKNOWN)
     return canvas
@@ -158,10 +157,7 @@ def domain_transfer(pipe: Pipeline, images: torch.Tensor, new_classes: Sequence[
 
 def _streams(pipe: Pipeline, sampler: Sampler) -> list[str]:
     """The streams ``sampler`` generates on the run's model, in decoding order."""
-    if not hasattr(sampler, "stages"):
-        raise StratagenError(f"editing needs a sampler that decodes token streams in stages "
-                             f"(maskgit, stratified, cascade); {type(sampler).__name__} does not")
-    return [stream for stream, _ in sampler.stages(pipe.model)]
+    return [stage.stream for stage in sampler.stages(pipe.model)]
 
 
 def _regenerated(canvas: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -232,67 +228,3 @@ def save_edit(inputs: torch.Tensor, pixel_mask: torch.Tensor, results: torch.Ten
     rows = torch.stack([inputs, overlay, results], dim=1).flatten(0, 1)  # [3B, 3, H, W]
     save_image(image_grid(rows, nrow=3), strip)
     return strip
-
-
-# ----------------------------------------------------------------------------- CLI verb
-def add_parser(sub: argparse._SubParsersAction, add_set: Callable[[argparse.ArgumentParser], None]) -> None:
-    """Declare ``stratagen edit``; :func:`run_edit` handles it."""
-    p = sub.add_parser(
-        "edit", help="inpaint, outpaint, re-class or domain-transfer an image with a trained run",
-        description="Regenerate part of an image (--mode inpaint: white pixels of --mask, or the --box; "
-                    "--outside for outpainting) under --class, keeping the rest exactly; or keep its top-level "
-                    "tokens and re-predict every bottom-level token under --class (--mode transfer, StraIT "
-                    "§4.4; a --mask/--box also regenerates the top tokens there). The image is resized and "
-                    "centre-cropped to the run's resolution. Writes the result and <out>_strip.png "
-                    "(input | mask | result).")
-    p.add_argument("source", metavar="RUN", help="run directory or config")
-    p.add_argument("--image", metavar="PATH", required=True, help="input image file")
-    region = p.add_mutually_exclusive_group()
-    region.add_argument("--mask", metavar="PATH",
-                        help="mask image, white = regenerate (resized and cropped like --image)")
-    region.add_argument("--box", metavar="TOP,LEFT,H,W", help="a box, in pixels of the resized image")
-    p.add_argument("--outside", action="store_true", help="regenerate outside the --box (outpainting)")
-    p.add_argument("--class", dest="label", metavar="CLASS", type=int, required=True,
-                   help="class of the edited image")
-    p.add_argument("--mode", choices=["inpaint", "transfer"], default="inpaint",
-                   help="regenerate the masked region (default), or transfer the image to --class")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", metavar="PATH", default=None, help="output PNG (default: <run>/edits/<image>_<mode>.png)")
-    add_set(p)
-
-
-@handler("edit")
-def run_edit(args: argparse.Namespace) -> int:
-    """``stratagen edit``: load the run and the image, edit, write the result and its strip."""
-    from stratagen import api
-
-    if args.outside and args.box is None:
-        raise StratagenError("--outside needs --box")
-    if args.mode == "inpaint" and args.mask is None and args.box is None:
-        raise StratagenError("--mode inpaint needs --mask or --box")
-    box = _parse_box(args.box) if args.box is not None else None
-    pipe = api.Pipeline.from_run(args.source, args.set)
-    R = pipe.model.resolution
-    image = load_image(args.image, R)
-    mask = None
-    if args.mask is not None:
-        mask = load_mask(args.mask, R)
-    elif box is not None:
-        mask = box_mask(1, R, R, *box, inside=not args.outside)
-    if args.mode == "inpaint":
-        result = inpaint(pipe, image, mask, [args.label], args.seed)
-    else:
-        result = domain_transfer(pipe, image, [args.label], args.seed, top_mask=mask)
-    out = args.out or os.path.join(pipe.run.local_path("edits"), f"{Path(args.image).stem}_{args.mode}.png")
-    shown = mask if mask is not None else torch.zeros(1, R, R, dtype=torch.bool)
-    strip = save_edit(image, shown, result.images, out)
-    print(f"edited: {out}\nstrip: {strip}")
-    return 0
-
-
-def _parse_box(text: str) -> tuple[int, int, int, int]:
-    try:
-        top, left, height, width = (int(v) for v in text.split(","))
-    except ValueError:
-        raise StratagenError(f"--box must be TOP,LEFT,H,W (four integers), got {text!r}") from None
-    return top, left, height, width

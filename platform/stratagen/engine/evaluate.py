@@ -11,12 +11,11 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
-from pydantic import BaseModel
 
 from stratagen.eval import ReferenceSet, evaluate_tokenizer
-from stratagen.registry import Registry, Sampler, get_registry, split_stream_key
+from stratagen.registry import Sampler
 
-from . import build
+from .build import BuiltRun
 from .logger import progress
 
 
@@ -50,11 +49,6 @@ def generate(pipe: Any, labels: Sequence[int], seed: int, batch_size: int, sampl
     return Generated(torch.cat(images), torch.tensor(list(labels)), seconds / max(1, len(labels)), steps)
 
 
-def build_metrics(settings: Any, registry: Registry | None = None) -> list[tuple[str, Any]]:
-    registry = registry or get_registry()
-    return [(m.name, registry.build("metric", m)) for m in settings.metrics]
-
-
 def score(generated: Generated, metrics: list[tuple[str, Any]], reference: ReferenceSet) -> dict[str, float]:
     out: dict[str, float] = {}
     for _, metric in metrics:
@@ -62,37 +56,16 @@ def score(generated: Generated, metrics: list[tuple[str, Any]], reference: Refer
     return out
 
 
-def reference_set(config: BaseModel, cache_dir: str, registry: Registry | None = None) -> ReferenceSet:
+def reference_set(built: BuiltRun, cache_dir: str) -> ReferenceSet:
     """The run's eval split, with metric caches (classifier, features) under ``cache_dir``."""
-    return ReferenceSet(build.dataset(config, "eval", registry), cache_dir)
+    return ReferenceSet(built.dataset("eval"), cache_dir)
 
 
 def tokenizer_report(pipe: Any, reference: ReferenceSet, metrics: list[tuple[str, Any]],
                      batch_size: int = 64) -> dict[str, dict[str, float]]:
     """Per tokenizer: PSNR, per-level perplexity and usage, and rFID with the first FID metric."""
     fid_metric = next((m for _, m in metrics), None)
+    model = pipe.model
     return {tid: evaluate_tokenizer(tokenizer, reference.dataset, batch_size, pipe.device, fid_metric,
-                                    reference.cache_dir)
-            for tid, tokenizer in pipe.model.tokenizers.items() if pipe.config.tokenizers[tid].share is None}
-
-
-def describe(pipe: Any, sampler: Sampler) -> dict[str, Any]:
-    """Table 6 columns that describe a model: tokens per level, steps per level, parameters."""
-    stages = sampler.stages(pipe.model)
-    streams = [stream for stream, _ in stages]
-    specs = [pipe.model.level_spec(stream) for stream in streams]
-    tokens = " + ".join(f"{spec.height}x{spec.width}" for spec in specs)
-    steps = "+".join(str(settings.steps) for _, settings in stages)
-    used_tokenizers = {split_stream_key(s)[0] for s in streams} | {sampler.output_tokenizer(pipe.model)}
-    params = sum(_generator_parameters(t) for t in {id(pipe.model.tokenizers[i]): pipe.model.tokenizers[i]
-                                                     for i in used_tokenizers}.values())
-    decoded: list[str] = []
-    for stream in streams:  # the priors the sampler actually uses
-        params += sum(p.numel() for p in pipe.model.prior_for(stream, decoded).prior.parameters())
-        decoded.append(stream)
-    return {"tokens": tokens, "steps": steps, "params": params}
-
-
-def _generator_parameters(tokenizer: torch.nn.Module) -> int:
-    """The tokenizer's parameters without its training-only discriminator."""
-    return sum(p.numel() for p in tokenizer.parameter_groups().get("generator", tokenizer.parameters()))
+                                    reference.cache_dir, model.resolution_of(tid))
+            for tid, tokenizer in model.tokenizers.items() if model.owns_weights(tid)}

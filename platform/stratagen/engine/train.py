@@ -1,8 +1,9 @@
-"""Training stages of each component kind: tokenizers on images, priors on cached tokens,
+"""Training of each component kind: tokenizers on images; priors and critics on cached tokens;
 and the token cache in between. :mod:`.fit` runs the optimisation; :mod:`.distributed`
-says which share of each batch this process takes. Priors are wrapped in
-DistributedDataParallel; a tokenizer's gradients (two optimizers, generator and
-discriminator, over one forward) are averaged explicitly after each backward.
+says which share of each batch this process takes; :mod:`.plan` orders the stages.
+Priors and critics are wrapped in DistributedDataParallel; a tokenizer's gradients (two
+optimizers, generator and discriminator, over one forward) are averaged explicitly after
+each backward.
 """
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from stratagen.data.transforms import resize_images
 from stratagen.io import checkpoint
 from stratagen.io.run import Run
-from stratagen.registry import GenerativeModel, Prior, Registry, StratagenError, Tokenizer, get_registry
+from stratagen.registry import GenerativeModel, Prior, Registry, StratagenError, Tokenizer
 
 from .distributed import Processes, batch_indices, step_seed
 from .fit import fit
@@ -25,10 +27,7 @@ def stack_batch(dataset: Any, indices: torch.Tensor,
     """Images ``[B, 3, H, W]`` and labels ``[B]`` of ``dataset`` at ``indices``, resized to
     ``resolution`` (bilinear, antialiased) when given and different."""
     items = [dataset[int(i)] for i in indices]
-    images = torch.stack([x for x, _ in items])
-    if resolution is not None and images.shape[-1] != resolution:
-        images = torch.nn.functional.interpolate(images, size=(resolution, resolution), mode="bilinear",
-                                                 antialias=True, align_corners=False).clamp(-1, 1)
+    images = resize_images(torch.stack([x for x, _ in items]), resolution)
     return images, torch.tensor([y for _, y in items])
 
 
@@ -66,38 +65,40 @@ def train_tokenizer(run: Run, config: Any, tid: str, tokenizer: Tokenizer, datas
     tokenizer.eval()
 
 
-class PriorObjective(nn.Module):
-    """Wraps ``Prior.loss`` as ``forward`` so DistributedDataParallel can drive it."""
+class TokenObjective(nn.Module):
+    """Wraps a prior's or critic's ``loss`` as ``forward`` so DistributedDataParallel can drive it."""
 
-    def __init__(self, prior: Prior):
+    def __init__(self, module: nn.Module):
         super().__init__()
-        self.prior = prior
+        self.module = module
 
     def forward(self, tokens, labels, conditions, schedule, generator):
-        result = self.prior.loss(tokens, labels, conditions, schedule, generator)
+        result = self.module.loss(tokens, labels, conditions, schedule, generator)
         return result.loss, result.logs
 
 
-def train_prior(run: Run, config: Any, pid: str, model: GenerativeModel, procs: Processes, logger: RunLogger,
-                on_images: Callable[[int], None] | None = None, resume: bool = True,
-                registry: Registry | None = None) -> None:
-    registry = registry or get_registry()
-    entry = config.priors[pid]
-    slot = model.priors[pid]
+def train_on_tokens(run: Run, config: Any, kind: str, cid: str, model: GenerativeModel, schedule: Any,
+                    procs: Processes, logger: RunLogger, on_images: Callable[[int], None] | None = None,
+                    resume: bool = True, registry: Registry | None = None) -> None:
+    """Train prior or critic ``cid`` (``kind`` "prior" or "critic") on the cached tokens of its
+    streams: the target level, its conditions and the labels."""
+    entry = getattr(config, f"{kind}s")[cid]
+    slot = model.priors[cid] if kind == "prior" else model.critics[cid]
+    module = slot.prior if kind == "prior" else slot.critic
     streams = [slot.target, *slot.conditions]
     caches = {tid: run.load_tokens(tid) for tid in {s.split(".", 1)[0] for s in streams}}
     data = {s: caches[s.split(".", 1)[0]][s.split(".", 1)[1]] for s in streams}
     labels_all = caches[slot.target.split(".", 1)[0]]["labels"]
-    schedule = registry.build("schedule", entry.mask_schedule)
-    objective: nn.Module = PriorObjective(slot.prior).to(procs.device)
+    objective: nn.Module = TokenObjective(module).to(procs.device)
     if procs.world > 1:
         objective = nn.parallel.DistributedDataParallel(objective, device_ids=None if procs.device.type == "cpu"
                                                         else [procs.device.index])
     settings = entry.train
     per_rank = settings.batch_size // procs.world
-    sources = [model.prior_for(c).prior for c in slot.conditions] if entry.condition_augmentation > 0 else []
+    augmentation = getattr(entry, "condition_augmentation", 0.0)
+    sources = [model.prior_for(c).prior for c in slot.conditions] if augmentation > 0 else []
     if any(source.conditions for source in sources):
-        raise StratagenError(f"priors.{pid}.condition_augmentation: the priors of its conditions must be "
+        raise StratagenError(f"priors.{cid}.condition_augmentation: the priors of its conditions must be "
                              f"unconditioned (StraIT's top prior)")
 
     def loss_step(step: int):
@@ -107,17 +108,17 @@ def train_prior(run: Run, config: Any, pid: str, model: GenerativeModel, procs: 
         labels = labels_all[idx].to(procs.device)
         conditions = [data[c][idx].to(procs.device) for c in slot.conditions]
         if sources:
-            conditions = augment_conditions(conditions, sources, labels, entry.condition_augmentation, generator)
+            conditions = augment_conditions(conditions, sources, labels, augmentation, generator)
         with autocast(procs):
             loss, logs = objective(tokens, labels, conditions, schedule, generator)
-        return {"prior": loss}, logs
+        return {kind: loss}, logs
 
-    slot.prior.train()
-    fit(run=run, kind="prior", cid=pid, plugin=entry.model.name, module=slot.prior,
-        groups={"prior": [p for p in slot.prior.parameters() if p.requires_grad]}, loss_step=loss_step,
+    module.train()
+    fit(run=run, kind=kind, cid=cid, plugin=entry.model.name, module=module,
+        groups={kind: [p for p in module.parameters() if p.requires_grad]}, loss_step=loss_step,
         settings=settings, seed=config.run.seed, procs=procs, logger=logger, sync_gradients=False,
         on_images=on_images, resume=resume, registry=registry)
-    slot.prior.eval()
+    module.eval()
 
 
 @torch.no_grad()

@@ -17,6 +17,7 @@ import os
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from stratagen.data.transforms import resize_images
 from stratagen.nn import codebook_stats
 from stratagen.registry import StratagenError, Tokenizer
 
@@ -33,8 +34,8 @@ def psnr(images: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate_tokenizer(tokenizer: Tokenizer, dataset: Dataset, batch_size: int, device: str | torch.device,
-                       fid_metric: Metric | None = None,
-                       cache_dir: str | os.PathLike | None = None) -> dict[str, float]:
+                       fid_metric: Metric | None = None, cache_dir: str | os.PathLike | None = None,
+                       resolution: int | None = None) -> dict[str, float]:
     """Reconstruction quality and codebook statistics of ``tokenizer`` over every image of ``dataset``.
 
     Args:
@@ -43,6 +44,8 @@ def evaluate_tokenizer(tokenizer: Tokenizer, dataset: Dataset, batch_size: int, 
         batch_size: images per batch; also the batch of the per-batch perplexity.
         fid_metric: when given, ``rfid`` is its ``fid`` of the reconstructions against ``dataset``.
         cache_dir: the metric's reference cache (needed with ``fid_metric``).
+        resolution: the size the tokenizer works at, when not the dataset's: images are resized
+            to it (PSNR is measured there) and reconstructions resized back for rFID.
 
     Returns:
         ``psnr``, and per level ``ppl_<level>``, ``ppl_std_<level>``, ``ppl_dataset_<level>``,
@@ -59,7 +62,8 @@ def evaluate_tokenizer(tokenizer: Tokenizer, dataset: Dataset, batch_size: int, 
     labels: list[torch.Tensor] = []
     codebook_sizes: dict[str, int] = {}
     for images, batch_labels in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        images = images.to(device)
+        dataset_size = images.shape[-1]
+        images = resize_images(images.to(device), resolution)
         grids = tokenizer.encode(images)
         decoded = tokenizer.decode(grids).clamp(-1, 1)
         psnrs.append(psnr(images, decoded).cpu())
@@ -69,7 +73,7 @@ def evaluate_tokenizer(tokenizer: Tokenizer, dataset: Dataset, batch_size: int, 
             tokens.setdefault(level, []).append(grid.cpu())
             batch_ppl.setdefault(level, []).append(codebook_stats(grid, codebook_sizes[level])[0])
         if fid_metric is not None:
-            reconstructions.append(to_uint8(decoded).cpu())
+            reconstructions.append(to_uint8(resize_images(decoded, dataset_size)).cpu())
             labels.append(torch.as_tensor(batch_labels))
     tokenizer.train(was_training)
 

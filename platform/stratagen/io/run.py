@@ -46,6 +46,10 @@ class Run:
             raise StratagenError(f"{self.url}: this needs a local run directory")
         return self.path(*parts).removeprefix("file://")
 
+    def exists(self) -> bool:
+        """Whether this is a run directory (it holds a config.yaml)."""
+        return checkpoint.exists(self.path("config.yaml"))
+
     # ---------------------------------------------------------------- config
     def save_config(self, config: Any) -> None:
         checkpoint.write_bytes_atomic(self.path("config.yaml"), cfg.dump_config(config).encode())

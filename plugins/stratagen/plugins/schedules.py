@@ -14,13 +14,15 @@ from stratagen.registry import MaskSchedule, hookimpl
 
 
 class _Schedule(MaskSchedule):
-    def __call__(self, ratio: torch.Tensor, total: int) -> torch.Tensor:
+    def __call__(self, ratio: torch.Tensor | float, total: int | torch.Tensor) -> torch.Tensor:
         ratio = torch.as_tensor(ratio, dtype=torch.float64).clamp(0.0, 1.0)
+        total = torch.as_tensor(total, dtype=torch.float64, device=ratio.device).clamp_min(2)
         return self.gamma(ratio, total).clamp(0.0, 1.0)
 
     @abstractmethod
-    def gamma(self, r: torch.Tensor, total: int) -> torch.Tensor:
-        """The unclamped curve; ``r`` float64 in [0, 1]."""
+    def gamma(self, r: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+        """The unclamped curve; ``r`` float64 in [0, 1], ``total`` float64 token counts (at least 2),
+        broadcast against ``r``."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -67,7 +69,7 @@ class LogSchedule(_Schedule):
     name = "log"
 
     def gamma(self, r, total):
-        return -torch.log2(r) / math.log2(max(total, 2))
+        return -torch.log2(r) / torch.log2(total)
 
 
 class ExpSchedule(_Schedule):
@@ -76,7 +78,7 @@ class ExpSchedule(_Schedule):
     name = "exp"
 
     def gamma(self, r, total):
-        return 1 - torch.exp2(-math.log2(max(total, 2)) * (1 - r))
+        return 1 - torch.exp2(-torch.log2(total) * (1 - r))
 
 
 SCHEDULES = (CosineSchedule, LinearSchedule, SquareSchedule, CubicSchedule, SqrtSchedule, LogSchedule, ExpSchedule)

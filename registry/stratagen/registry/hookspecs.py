@@ -11,7 +11,7 @@ A plugin module implements any of these hooks; each receives a ``register`` call
 ``register(name, factory, config=None)``: ``factory`` builds the component from the
 fields of ``config`` (a pydantic model with ``name: Literal[...]``, ``extra="forbid"``)
 passed as keyword arguments, plus any wiring the engine supplies (e.g. a prior's
-``target`` level). Components without settings (mask schedules) pass no config.
+``target`` level). Components without settings (mask schedules, decode orders) pass no config.
 """
 import pluggy
 
@@ -41,6 +41,16 @@ def stratagen_register_schedules(register):
 
 
 @hookspec
+def stratagen_register_orders(register):
+    """Register DecodeOrder factories (no config): which sampled tokens a decoding step keeps."""
+
+
+@hookspec
+def stratagen_register_critics(register):
+    """Register Critic factories: components trained after a prior, on its samples."""
+
+
+@hookspec
 def stratagen_register_datasets(register):
     """Register Dataset factories."""
 
@@ -56,6 +66,8 @@ KIND_HOOKS = {
     "prior": "stratagen_register_priors",
     "sampler": "stratagen_register_samplers",
     "schedule": "stratagen_register_schedules",
+    "order": "stratagen_register_orders",
+    "critic": "stratagen_register_critics",
     "dataset": "stratagen_register_datasets",
     "metric": "stratagen_register_metrics",
 }

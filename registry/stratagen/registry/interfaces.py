@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .errors import IncompatibleComponentsError
+from .sampling import Stage
 from .tokens import LevelSpec, TokenGrids, split_stream_key
 
 #: Marks an unknown (still to be generated) position in a token canvas given to a sampler.
@@ -138,14 +139,97 @@ class MaskSchedule(ABC):
     """gamma(r): the fraction of tokens still masked after progress r in [0, 1].
 
     gamma(0) = 1 (all masked), gamma(1) = 0, non-increasing (StraIT Table 10).
-    ``total`` is the number of tokens being generated; only log and exp use it.
+    ``total`` is the number of tokens being generated, an int or one count per row
+    (broadcast against ``ratio``); only log and exp use it.
     """
 
     name: str
 
     @abstractmethod
-    def __call__(self, ratio: torch.Tensor, total: int) -> torch.Tensor:
-        """``ratio`` any shape in [0, 1] -> masked fraction, same shape, clamped to [0, 1]."""
+    def __call__(self, ratio: torch.Tensor | float, total: int | torch.Tensor) -> torch.Tensor:
+        """``ratio`` any shape in [0, 1] -> masked fraction (float64), clamped to [0, 1]."""
+
+
+# ----------------------------------------------------------------------------- decode order
+@dataclass
+class DecodeState:
+    """One decoding step of one stage, as a :class:`DecodeOrder` sees it.
+
+    Attributes:
+        step, steps: this step ``t`` (0-based) of ``T``; ``ratio = (t + 1) / T``.
+        sampled: ``[B, N]`` the canvas with every unknown position filled by a sampled token.
+        log_probs: ``[B, N]`` float32 log-probability of each sampled token under the prior.
+        unknown: ``[B, N]`` bool, True where the token was unknown before this step.
+        labels: ``[B]`` classes; ``conditions``: the condition grids ``[B, h_i, w_i]``.
+        height, width: the grid (``N = height * width``, row-major).
+        choice_temperature: scale of the annealed Gumbel noise (MaskGIT: 4.5).
+        generator: the only source of randomness.
+    """
+
+    step: int
+    steps: int
+    sampled: torch.Tensor
+    log_probs: torch.Tensor
+    unknown: torch.Tensor
+    labels: torch.Tensor
+    conditions: Sequence[torch.Tensor]
+    height: int
+    width: int
+    choice_temperature: float
+    generator: torch.Generator
+
+    @property
+    def ratio(self) -> float:
+        return (self.step + 1) / self.steps
+
+
+class DecodeOrder(ABC):
+    """Which of a step's sampled tokens are kept and which are masked again.
+
+    The decoding loop keeps the unknown positions with the highest :meth:`scores` and
+    re-masks the ``k`` lowest, ``k`` given by the mask schedule; known positions are never
+    re-masked whatever their score.
+    """
+
+    name: str
+
+    def begin(self, model: "GenerativeModel", stream: str, labels: torch.Tensor,
+              conditions: Sequence[torch.Tensor]) -> object:
+        """Called once per stage before the first step; the result is passed to :meth:`scores`.
+        Raise IncompatibleComponentsError if this order cannot decode ``stream`` of ``model``."""
+        return None
+
+    @abstractmethod
+    def scores(self, state: DecodeState, context: object) -> torch.Tensor:
+        """``[B, N]`` float: higher means revealed earlier."""
+
+
+# ----------------------------------------------------------------------------- critic
+class Critic(nn.Module, ABC):
+    """Scores how likely each token of a filled-in grid is real rather than sampled
+    (Token-Critic, Lezama et al. 2022). Trained after its prior, on the prior's samples.
+
+    Attributes:
+        target, conditions, num_classes: as the prior it criticises.
+    """
+
+    target: LevelSpec
+    conditions: tuple[LevelSpec, ...]
+    num_classes: int
+
+    @abstractmethod
+    def encode_conditions(self, conditions: Sequence[torch.Tensor], labels: torch.Tensor) -> object:
+        """As :meth:`Prior.encode_conditions`: computed once per image."""
+
+    @abstractmethod
+    def forward(self, tokens: torch.Tensor, labels: torch.Tensor, context: object = None) -> torch.Tensor:
+        """``tokens`` ``[B, N]`` (no mask ids), ``labels`` ``[B]`` -> ``[B, N]`` logits of "sampled"."""
+
+    @abstractmethod
+    def loss(self, tokens: torch.Tensor, labels: torch.Tensor, conditions: Sequence[torch.Tensor],
+             schedule: "MaskSchedule", generator: torch.Generator) -> "PriorLoss":
+        """Mask real ``tokens`` ``[B, h, w]``, refill the masked positions with the prior's samples,
+        and classify each position as real or sampled."""
 
 
 # ----------------------------------------------------------------------------- model
@@ -159,10 +243,22 @@ class PriorSlot:
 
 
 @dataclass
+class CriticSlot:
+    """A critic wired into a model: the prior whose samples it judges, and that prior's streams."""
+
+    critic: Critic
+    prior: str
+    target: str
+    conditions: tuple[str, ...]
+
+
+@dataclass
 class GenerativeModel:
-    """Tokenizers and priors of one run, addressed by their config ids.
+    """Every trainable component of one run, addressed by its config id, and how they connect.
 
     Streams are ``"<tokenizer id>.<level>"``; see :func:`stratagen.registry.tokens.stream_key`.
+    Built once per run by the engine's builder; training, sampling, evaluation and editing
+    read what they need from here rather than from the config.
     """
 
     tokenizers: dict[str, Tokenizer]
@@ -171,9 +267,25 @@ class GenerativeModel:
     num_classes: int
     #: image size each tokenizer id works at (its streams' grids follow from it)
     resolutions: dict[str, int] = field(default_factory=dict)
+    #: tokenizer id -> the id whose module and weights it uses (one tokenizer at two resolutions)
+    shared: dict[str, str] = field(default_factory=dict)
+    critics: dict[str, CriticSlot] = field(default_factory=dict)
 
     def resolution_of(self, tokenizer_id: str) -> int:
         return self.resolutions.get(tokenizer_id, self.resolution)
+
+    def owns_weights(self, tokenizer_id: str) -> bool:
+        """Whether ``tokenizer_id`` is trained and saved under its own id (it shares no other's)."""
+        return tokenizer_id not in self.shared
+
+    def critic_for(self, stream: str) -> CriticSlot:
+        """The critic of ``stream``; IncompatibleComponentsError naming the critics there are."""
+        found = [slot for slot in self.critics.values() if slot.target == stream]
+        if not found:
+            have = ", ".join(f"{cid} ({s.target})" for cid, s in self.critics.items()) or "none"
+            raise IncompatibleComponentsError(f"the critic decode order needs a critic of stream {stream!r} "
+                                              f"(a 'critics:' section); critics: {have}")
+        return found[0]
 
     def level_spec(self, stream: str) -> LevelSpec:
         tokenizer_id, level = split_stream_key(stream)
@@ -214,11 +326,38 @@ class SampleOutput:
 
 # ----------------------------------------------------------------------------- sampler
 class Sampler(ABC):
-    """Turns a model's priors (and a tokenizer, to decode) into images."""
+    """Turns a model's priors (and a tokenizer, to decode) into images.
+
+    A sampler decodes its streams in :meth:`stages` and turns them into images with the
+    tokenizer :meth:`output_tokenizer` names; editing, evaluation and comparisons rely on both.
+    """
 
     @abstractmethod
     def check(self, model: GenerativeModel) -> None:
         """Raise IncompatibleComponentsError, saying why, if this sampler cannot drive ``model``."""
+
+    @abstractmethod
+    def stages(self, model: GenerativeModel) -> list[Stage]:
+        """The streams decoded, in order, each with its settings."""
+
+    @abstractmethod
+    def output_tokenizer(self, model: GenerativeModel) -> str:
+        """Id of the tokenizer that turns the generated streams into images."""
+
+    def describe(self, model: GenerativeModel) -> dict[str, object]:
+        """Table 6 columns: tokens per stage, steps per stage, and the parameters sampling uses
+        (the priors of the stages and the tokenizers' generators, no discriminator)."""
+        stages = self.stages(model)
+        specs = [model.level_spec(stage.stream) for stage in stages]
+        used = {split_stream_key(s.stream)[0] for s in stages} | {self.output_tokenizer(model)}
+        tokenizers = {id(model.tokenizers[t]): model.tokenizers[t] for t in used}.values()
+        params = sum(p.numel() for t in tokenizers for p in t.parameter_groups().get("generator", t.parameters()))
+        decoded: list[str] = []
+        for stage in stages:
+            params += sum(p.numel() for p in model.prior_for(stage.stream, decoded).prior.parameters())
+            decoded.append(stage.stream)
+        return {"tokens": " + ".join(f"{s.height}x{s.width}" for s in specs),
+                "steps": "+".join(str(stage.settings.steps) for stage in stages), "params": params}
 
     @abstractmethod
     def sample(

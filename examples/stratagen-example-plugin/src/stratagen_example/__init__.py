@@ -17,9 +17,9 @@ from typing import Callable, Literal
 
 import torch
 
-from stratagen.plugins.maskgit import StagedSampler, StageSettings
-from stratagen.registry import (ComponentConfig, GenerativeModel, IncompatibleComponentsError, MaskSchedule,
-                                PriorSlot, hookimpl, split_stream_key)
+from stratagen.registry import (GenerativeModel, IncompatibleComponentsError, MaskSchedule, PriorSlot,
+                                SamplerConfig, Stage, StageSettings, hookimpl, split_stream_key)
+from stratagen.sampling import StagedSampler
 
 __version__ = "0.1.0"
 
@@ -32,7 +32,7 @@ class QuarticSchedule(MaskSchedule):
 
     name = "quartic"
 
-    def __call__(self, ratio: torch.Tensor | float, total: int) -> torch.Tensor:
+    def __call__(self, ratio: torch.Tensor | float, total: int | torch.Tensor) -> torch.Tensor:
         """Masked fraction after progress ``ratio`` (any shape, clamped to [0, 1]); ``total`` is unused."""
         r = torch.as_tensor(ratio, dtype=torch.float64).clamp(0.0, 1.0)
         return (1 - r**4).clamp(0.0, 1.0)
@@ -42,7 +42,7 @@ class QuarticSchedule(MaskSchedule):
 
 
 # ----------------------------------------------------------------------------- sampler
-class DependencyOrderConfig(ComponentConfig):
+class DependencyOrderConfig(SamplerConfig):
     """Settings of the ``dependency-order`` sampler: one :class:`StageSettings` for every stream."""
 
     name: Literal["dependency-order"] = "dependency-order"
@@ -101,8 +101,8 @@ class DependencyOrderSampler(StagedSampler):
                 f"tokenizer {tokenizer_id!r} (of the last decoded stream {order[-1]!r}) cannot decode the "
                 f"generated levels {sorted(levels)}; it needs {list(tokenizer.level_names)}")
 
-    def stages(self, model: GenerativeModel) -> list[tuple[str, StageSettings]]:
-        return [(stream, self.stage) for stream in self.order(model)]
+    def stages(self, model: GenerativeModel) -> list[Stage]:
+        return [Stage(stream, self.stage) for stream in self.order(model)]
 
     def output_tokenizer(self, model: GenerativeModel) -> str:
         return split_stream_key(self.order(model)[-1])[0]

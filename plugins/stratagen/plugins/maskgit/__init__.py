@@ -5,11 +5,10 @@ from typing import Literal
 
 from pydantic import Field
 
-from stratagen.registry import ComponentConfig, hookimpl
+from stratagen.registry import ComponentConfig, SamplerConfig, StageSettings, hookimpl
 
-from .decoding import StageSettings, iterative_decode
 from .prior import MaskedTokenTransformer
-from .sampler import MaskGITSampler, StagedSampler
+from .sampler import MaskGITSampler
 
 
 class TransformerConfig(ComponentConfig):
@@ -28,7 +27,7 @@ class MaskGITPriorConfig(TransformerConfig):
     name: Literal["maskgit"] = "maskgit"
 
 
-class MaskGITSamplerConfig(ComponentConfig):
+class MaskGITSamplerConfig(SamplerConfig):
     name: Literal["maskgit"] = "maskgit"
     stream: str | None = Field(None, description="stream to decode; default: the only unconditioned prior's")
     stage: StageSettings = StageSettings()
@@ -44,5 +43,4 @@ def stratagen_register_samplers(register):
     register("maskgit", MaskGITSampler, MaskGITSamplerConfig)
 
 
-__all__ = ["MaskGITSampler", "MaskedTokenTransformer", "StageSettings", "StagedSampler", "TransformerConfig",
-           "iterative_decode"]
+__all__ = ["MaskGITSampler", "MaskedTokenTransformer", "TransformerConfig"]

@@ -16,9 +16,9 @@ from typing import Literal
 
 from pydantic import Field
 
-from stratagen.plugins.maskgit import MaskedTokenTransformer, StageSettings, TransformerConfig
+from stratagen.plugins.maskgit import MaskedTokenTransformer, TransformerConfig
 from stratagen.plugins.vqgan import ConvVQConfig, build_loss
-from stratagen.registry import ComponentConfig, IncompatibleComponentsError, hookimpl
+from stratagen.registry import IncompatibleComponentsError, SamplerConfig, StageSettings, hookimpl
 
 from .samplers import CascadeSampler, StratifiedSampler, UpsampleSampler
 from .tokenizer import VQGAN2Tokenizer
@@ -57,7 +57,7 @@ class UpsamplerConfig(CMTMBottomConfig):
     depth: int = Field(3, ge=1)
 
 
-class UpsampleConfig(ComponentConfig):
+class UpsampleConfig(SamplerConfig):
     name: Literal["upsample"] = "upsample"
     top: StageSettings = StageSettings(steps=18)
     bottom: StageSettings = StageSettings(steps=6)
@@ -67,14 +67,14 @@ class UpsampleConfig(ComponentConfig):
     high: str = Field("vq512", description="tokenizer id of the high-resolution streams")
 
 
-class StratifiedConfig(ComponentConfig):
+class StratifiedConfig(SamplerConfig):
     name: Literal["stratified"] = "stratified"
     top: StageSettings = StageSettings(steps=18)
     bottom: StageSettings = StageSettings(steps=6)
     tokenizer: str | None = Field(None, description="the two-level tokenizer; default: the only one")
 
 
-class CascadeConfig(ComponentConfig):
+class CascadeConfig(SamplerConfig):
     name: Literal["cascade"] = "cascade"
     top: StageSettings = StageSettings(steps=18)
     bottom: StageSettings = StageSettings(steps=6)

@@ -1,8 +1,8 @@
 """StraIT's stratified sampler (§3.3) and the MaskGIT cascade sampler (§4.3, Table 6)."""
 from __future__ import annotations
 
-from stratagen.plugins.maskgit import StagedSampler, StageSettings
-from stratagen.registry import GenerativeModel, IncompatibleComponentsError, stream_key
+from stratagen.registry import GenerativeModel, IncompatibleComponentsError, Stage, StageSettings, stream_key
+from stratagen.sampling import StagedSampler
 
 
 class StratifiedSampler(StagedSampler):
@@ -45,9 +45,9 @@ class StratifiedSampler(StagedSampler):
             raise IncompatibleComponentsError(f"the bottom prior of {bottom!r} must be conditioned on {top!r} "
                                               f"(priors.<id>.conditions: [{top}])")
 
-    def stages(self, model: GenerativeModel) -> list[tuple[str, StageSettings]]:
+    def stages(self, model: GenerativeModel) -> list[Stage]:
         _, top, bottom = self._streams(model)
-        return [(top, self.top), (bottom, self.bottom)]
+        return [Stage(top, self.top), Stage(bottom, self.bottom)]
 
     def output_tokenizer(self, model: GenerativeModel) -> str:
         return self._streams(model)[0]
@@ -91,8 +91,8 @@ class UpsampleSampler(StagedSampler):
         for i, stream in enumerate(streams):
             model.prior_for(stream, streams[:i])  # says which conditions are missing
 
-    def stages(self, model: GenerativeModel) -> list[tuple[str, StageSettings]]:
-        return list(zip(self._streams(model), self.settings))
+    def stages(self, model: GenerativeModel) -> list[Stage]:
+        return [Stage(stream, settings) for stream, settings in zip(self._streams(model), self.settings)]
 
     def output_tokenizer(self, model: GenerativeModel) -> str:
         return self.high
@@ -122,9 +122,9 @@ class CascadeSampler(StagedSampler):
         if not model.tokenizers[tid].can_decode({level}):
             raise IncompatibleComponentsError(f"tokenizer {tid!r} cannot decode level {level!r} alone")
 
-    def stages(self, model: GenerativeModel) -> list[tuple[str, StageSettings]]:
+    def stages(self, model: GenerativeModel) -> list[Stage]:
         top, bottom = self._streams(model)
-        return [(top, self.top), (bottom, self.bottom)]
+        return [Stage(top, self.top), Stage(bottom, self.bottom)]
 
     def output_tokenizer(self, model: GenerativeModel) -> str:
         return self._streams(model)[1].split(".", 1)[0]

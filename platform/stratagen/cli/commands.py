@@ -1,4 +1,4 @@
-"""CLI verbs over :mod:`stratagen.api`: train, tokenize, sample, info."""
+"""CLI verbs over :mod:`stratagen.api`: train, tokenize, sample, eval, compare, bench, info."""
 from __future__ import annotations
 
 import argparse
@@ -6,14 +6,9 @@ from typing import Callable
 
 import torch
 
-HANDLERS: dict[str, Callable[[argparse.Namespace], int | None]] = {}
+from stratagen import api
 
-
-def handler(name: str):
-    def wrap(fn):
-        HANDLERS[name] = fn
-        return fn
-    return wrap
+from .verbs import verb
 
 
 def add_parsers(sub: argparse._SubParsersAction, add_set: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -69,29 +64,22 @@ def add_parsers(sub: argparse._SubParsersAction, add_set: Callable[[argparse.Arg
     p.add_argument("source", help="run directory or config")
     add_set(p)
 
-    from stratagen.engine import editing  # imported here: editing registers its handler in this module
 
-    editing.add_parser(sub, add_set)
-
-
-@handler("train")
+@verb("train")
 def _train(args: argparse.Namespace) -> int:
-    from stratagen import api
 
     config = api.load(args.source, args.set)
-    run = api.train(config, resume=args.resume)
+    run = api.train(config, resume=args.resume).run
     print(f"trained: {run.url}\ntensorboard --logdir {run.path('tb')}")
     return 0
 
 
-@handler("tokenize")
+@verb("tokenize")
 def _tokenize(args: argparse.Namespace) -> int:
-    from stratagen import api
-    from stratagen.engine import build
     from stratagen.engine.train import tokenize
 
     pipe = api.Pipeline.from_run(args.source, args.set)
-    dataset = build.dataset(pipe.config, args.split)
+    dataset = pipe.built.dataset(args.split)
     for tid, tokenizer in pipe.model.tokenizers.items():
         count = tokenize(pipe.run, tid, tokenizer, dataset, args.split, pipe.device, pipe.model.resolution_of(tid),
                          args.batch_size)
@@ -99,9 +87,8 @@ def _tokenize(args: argparse.Namespace) -> int:
     return 0
 
 
-@handler("sample")
+@verb("sample")
 def _sample(args: argparse.Namespace) -> int:
-    from stratagen import api
     from stratagen.engine.images import save_images
 
     pipe = api.Pipeline.from_run(args.source, args.set)
@@ -115,18 +102,17 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
-@handler("eval")
+@verb("eval")
 def _eval(args: argparse.Namespace) -> int:
     import json
 
-    from stratagen import api
     from stratagen.engine import evaluate
     from stratagen.io import checkpoint
 
     pipe = api.Pipeline.from_run(args.source, args.set)
     settings = pipe.config.eval
-    metrics = evaluate.build_metrics(settings)
-    reference = evaluate.reference_set(pipe.config, pipe.run.local_path("eval_cache"))
+    metrics = api.build_metrics(settings)
+    reference = evaluate.reference_set(pipe.built, pipe.run.local_path("eval_cache"))
     report: dict = {"tokenizers": evaluate.tokenizer_report(pipe, reference, metrics)}
     if not args.tokenizers_only and pipe.config.sampler is not None:
         labels = evaluate.sample_labels(pipe.model.num_classes, settings)
@@ -138,11 +124,9 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-@handler("compare")
+@verb("compare")
 def _compare(args: argparse.Namespace) -> int:
-    from stratagen.engine.compare import compare
-
-    result = compare(args.source, args.set)
+    result = api.compare(args.source, args.set)
     with open(f"{result.dir}/results.md") as f:
         print(f.read())
     print(f"figures: {result.dir}/figures/")
@@ -152,9 +136,8 @@ def _compare(args: argparse.Namespace) -> int:
     return 1 if result.failures else 0
 
 
-@handler("bench")
+@verb("bench")
 def _bench(args: argparse.Namespace) -> int:
-    from stratagen import api
     from stratagen.engine.bench import benchmark
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
@@ -163,30 +146,30 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
-@handler("info")
+@verb("info")
 def _info(args: argparse.Namespace) -> int:
-    from stratagen import api
-    from stratagen.engine import build
-
-    config = api.load(args.source, args.set)
-    model = build.build_model(config)
+    built = api.build(api.load(args.source, args.set))
+    model = built.model
     rows = []
     for tid, tokenizer in model.tokenizers.items():
         levels = ", ".join(f"{s.name} {s.height}x{s.width}/{s.codebook_size}"
                            for s in tokenizer.level_specs(model.resolution_of(tid)))
-        shared = config.tokenizers[tid].share
-        plugin = config.tokenizers[shared or tid].model.name
-        rows.append(("tokenizer", tid, plugin, 0 if shared else _count(tokenizer),
-                     levels + (f" (weights of {shared})" if shared else "")))
+        owner = model.shared.get(tid)
+        plugin = built.config.tokenizers[owner or tid].model.name
+        rows.append(("tokenizer", tid, plugin, 0 if owner else _count(tokenizer),
+                     levels + (f" (weights of {owner})" if owner else "")))
     for pid, slot in model.priors.items():
         streams = slot.target + (f" | {', '.join(slot.conditions)}" if slot.conditions else "")
-        rows.append(("prior", pid, config.priors[pid].model.name, _count(slot.prior), streams))
+        rows.append(("prior", pid, built.config.priors[pid].model.name, _count(slot.prior), streams))
+    for cid, slot in model.critics.items():
+        rows.append(("critic", cid, built.config.critics[cid].model.name, _count(slot.critic),
+                     f"{slot.target} (samples of prior {slot.prior})"))
     print(f"{'KIND':<10} {'ID':<10} {'PLUGIN':<12} {'PARAMETERS':>14}  DETAILS")
     for kind, cid, plugin, count, details in rows:
         print(f"{kind:<10} {cid:<10} {plugin:<12} {count:>14,}  {details}")
-    if config.sampler is not None:
-        build.build_sampler(config, model)
-        print(f"sampler    {config.sampler.name} (compatible)")
+    if built.sampler is not None:
+        orders = ", ".join(f"{s.stream}: {s.settings.order}" for s in built.sampler.stages(model))
+        print(f"sampler    {built.config.sampler.name} (compatible; decode orders {orders})")
     return 0
 
 

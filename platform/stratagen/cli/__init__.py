@@ -7,22 +7,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Callable, Sequence
+from typing import Sequence
 
 from stratagen.registry import StratagenError, get_registry
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], int | None]] = {}
-
-
-def command(name: str):
-    def wrap(fn):
-        COMMANDS[name] = fn
-        return fn
-    return wrap
+from .verbs import HANDLERS, verb
 
 
 # ----------------------------------------------------------------------------- plugins
-@command("plugins")
+@verb("plugins")
 def _plugins(args: argparse.Namespace) -> int:
     registry = get_registry()
     rows = [dict(kind=c.kind, name=c.name, distribution=c.provider.distribution,
@@ -42,7 +35,7 @@ def _plugins(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- config
-@command("config")
+@verb("config")
 def _config(args: argparse.Namespace) -> int:
     from stratagen import config as cfg
 
@@ -76,18 +69,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_set(show)
     csub.add_parser("schema", help="print the run-config JSON Schema assembled from installed plugins")
 
-    from stratagen.engine import commands
+    from . import commands, edit  # imported on use: they import torch and the engine
+
     commands.add_parsers(sub, _add_set)
+    edit.add_parser(sub, _add_set)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handler = COMMANDS.get(args.command)
-    if handler is None:
-        from stratagen.engine import commands
-        handler = commands.HANDLERS[args.command]
+    handler = HANDLERS[args.command]
     try:
         return handler(args) or 0
     except StratagenError as exc:

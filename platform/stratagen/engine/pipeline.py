@@ -1,0 +1,181 @@
+"""A built run with its weights on a device, ready to generate; and training, which returns one.
+
+::
+
+    pipe = Pipeline.from_run("runs/demo/maskgit_f16")
+    images = pipe.sample(classes=[0, 1, 2], seed=0).images     # [3, 3, H, W] in [-1, 1]
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+from pydantic import BaseModel
+
+from stratagen import config as cfg
+from stratagen.io.run import Run
+from stratagen.registry import GenerativeModel, Registry, Sampler, SampleOutput, StratagenError, get_registry
+
+from . import train as training
+from .build import BuiltRun, build
+from .distributed import barrier, setup_processes
+from .figures import loss_curves
+from .logger import RunLogger
+from .plan import training_plan
+
+
+def load_config(source: str, overrides: Sequence[str] = (), registry: Registry | None = None) -> BaseModel:
+    """A validated run config from a config file or a run directory."""
+    if source.endswith((".yaml", ".yml")):
+        return cfg.load_config(source, list(overrides), registry)
+    return Run(source).load_config(list(overrides), registry)
+
+
+def resolve_device(setting: str) -> torch.device:
+    if setting == "cuda" or (setting == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+class Pipeline:
+    """A run's built components with their trained weights, on ``device``."""
+
+    def __init__(self, built: BuiltRun, run: Run, device: torch.device):
+        self.built = built
+        self.run = run
+        self.device = device
+
+    @property
+    def config(self) -> BaseModel:
+        return self.built.config
+
+    @property
+    def model(self) -> GenerativeModel:
+        return self.built.model
+
+    @property
+    def registry(self) -> Registry:
+        return self.built.registry
+
+    @classmethod
+    def from_run(cls, source: str, overrides: Sequence[str] = (), device: str | None = None,
+                 registry: Registry | None = None) -> "Pipeline":
+        """Load a trained run (directory, or the config that names it) with its weights."""
+        return cls.from_config(load_config(source, overrides, registry), device, registry)
+
+    @classmethod
+    def from_config(cls, config: BaseModel, device: str | None = None,
+                    registry: Registry | None = None) -> "Pipeline":
+        """The trained run ``config.run.dir`` names, built once from the validated ``config``."""
+        built = build(config, registry)
+        run = Run(config.run.dir)
+        model = built.model
+        for tid, tokenizer in model.tokenizers.items():
+            if model.owns_weights(tid):
+                run.load_weights("tokenizer", tid, tokenizer, built.registry)
+        for pid, slot in model.priors.items():
+            run.load_weights("prior", pid, slot.prior, built.registry)
+        for cid, slot in model.critics.items():
+            run.load_weights("critic", cid, slot.critic, built.registry)
+        return cls(built, run, resolve_device(device or config.run.device)).ready()
+
+    def ready(self) -> "Pipeline":
+        """Every module on the device, in evaluation mode."""
+        for module in self.built.modules():
+            module.to(self.device).eval()
+        return self
+
+    def sampler(self, sampler_config: Any = None) -> Sampler:
+        """The configured sampler (or one from ``sampler_config``), checked against the model."""
+        return self.built.sampler_for(sampler_config)
+
+    def sample(self, classes: Sequence[int], seed: int = 0, sampler: Sampler | None = None,
+               canvas: Mapping[str, torch.Tensor] | None = None) -> SampleOutput:
+        """Generate one image per entry of ``classes``; same seed, same images."""
+        labels = torch.as_tensor(list(classes), dtype=torch.long, device=self.device)
+        if labels.numel() and (labels.min() < 0 or labels.max() >= self.model.num_classes):
+            raise StratagenError(f"classes must be in [0, {self.model.num_classes}), got {list(classes)}")
+        generator = torch.Generator(self.device).manual_seed(seed)
+        return (sampler or self.sampler()).sample(self.model, labels, generator, canvas)
+
+
+def train(config: BaseModel, resume: bool = False, registry: Registry | None = None) -> Pipeline:
+    """Run every stage of the training plan (see :mod:`.plan`) and return the trained pipeline.
+
+    Components whose final weights exist are loaded, not retrained; ``resume`` continues
+    interrupted components from their last checkpoint. The returned pipeline holds the very
+    modules trained here: sampling needs no rebuild and no reload.
+    """
+    registry = registry or get_registry()
+    procs = setup_processes(config.run.device)
+    run = Run(config.run.dir)
+    built = build(config, registry)  # refuses an incompatible sampler before any work
+    model = built.model
+    if not resume and _has_checkpoints(run, model):
+        raise StratagenError(f"{run.url} already holds checkpoints; pass --resume to continue it, "
+                             f"or choose another run.dir")
+    if procs.is_main:
+        run.save_config(config)
+    logger = RunLogger(run.local_path("tb") if procs.is_main and run.is_local else None)
+    pipeline = Pipeline(built, run, procs.device)
+    augmented = frozenset(pid for pid, e in config.priors.items() if e.condition_augmentation > 0)
+    plan = training_plan(model, augmented)
+    last_sampled = next((s.key for s in reversed(plan) if s.kind in ("prior", "critic")), None)
+    try:
+        for stage in plan:
+            _run_stage(stage.kind, stage.cid, pipeline, procs, logger, resume,
+                       on_images=_sample_logger(pipeline, logger) if stage.key == last_sampled else None)
+    finally:
+        logger.close()
+    if procs.is_main and run.is_local:
+        loss_curves(run.local_path("tb"), run.local_path("plots"))
+    return pipeline.ready()
+
+
+def _run_stage(kind: str, cid: str, pipeline: Pipeline, procs: Any, logger: RunLogger, resume: bool,
+               on_images: Any) -> None:
+    built, run, config, model = pipeline.built, pipeline.run, pipeline.config, pipeline.model
+    if kind == "tokens":
+        tokenizer = model.tokenizers[cid].to(procs.device).eval()
+        if not run.token_shards(cid, "train"):
+            if procs.is_main:
+                training.tokenize(run, cid, tokenizer, built.dataset("train"), "train", procs.device,
+                                  model.resolution_of(cid))
+            barrier(procs)
+        return
+    entry = getattr(config, f"{kind}s")[cid]
+    module = {"tokenizer": lambda: model.tokenizers[cid], "prior": lambda: model.priors[cid].prior,
+              "critic": lambda: model.critics[cid].critic}[kind]().to(procs.device)
+    if run.trained_step(kind, cid) == entry.train.steps:
+        run.load_weights(kind, cid, module, built.registry)
+    elif kind == "tokenizer":
+        training.train_tokenizer(run, config, cid, module, built.dataset("train"), procs, logger, resume,
+                                 built.registry)
+    else:
+        training.train_on_tokens(run, config, kind, cid, model, built.schedules[cid], procs, logger, on_images,
+                                 resume, built.registry)
+    module.eval()
+
+
+def _has_checkpoints(run: Run, model: GenerativeModel) -> bool:
+    kinds = [("tokenizer", t) for t in model.tokenizers if model.owns_weights(t)]
+    kinds += [("prior", p) for p in model.priors] + [("critic", c) for c in model.critics]
+    return any(run.trained_step(kind, cid) is not None for kind, cid in kinds)
+
+
+def _sample_logger(pipeline: Pipeline, logger: RunLogger):
+    """A callback that logs one sample per class (at most 16) to TensorBoard, with a fixed seed."""
+    if pipeline.built.sampler is None:
+        return None
+
+    def log_samples(step: int) -> None:
+        modes = {module: module.training for module in pipeline.built.modules()}
+        for module in modes:
+            module.eval()
+        classes = list(range(min(pipeline.model.num_classes, 16)))
+        images = pipeline.sample(classes, seed=0).images
+        logger.images("samples", images, step, nrow=len(classes))
+        for module, training_mode in modes.items():
+            module.train(training_mode)
+
+    return log_samples

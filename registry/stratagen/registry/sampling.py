@@ -1,0 +1,112 @@
+"""What every staged sampler shares with the engine: per-stage settings, and sweeps over them.
+
+A staged sampler decodes token streams one after another (MaskGIT: one stream; StraIT:
+top then bottom). Its config holds one :class:`StageSettings` section per stage; the
+sections are found by type, in declaration order. A comparison may sweep any setting the
+sampler declares in ``SamplerConfig.sweepable``; every swept value is validated by the
+same rules as the config itself, when the sweep is read.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, Field, ValidationError, field_validator
+
+from .configs import ComponentConfig
+from .errors import ConfigError
+
+
+def check_name(kind: str, value: str) -> str:
+    """``value`` if it names an installed component of ``kind``, else ValueError listing them."""
+    from .manager import get_registry  # the registry imports this module's config models
+
+    names = get_registry().names(kind)
+    if value not in names:
+        raise ValueError(f"unknown {kind} {value!r}; installed: {', '.join(names)}")
+    return value
+
+
+class StageSettings(ComponentConfig):
+    """Decoding settings of one stage (one token stream)."""
+
+    steps: int = Field(12, ge=1, description="decoding steps T")
+    schedule: str = Field("cosine", description="mask schedule gamma (StraIT Table 10)")
+    order: str = Field("confidence", description="decode order: which sampled tokens each step keeps "
+                                                 "(confidence, random, halton, critic, or a plugin's)")
+    temperature: float = Field(1.0, gt=0, description="softmax temperature of token sampling")
+    choice_temperature: float = Field(4.5, ge=0, description="scale of the annealed Gumbel noise on the "
+                                                             "order's scores (MaskGIT's quality knob)")
+    guidance_scale: float = Field(0.0, ge=0, description="classifier-free guidance scale (0: off)")
+    guidance_schedule: Literal["constant", "linear"] = Field(
+        "constant", description="constant scale, or ramped linearly from 0 to the scale over the steps")
+
+    @field_validator("schedule")
+    @classmethod
+    def _known_schedule(cls, value: str) -> str:
+        return check_name("schedule", value)
+
+    @field_validator("order")
+    @classmethod
+    def _known_order(cls, value: str) -> str:
+        return check_name("order", value)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a staged sampler: the stream it decodes and how."""
+
+    stream: str
+    settings: StageSettings
+
+
+class SamplerConfig(ComponentConfig):
+    """Base of a staged sampler's config: its :class:`StageSettings` fields are its stages."""
+
+    #: settings a comparison may sweep (subclasses may narrow it)
+    sweepable: ClassVar[tuple[str, ...]] = tuple(StageSettings.model_fields)
+
+    def stage_names(self) -> list[str]:
+        """Names of the stage sections, in declaration order (``stage``, or ``top``, ``bottom``, ...)."""
+        return [name for name in type(self).model_fields if isinstance(getattr(self, name), StageSettings)]
+
+    def with_setting(self, setting: str, value: Any) -> "SamplerConfig":
+        """A copy with ``setting`` set to ``value`` in every stage, or to ``value[i]`` in stage ``i``
+        when ``value`` is a list. ConfigError if the setting is not sweepable, the list length is
+        not the number of stages, or a value breaks the setting's rules."""
+        names = self.stage_names()
+        if setting not in self.sweepable:
+            raise ConfigError(f"sampler {self.name!r} cannot sweep {setting!r}; sweepable: {', '.join(self.sweepable)}")
+        values = value if isinstance(value, list) else [value] * len(names)
+        if len(values) != len(names):
+            raise ConfigError(f"{setting} {value}: sampler {self.name!r} has {len(names)} stages "
+                              f"({', '.join(names)}); give {len(names)} values")
+        update = {n: validate_stage_value(getattr(self, n), setting, v) for n, v in zip(names, values)}
+        return self.model_copy(update=update)
+
+
+def validate_stage_value(stage: StageSettings, setting: str, value: Any) -> StageSettings:
+    """``stage`` with ``setting = value``, validated; ConfigError saying what is accepted."""
+    if setting not in StageSettings.model_fields:
+        raise ConfigError(f"unknown stage setting {setting!r}; settings: {', '.join(StageSettings.model_fields)}")
+    try:
+        return StageSettings.model_validate({**stage.model_dump(), setting: value})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        message = error["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{setting} = {value!r}: {message}") from None
+
+
+def check_sweep_values(setting: str, values: list[Any]) -> None:
+    """Validate every value of a sweep against :class:`StageSettings`' rules (ConfigError if not)."""
+    default = StageSettings()
+    for value in values:
+        for item in value if isinstance(value, list) else [value]:
+            validate_stage_value(default, setting, item)
+
+
+def stage_settings_of(config: BaseModel) -> list[StageSettings]:
+    """The stage sections of a sampler config (empty for a sampler that is not staged)."""
+    if isinstance(config, SamplerConfig):
+        return [getattr(config, n) for n in config.stage_names()]
+    return []
