@@ -9,6 +9,7 @@ import yaml
 
 from stratagen import cli
 from stratagen import config as cfg
+from stratagen.registry import ConfigError
 from tinyconfigs import tiny_config, write_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
