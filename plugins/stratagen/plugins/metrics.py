@@ -40,4 +40,4 @@ class InDomainConfig(ComponentConfig):
 @hookimpl
 def stratagen_register_metrics(register):
     register("inception", InceptionMetric, InceptionConfig)
-    register("in-domain", InDomainMetric, InDomainConfig)
+    register("in-domain", InDomainMetric, InDomainConfig, tiny={"classifier_steps": 20, "batch_size": 16, "kid_subset_size": 4})

@@ -8,10 +8,11 @@ A plugin module implements any of these hooks; each receives a ``register`` call
     def stratagen_register_schedules(register):
         register("quartic", QuarticSchedule)
 
-``register(name, factory, config=None)``: ``factory`` builds the component from the
-fields of ``config`` (a pydantic model with ``name: Literal[...]``, ``extra="forbid"``)
+``register(name, factory, config=None, tiny=None)``: ``factory`` builds the component from
+the fields of ``config`` (a pydantic model with ``name: Literal[...]``, ``extra="forbid"``)
 passed as keyword arguments, plus any wiring the engine supplies (e.g. a prior's
-``target`` level). Components without settings (mask schedules, decode orders) pass no config.
+``target`` level). ``tiny`` optionally gives config fields that make the component small
+enough to build and run in a second; the conformance tests use them. Components without settings (mask schedules, decode orders) pass no config.
 """
 import pluggy
 

@@ -138,7 +138,7 @@ class Prior(nn.Module, ABC):
 class MaskSchedule(ABC):
     """gamma(r): the fraction of tokens still masked after progress r in [0, 1].
 
-    gamma(0) = 1 (all masked), gamma(1) = 0, non-increasing (StraIT Table 10).
+    gamma(0) = 1 (all masked; official exp: 1 - 1/N), gamma(1) = 0, non-increasing (StraIT Table 10).
     ``total`` is the number of tokens being generated, an int or one count per row
     (broadcast against ``ratio``); only log and exp use it.
     """

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Callable, Mapping
 
@@ -48,6 +48,12 @@ class Component:
     factory: Callable[..., Any]
     config: type[BaseModel] | None
     provider: Provider
+    #: config fields that make the component tiny (for conformance tests and quick trials)
+    tiny: Mapping[str, Any] = field(default_factory=dict)
+
+    def tiny_config(self) -> BaseModel | None:
+        """The config with its ``tiny`` settings over the defaults (None for config-less components)."""
+        return None if self.config is None else self.config.model_validate({"name": self.name, **self.tiny})
 
 
 @dataclass(frozen=True)
@@ -133,12 +139,13 @@ class Registry:
                     f"(STRATAGEN_DISABLE_PLUGINS)"))
 
     def _collector(self, kind: str, provider: Provider, out: list[Component]) -> Callable[..., None]:
-        def register(name: str, factory: Callable[..., Any], config: type[BaseModel] | None = None) -> None:
+        def register(name: str, factory: Callable[..., Any], config: type[BaseModel] | None = None,
+                     tiny: Mapping[str, Any] | None = None) -> None:
             if config is not None:
                 tags = getattr(config.model_fields.get("name"), "annotation", None)
                 if name not in getattr(tags, "__args__", ()):
                     raise ValueError(f"config {config.__name__} of {kind} {name!r} needs name: Literal[{name!r}, ...]")
-            out.append(Component(kind, name, factory, config, provider))
+            out.append(Component(kind, name, factory, config, provider, dict(tiny or {})))
         return register
 
     def _fail(self, provider: Provider, exc: BaseException) -> None:

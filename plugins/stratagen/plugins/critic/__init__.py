@@ -36,7 +36,8 @@ class TokenCriticConfig(ComponentConfig):
 
 @hookimpl
 def stratagen_register_critics(register):
-    register("token-critic", TokenCritic, TokenCriticConfig)
+    register("token-critic", TokenCritic, TokenCriticConfig,
+             tiny={"depth": 1, "width": 32, "heads": 2, "mlp_dim": 64, "dropout": 0.0})
 
 
 @hookimpl

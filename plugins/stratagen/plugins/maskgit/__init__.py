@@ -23,6 +23,9 @@ class TransformerConfig(ComponentConfig):
     class_dropout: float = Field(0.1, ge=0, le=1, description="'uncond cutoff': enables classifier-free guidance")
 
 
+TINY_TRANSFORMER = {"depth": 1, "width": 32, "heads": 2, "mlp_dim": 64, "dropout": 0.0}
+
+
 class MaskGITPriorConfig(TransformerConfig):
     name: Literal["maskgit"] = "maskgit"
 
@@ -35,7 +38,7 @@ class MaskGITSamplerConfig(SamplerConfig):
 
 @hookimpl
 def stratagen_register_priors(register):
-    register("maskgit", MaskedTokenTransformer, MaskGITPriorConfig)
+    register("maskgit", MaskedTokenTransformer, MaskGITPriorConfig, tiny=TINY_TRANSFORMER)
 
 
 @hookimpl
@@ -43,4 +46,4 @@ def stratagen_register_samplers(register):
     register("maskgit", MaskGITSampler, MaskGITSamplerConfig)
 
 
-__all__ = ["MaskGITSampler", "MaskedTokenTransformer", "TransformerConfig"]
+__all__ = ["TINY_TRANSFORMER", "MaskGITSampler", "MaskedTokenTransformer", "TransformerConfig"]

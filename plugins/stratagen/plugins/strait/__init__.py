@@ -16,8 +16,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from stratagen.plugins.maskgit import MaskedTokenTransformer, TransformerConfig
-from stratagen.plugins.vqgan import ConvVQConfig, build_loss
+from stratagen.plugins.maskgit import TINY_TRANSFORMER, MaskedTokenTransformer, TransformerConfig
+from stratagen.plugins.vqgan import TINY_CONV_VQ, ConvVQConfig, build_loss
 from stratagen.registry import IncompatibleComponentsError, SamplerConfig, StageSettings, hookimpl
 
 from .samplers import CascadeSampler, StratifiedSampler, UpsampleSampler
@@ -80,6 +80,9 @@ class CascadeConfig(SamplerConfig):
     bottom: StageSettings = StageSettings(steps=6)
 
 
+TINY_VQGAN2 = TINY_CONV_VQ | {"latent_blocks": 1}
+
+
 def build_vqgan2(*, fusion: str, resolution: int, loss, **fields) -> VQGAN2Tokenizer:
     return VQGAN2Tokenizer(fusion=fusion, resolution=resolution, loss=build_loss(resolution, loss), **fields)
 
@@ -93,15 +96,15 @@ def build_bottom_prior(*, conditions, **fields) -> MaskedTokenTransformer:
 
 @hookimpl
 def stratagen_register_tokenizers(register):
-    register("vqgan2-r", partial(build_vqgan2, fusion="residual"), VQGAN2Config)
-    register("vqgan2-c", partial(build_vqgan2, fusion="concat"), VQGAN2Config)
+    register("vqgan2-r", partial(build_vqgan2, fusion="residual"), VQGAN2Config, tiny=TINY_VQGAN2)
+    register("vqgan2-c", partial(build_vqgan2, fusion="concat"), VQGAN2Config, tiny=TINY_VQGAN2)
 
 
 @hookimpl
 def stratagen_register_priors(register):
-    register("cmtm-top", MaskedTokenTransformer, CMTMTopConfig)
-    register("cmtm-bottom", build_bottom_prior, CMTMBottomConfig)
-    register("upsampler", build_bottom_prior, UpsamplerConfig)
+    register("cmtm-top", MaskedTokenTransformer, CMTMTopConfig, tiny=TINY_TRANSFORMER)
+    register("cmtm-bottom", build_bottom_prior, CMTMBottomConfig, tiny=TINY_TRANSFORMER)
+    register("upsampler", build_bottom_prior, UpsamplerConfig, tiny=TINY_TRANSFORMER)
 
 
 @hookimpl

@@ -39,6 +39,11 @@ class ConvVQConfig(ComponentConfig):
     loss: VQGANLossConfig = VQGANLossConfig()
 
 
+#: a convolutional VQ tokenizer small enough to build and run in a second (conformance tests)
+TINY_CONV_VQ = {"channels": 8, "channel_mult": [1, 2, 2], "num_res_blocks": 1, "codebook_size": 32,
+                "embedding_dim": 8, "loss": {"gan_weight": 0.0, "perceptual_weights": None}}
+
+
 class VQGANConfig(ConvVQConfig):
     name: Literal["vqgan"] = "vqgan"
     factor: Literal[2, 4, 8, 16, 32] = Field(
@@ -63,8 +68,8 @@ def build_vqgan(*, resolution: int, factor: int, loss: VQGANLossConfig, **fields
 
 @hookimpl
 def stratagen_register_tokenizers(register):
-    register("vqgan", build_vqgan, VQGANConfig)
+    register("vqgan", build_vqgan, VQGANConfig, tiny=TINY_CONV_VQ | {"factor": 4})
 
 
-__all__ = ["ConvVQConfig", "Decoder", "Encoder", "VQGANConfig", "VQGANLoss", "VQGANLossConfig", "VQGANTokenizer",
+__all__ = ["TINY_CONV_VQ", "ConvVQConfig", "Decoder", "Encoder", "VQGANConfig", "VQGANLoss", "VQGANLossConfig", "VQGANTokenizer",
            "VQTokenizer", "build_loss"]
