@@ -164,9 +164,9 @@ def _info(args: argparse.Namespace) -> int:
     for cid, slot in model.critics.items():
         rows.append(("critic", cid, built.config.critics[cid].model.name, _count(slot.critic),
                      f"{slot.target} (samples of prior {slot.prior})"))
-    print(f"{'KIND':<10} {'ID':<10} {'PLUGIN':<12} {'PARAMETERS':>14}  DETAILS")
+    print(f"{'KIND':<10} {'ID':<14} {'PLUGIN':<12} {'PARAMETERS':>14}  DETAILS")
     for kind, cid, plugin, count, details in rows:
-        print(f"{kind:<10} {cid:<10} {plugin:<12} {count:>14,}  {details}")
+        print(f"{kind:<10} {cid:<14} {plugin:<12} {count:>14,}  {details}")
     if built.sampler is not None:
         orders = ", ".join(f"{s.stream}: {s.settings.order}" for s in built.sampler.stages(model))
         print(f"sampler    {built.config.sampler.name} (compatible; decode orders {orders})")

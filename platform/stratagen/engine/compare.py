@@ -212,7 +212,7 @@ class CompareRunner:
                     writer.add_image("samples (same classes and seeds)", image_grid(result.grids[name], nrow=len(
                         result.grids[name])), 0)
                 default = next(r for r in rows if r["sweep"] == "default")
-                exp, ssi, sei = hparams({k: str(default[k]) for k in ("tokens", "steps")} | {
+                exp, ssi, sei = hparams({k: str(default[k]) for k in ("tokens", "steps", "order")} | {
                     "params": default["params"], "variant": name}, {f"hparam/{m}": default[m] for m in metrics})
                 for summary in (exp, ssi, sei):
                     writer.file_writer.add_summary(summary)
@@ -241,7 +241,7 @@ def results_markdown(result: CompareResult) -> str:
         key = "fid" if all("fid" in r for r in candidates) else None
         chosen = min(candidates, key=lambda r: r[key]) if key else candidates[0]
         best.append({**chosen, "temperature": chosen["value"] if chosen["sweep"] == "temperature" else "config"})
-    head = ["variant", "tokens", "steps", "params", "sec_per_image", "temperature"]
+    head = ["variant", "tokens", "steps", "order", "params", "sec_per_image", "temperature"]
     summary_columns = head + [m for m in TABLE_METRICS if any(m in r for r in best)]
     text = "## Results (best FID over the temperature sweep)\n\n" + _markdown(best, summary_columns)
     text += "\n## Every sweep point\n\n" + _markdown(result.rows, _columns(result.rows))

@@ -345,8 +345,9 @@ class Sampler(ABC):
         """Id of the tokenizer that turns the generated streams into images."""
 
     def describe(self, model: GenerativeModel) -> dict[str, object]:
-        """Table 6 columns: tokens per stage, steps per stage, and the parameters sampling uses
-        (the priors of the stages and the tokenizers' generators, no discriminator)."""
+        """Table 6 columns: tokens and steps per stage, the decode order of each stage, and the
+        parameters sampling uses (the stages' priors and critics, the tokenizers' generators;
+        no discriminator)."""
         stages = self.stages(model)
         specs = [model.level_spec(stage.stream) for stage in stages]
         used = {split_stream_key(s.stream)[0] for s in stages} | {self.output_tokenizer(model)}
@@ -355,9 +356,12 @@ class Sampler(ABC):
         decoded: list[str] = []
         for stage in stages:
             params += sum(p.numel() for p in model.prior_for(stage.stream, decoded).prior.parameters())
+            if stage.settings.order == "critic":
+                params += sum(p.numel() for p in model.critic_for(stage.stream).critic.parameters())
             decoded.append(stage.stream)
         return {"tokens": " + ".join(f"{s.height}x{s.width}" for s in specs),
-                "steps": "+".join(str(stage.settings.steps) for stage in stages), "params": params}
+                "steps": "+".join(str(stage.settings.steps) for stage in stages),
+                "order": "+".join(stage.settings.order for stage in stages), "params": params}
 
     @abstractmethod
     def sample(
