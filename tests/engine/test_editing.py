@@ -86,17 +86,17 @@ def test_same_seed_same_edit(pipes):
 
 
 @pytest.mark.parametrize("variant", ["strait", "cascade"])
-def test_domain_transfer_keeps_the_top_and_repredicts_the_bottom(pipes, variant):
+def test_domain_transfer_regenerates_the_regions_top_and_repredicts_the_bottom(pipes, variant):
     pipe, images = pipes[variant], noise_images()
     top, bottom = [stage.stream for stage in pipe.sampler().stages(pipe.model)]
-    result = editing.domain_transfer(pipe, images, new_classes=[2, 0], seed=3)
+    result = editing.domain_transfer(pipe, images, new_classes=[2, 0], seed=3, bottom_only=True)
     assert result.images is result.generated
     assert torch.equal(result.tokens[top], encoded(pipe, images, top))
     assert not result.token_masks[top].any() and result.token_masks[bottom].all()
     assert (result.tokens[bottom] != encoded(pipe, images, bottom)).any()
 
     top_mask = editing.box_mask(2, R, R, top=0, left=0, box_h=8, box_w=8, inside=True)
-    masked = editing.domain_transfer(pipe, images, new_classes=[2, 0], seed=3, top_mask=top_mask)
+    masked = editing.domain_transfer(pipe, images, new_classes=[2, 0], region=top_mask, seed=3)
     regenerated = editing.project_mask(top_mask, *masked.tokens[top].shape[1:])
     assert torch.equal(masked.token_masks[top], regenerated) and masked.token_masks[bottom].all()
     source = encoded(pipe, images, top)
@@ -114,7 +114,9 @@ def test_mistakes_raise_one_clear_error(pipes):
         (lambda: editing.inpaint(pipe, torch.zeros(2, 3, 32, 32), mask, [0, 1]), "run's resolution is 16x16"),
         (lambda: editing.inpaint(pipe, images * 127.5 + 127.5, mask, [0, 1]), "must be in [-1, 1]"),
         (lambda: editing.inpaint(pipe, images, mask, [0, 9]), "classes must be in [0, 4)"),
-        (lambda: editing.domain_transfer(pipe, images, [0, 1], sampler=single_stage), "single stream (vq.top)"),
+        (lambda: editing.domain_transfer(pipe, images, [0, 1], bottom_only=True, sampler=single_stage),
+         "single stream (vq.top)"),
+        (lambda: editing.domain_transfer(pipe, images, [0, 1]), "give a region (pixel mask), or bottom_only=True"),
     ]
     for call, message in cases:
         with pytest.raises(StratagenError) as caught:
@@ -159,7 +161,8 @@ def test_edit_verb_writes_the_result_and_its_strip(pipes, tmp_path):
     assert Image.open(tmp_path / "a/out_strip.png").size == (3 * R + 4, R + 2)
     assert edit("--box", "0,0,8,8", "--outside", "--class", "1", "--out", str(tmp_path / "b.png")) == 0
     assert np.array_equal(np.array(Image.open(tmp_path / "b.png"))[:8, :8], pixels[:8, :8])
-    assert edit("--mode", "transfer", "--class", "3", "--out", str(tmp_path / "t.png")) == 0
+    assert edit("--mode", "transfer", "--bottom-only", "--class", "3", "--out", str(tmp_path / "t.png")) == 0
+    assert edit("--mode", "transfer", "--box", "0,0,8,8", "--class", "3", "--out", str(tmp_path / "u.png")) == 0
     assert (tmp_path / "t.png").exists() and (tmp_path / "t_strip.png").exists()
     for flags, message in ((["--class", "1"], "needs --mask or --box"),
                            (["--box", "1,2", "--class", "1"], "four integers"),

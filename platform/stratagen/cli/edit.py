@@ -20,9 +20,9 @@ def add_parser(sub: argparse._SubParsersAction, add_set: Callable[[argparse.Argu
     p = sub.add_parser(
         "edit", help="inpaint, outpaint, re-class or domain-transfer an image with a trained run",
         description="Regenerate part of an image (--mode inpaint: white pixels of --mask, or the --box; "
-                    "--outside for outpainting) under --class, keeping the rest exactly; or keep its top-level "
-                    "tokens and re-predict every bottom-level token under --class (--mode transfer, StraIT "
-                    "§4.4; a --mask/--box also regenerates the top tokens there). The image is resized and "
+                    "--outside for outpainting) under --class, keeping the rest exactly; or transfer it to --class "
+                    "(--mode transfer, StraIT §4.4): regenerate the top-level tokens of the --mask/--box region and "
+                    "re-predict every bottom-level token (--bottom-only: keep every top token). The image is resized and "
                     "centre-cropped to the run's resolution. Writes the result and <out>_strip.png "
                     "(input | mask | result).")
     p.add_argument("source", metavar="RUN", help="run directory or config")
@@ -36,6 +36,8 @@ def add_parser(sub: argparse._SubParsersAction, add_set: Callable[[argparse.Argu
                    help="class of the edited image")
     p.add_argument("--mode", choices=["inpaint", "transfer"], default="inpaint",
                    help="regenerate the masked region (default), or transfer the image to --class")
+    p.add_argument("--bottom-only", action="store_true",
+                   help="--mode transfer: keep every top-level token, re-predict the bottom level only")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", metavar="PATH", default=None, help="output PNG (default: <run>/edits/<image>_<mode>.png)")
     add_set(p)
@@ -47,8 +49,11 @@ def run_edit(args: argparse.Namespace) -> int:
 
     if args.outside and args.box is None:
         raise StratagenError("--outside needs --box")
-    if args.mode == "inpaint" and args.mask is None and args.box is None:
-        raise StratagenError("--mode inpaint needs --mask or --box")
+    if args.bottom_only and (args.mode != "transfer" or args.mask is not None or args.box is not None):
+        raise StratagenError("--bottom-only goes with --mode transfer and no --mask/--box")
+    if not args.bottom_only and args.mask is None and args.box is None:
+        raise StratagenError(f"--mode {args.mode} needs --mask or --box (the region to edit)"
+                             + ("; or --bottom-only" if args.mode == "transfer" else ""))
     box = _parse_box(args.box) if args.box is not None else None
     pipe = api.Pipeline.from_run(args.source, args.set)
     R = pipe.model.resolution
@@ -61,7 +66,7 @@ def run_edit(args: argparse.Namespace) -> int:
     if args.mode == "inpaint":
         result = inpaint(pipe, image, mask, [args.label], args.seed)
     else:
-        result = domain_transfer(pipe, image, [args.label], args.seed, top_mask=mask)
+        result = domain_transfer(pipe, image, [args.label], mask, args.seed, bottom_only=args.bottom_only)
     out = args.out or os.path.join(pipe.run.local_path("edits"), f"{Path(args.image).stem}_{args.mode}.png")
     shown = mask if mask is not None else torch.zeros(1, R, R, dtype=torch.bool)
     strip = save_edit(image, shown, result.images, out)

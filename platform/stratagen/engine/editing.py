@@ -17,7 +17,7 @@ regenerated. No fine-tuning, no architecture change, the same forward passes as 
     editing.inpaint(pipe, image, hole, classes=[3]).images                    # infill, same class
     editing.inpaint(pipe, image, hole, classes=[5]).images                    # class-conditional edit
     editing.inpaint(pipe, image, ~hole, classes=[3]).images                   # outpainting
-    editing.domain_transfer(pipe, image, new_classes=[5]).images              # keep layout, new class
+    editing.domain_transfer(pipe, image, [5], region=hole).images             # transfer the box to class 5
 """
 from __future__ import annotations
 
@@ -128,26 +128,30 @@ def inpaint(pipe: Pipeline, images: torch.Tensor, pixel_mask: torch.Tensor, clas
     return EditResult(composited, output.images, output.tokens, _regenerated(canvas))
 
 
-def domain_transfer(pipe: Pipeline, images: torch.Tensor, new_classes: Sequence[int], seed: int = 0,
-                    top_mask: torch.Tensor | None = None, sampler: Sampler | None = None) -> EditResult:
-    """Semantic domain transfer with bottom-level re-prediction (StraIT §4.4, Figure 6).
+def domain_transfer(pipe: Pipeline, images: torch.Tensor, new_classes: Sequence[int], region: torch.Tensor | None = None,
+                    seed: int = 0, bottom_only: bool = False, sampler: Sampler | None = None) -> EditResult:
+    """Semantic domain transfer (StraIT §4.4, Figure 6) with bottom-level re-prediction.
 
-    The first stage's tokens of ``images`` ``[B, 3, R, R]`` (the top level: layout, coarse
-    shapes and colours) are kept, except under ``top_mask`` ``[B, R, R]`` where they are
-    regenerated; every token of the later stage(s) is re-predicted under ``new_classes``
-    from the transferred top. Needs a sampler of two or more stages: stratified (top ->
-    bottom of one tokenizer) or cascade (f16 -> f8). Nothing is composited:
-    ``images`` is ``generated``.
+    "Masking unwanted tokens" (§4.4): the first stage's tokens of ``images`` ``[B, 3, R, R]``
+    (the top level: layout, coarse shapes and colours) are regenerated under ``new_classes``
+    inside ``region`` ``[B, R, R]`` (the part being transferred) and kept elsewhere; then every
+    token of the later stage(s) is re-predicted from the transferred top ("Bottom-level
+    Re-prediction"). ``bottom_only=True`` keeps every top token and re-predicts the bottom
+    only (no ``region``). Needs a sampler of two or more stages: stratified (top -> bottom of
+    one tokenizer) or cascade (f16 -> f8). Nothing is composited: ``images`` is ``generated``.
     """
+    if bottom_only == (region is not None):
+        raise StratagenError("domain transfer regenerates the top tokens of the edited region (StraIT §4.4): "
+                             "give a region (pixel mask), or bottom_only=True to re-predict the bottom level only")
     sampler = sampler or pipe.sampler()
     streams = _streams(pipe, sampler)
     if len(streams) < 2:
         raise StratagenError(f"domain transfer keeps the first stage and re-predicts the later ones, but "
                              f"{type(sampler).__name__} decodes a single stream ({streams[0]}); "
                              f"use the stratified or cascade sampler")
-    if top_mask is None:
-        top_mask = torch.zeros(images.shape[0], *images.shape[2:], dtype=torch.bool)
-    canvas = token_canvas(pipe, images, top_mask, streams)
+    if region is None:
+        region = torch.zeros(images.shape[0], *images.shape[2:], dtype=torch.bool)
+    canvas = token_canvas(pipe, images, region, streams)
     for stream in streams[1:]:
         canvas[stream] = torch.full_like(canvas[stream], UNKNOWN)
     _check_classes(new_classes, images.shape[0])
