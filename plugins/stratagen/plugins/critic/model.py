@@ -10,6 +10,7 @@ from torch import nn
 from stratagen.nn import TransformerBlock
 from stratagen.plugins.maskgit.prior import ConditionEmbedding
 from stratagen.registry import Critic, LevelSpec, MaskSchedule, Prior, PriorLoss
+from stratagen.sampling import schedule_mask
 
 
 class TokenCritic(Critic):
@@ -74,10 +75,7 @@ class TokenCritic(Critic):
         real = tokens.flatten(1)
         B, N = real.shape
         device = real.device
-        ratio = schedule(torch.rand(B, generator=generator, device=device), N).float()
-        num_masked = torch.ceil(ratio * N).clamp(1, N).long()
-        ranks = torch.rand(B, N, generator=generator, device=device).argsort(dim=1).argsort(dim=1)
-        mask = ranks < num_masked[:, None]
+        mask = schedule_mask(schedule, B, N, generator, device)
         with torch.no_grad():
             was_training = self.prior.training
             self.prior.eval()

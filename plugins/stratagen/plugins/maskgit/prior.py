@@ -14,6 +14,7 @@ from torch import nn
 
 from stratagen.nn import TransformerBlock
 from stratagen.registry import LevelSpec, MaskSchedule, Prior, PriorLoss
+from stratagen.sampling import schedule_mask
 
 
 class ConditionEmbedding(nn.Module):
@@ -132,10 +133,7 @@ class MaskedTokenTransformer(Prior):
         target = tokens.flatten(1)
         B, N = target.shape
         device = target.device
-        ratio = schedule(torch.rand(B, generator=generator, device=device), N).float()
-        num_masked = torch.ceil(ratio * N).clamp(1, N).long()
-        ranks = torch.rand(B, N, generator=generator, device=device).argsort(dim=1).argsort(dim=1)
-        mask = ranks < num_masked[:, None]
+        mask = schedule_mask(schedule, B, N, generator, device)
         drop = torch.rand(B, generator=generator, device=device) < self.class_dropout
         labels = torch.where(drop, torch.full_like(labels, self.null_class), labels)
         context = self.encode_conditions(conditions, labels)
