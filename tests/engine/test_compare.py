@@ -140,3 +140,11 @@ def test_a_sweep_that_does_not_fit_a_variant_is_refused_before_any_work(tmp_path
     with pytest.raises(ConfigError, match=re.escape("variant mg: steps [18, 6]: sampler 'maskgit' has 1 stages")):
         compare_module.compare(str(path))
     assert not (tmp_path / "run").exists()  # nothing was trained
+
+
+@pytest.mark.parametrize("variant", [{}, {"config": "a.yaml", "run": "runs/a"}])
+def test_a_variant_needs_exactly_one_source(tmp_path, variant):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"dir": str(tmp_path / "out"), "variants": {"a": variant}}))
+    with pytest.raises(ConfigError, match="variants.a: give exactly one of 'config' or 'run'"):
+        cfg.load_compare_config(str(path))
