@@ -183,3 +183,14 @@ def test_entropy_loss_weight_adds_to_the_quantizer_loss():
 
     expected = 0.1 * entropy_loss(-torch.cdist(flat, plain.codebook.weight).pow(2), 0.5)
     torch.testing.assert_close(weighted(z).loss - plain(z).loss, expected, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("options", [{}, {"entropy_loss_weight": 0.1, "l2_normalize": True}])
+def test_restarting_codes_in_training_keeps_the_graph_usable(options):
+    # A shared codebook quantizes twice (VQGAN2's two levels): the first call's restart rewrites
+    # the weight in place, and the backward through both calls must still work.
+    torch.manual_seed(0)
+    vq = VectorQuantizer(8, 3, restart_dead_codes=True, dead_code_steps=1, **options).train()
+    z = torch.randn(2, 3, 2, 2, requires_grad=True)
+    (vq(z).loss + vq(z * 2).loss).backward()
+    assert z.grad.abs().sum() > 0

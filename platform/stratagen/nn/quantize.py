@@ -121,7 +121,9 @@ class VectorQuantizer(nn.Module):
 
     def codes(self) -> Tensor:
         """The lookup table [K, code_dim] (unit rows with ``l2_normalize``)."""
-        weight = self.codebook.weight.float()
+        # A copy: restarting dead codes rewrites the weight in place while autograd may still
+        # hold what the distances were computed from.
+        weight = self.codebook.weight.float().clone()
         return F.normalize(weight, dim=1) if self.l2_normalize else weight
 
     def forward(self, z: Tensor) -> QuantizerOutput:
@@ -133,9 +135,10 @@ class VectorQuantizer(nn.Module):
         if self.l2_normalize:
             flat = F.normalize(flat, dim=1)
         codes = self.codes()
-        with torch.autocast(device_type=flat.device.type, enabled=False):
+        with torch.autocast(device_type=flat.device.type, enabled=False), \
+                torch.set_grad_enabled(torch.is_grad_enabled() and self.entropy_loss_weight > 0):
             distances = _squared_distances(flat, codes)
-        indices = distances.detach().argmin(1)
+        indices = distances.argmin(1)
         q = F.embedding(indices, codes)
         loss = F.mse_loss(q, flat.detach()) + self.commitment_cost * F.mse_loss(flat, q.detach())
         if self.entropy_loss_weight > 0:
