@@ -63,6 +63,9 @@ class VQGANTokenizer(VQTokenizer):
     """
 
     level_names = ("tokens",)
+    #: the networks around the quantizer; a variant with other networks (e.g. official MaskGIT's) swaps them
+    encoder_class: type[nn.Module] = Encoder
+    decoder_class: type[nn.Module] = Decoder
 
     def __init__(self, *, resolution: int, channels: int, channel_mult: Sequence[int], num_res_blocks: int,
                  codebook_size: int, embedding_dim: int, commitment_cost: float, restart_dead_codes: bool,
@@ -71,12 +74,12 @@ class VQGANTokenizer(VQTokenizer):
         super().__init__()
         self.factor = 2 ** (len(channel_mult) - 1)
         self.codebook_size = codebook_size
-        self.encoder = Encoder(channels, channel_mult, num_res_blocks, embedding_dim)
+        self.encoder = self.encoder_class(channels, channel_mult, num_res_blocks, embedding_dim)
         self.quantizer = VectorQuantizer(codebook_size, embedding_dim, commitment_cost, restart_dead_codes,
                                          code_dim=code_dim, l2_normalize=l2_normalized_codes,
                                          entropy_loss_weight=entropy_loss_weight,
                                          entropy_temperature=entropy_temperature)
-        self.decoder = Decoder(channels, channel_mult, num_res_blocks, embedding_dim)
+        self.decoder = self.decoder_class(channels, channel_mult, num_res_blocks, embedding_dim)
         self.loss_fn = loss
 
     def level_specs(self, resolution: int) -> tuple[LevelSpec, ...]:
