@@ -20,7 +20,7 @@ def weights(run_dir: Path, kind: str, cid: str) -> dict[str, torch.Tensor]:
 def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, monkeypatch):
     whole = tiny_config(tmp_path / "whole")
     whole["tokenizers"]["vq"]["model"]["loss"]["gan_weight"] = 0.1  # two optimizers
-    whole["tokenizers"]["vq"]["model"]["loss"]["disc_channels"] = 8
+    whole["tokenizers"]["vq"]["model"]["loss"]["disc_max_channels"] = 8
     api.train(api.load(str(write_config(tmp_path / "whole.yaml", whole))))
 
     parted = tiny_config(tmp_path / "parted")

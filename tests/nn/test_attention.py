@@ -111,10 +111,18 @@ def test_block_parameter_count_is_standard():
     assert 48 * block_params(768, 5120) == 491_311_104
 
 
+def test_cross_attention_block_has_two_ffns():
+    # StraIT §4.1 bottom layer: self-attention + FFN, then cross-attention + FFN.
+    block = TransformerBlock(dim=32, num_heads=4, mlp_dim=80, context_dim=32)
+    assert sum(p.numel() for p in block.parameters()) == 2 * block_params(32, 80)
+    # 16 such layers of width 768 / FFN 4096: 277.2M of the bottom transformer's 292M.
+    assert 16 * 2 * block_params(768, 4096) == 277_176_320
+
+
 def test_block_with_zeroed_outputs_is_identity():
     torch.manual_seed(0)
     block = TransformerBlock(dim=16, num_heads=4, mlp_dim=32, context_dim=8)
-    for layer in (block.attn.proj, block.xattn.proj, block.mlp.fc2):
+    for layer in (block.attn.proj, block.xattn.proj, block.mlp.fc2, block.mlp_x.fc2):
         torch.nn.init.zeros_(layer.weight)
         torch.nn.init.zeros_(layer.bias)
     x = torch.randn(2, 5, 16)

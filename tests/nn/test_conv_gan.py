@@ -92,7 +92,7 @@ def test_res_stage():
 @pytest.mark.parametrize("resolution", [8, 32])
 def test_discriminator_logits(resolution):
     torch.manual_seed(0)
-    disc = StyleGANDiscriminator(resolution, channels=16)
+    disc = StyleGANDiscriminator(resolution, max_channels=16)
     assert len(disc.blocks) == int(math.log2(resolution)) - 2
     x = torch.randn(3, 3, resolution, resolution, requires_grad=True)
     logits = disc(x)
@@ -103,11 +103,18 @@ def test_discriminator_logits(resolution):
     assert torch.equal(x.grad[1:], torch.zeros_like(x.grad[1:]))
 
 
-def test_discriminator_channel_schedule():
-    disc = StyleGANDiscriminator(32, in_channels=1, channels=16, channel_mult=(1, 2, 4), max_channels=48)
+def test_discriminator_follows_the_stylegan_filter_table():
+    with torch.device("meta"):
+        disc = StyleGANDiscriminator(256)
+        wide = StyleGANDiscriminator(256, channel_multiplier=2)
     widths = [disc.stem.out_channels] + [b.skip.conv.out_channels for b in disc.blocks]
-    assert widths == [16, 32, 48, 48]
-    assert disc(torch.randn(2, 1, 32, 32)).shape == (2,)
+    assert widths == [64, 128, 256, 512, 512, 512, 512]  # at 256, 128, 64, 32, 16, 8, 4 px
+    assert [wide.stem.out_channels] + [b.skip.conv.out_channels for b in wide.blocks][:2] == [128, 256, 512]
+    # Table 11 ("#channel multi. of d [1]") at 256 px: about 24M parameters.
+    assert sum(p.numel() for p in disc.parameters()) == 24_009_409
+    small = StyleGANDiscriminator(32, in_channels=1, max_channels=48)
+    assert [small.stem.out_channels] + [b.skip.conv.out_channels for b in small.blocks] == [48, 48, 48, 48]
+    assert small(torch.randn(2, 1, 32, 32)).shape == (2,)
 
 
 def test_discriminator_rejects_bad_resolution():

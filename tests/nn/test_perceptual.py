@@ -83,3 +83,21 @@ def test_missing_weights_file(tmp_path):
     path = tmp_path / "missing" / "vgg16.pth"
     with pytest.raises(FileNotFoundError, match="missing/vgg16.pth"):
         PerceptualLoss(str(path))
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_equals_the_lpips_package_with_the_same_vgg(saved_weights, perceptual):
+    lpips = pytest.importorskip("lpips")
+    reference = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False).eval()
+    # lpips slices torchvision's VGG16 features keeping their indices: features.{i} -> net.sliceK.{i}.
+    state = saved_weights[0]
+    slices = {0: 1, 2: 1, 5: 2, 7: 2, 10: 3, 12: 3, 14: 3, 17: 4, 19: 4, 21: 4, 24: 5, 26: 5, 28: 5}
+    reference.net.load_state_dict({f"slice{k}.{i}.{p}": state[f"features.{i}.{p}"]
+                                   for i, k in slices.items() for p in ("weight", "bias")})
+    torch.manual_seed(0)
+    x, y = torch.rand(3, 3, 32, 32) * 2 - 1, torch.rand(3, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        expected = reference(x, y).mean()
+        heads = [getattr(perceptual, f"head{i}").flatten() for i in range(5)]
+    assert not all(torch.equal(h, torch.ones_like(h)) for h in heads)  # learned heads, not all-ones
+    torch.testing.assert_close(perceptual(x, y), expected, rtol=1e-5, atol=1e-6)

@@ -131,3 +131,66 @@ def test_restart_disabled_changes_nothing():
     assert torch.equal(torch.get_rng_state(), rng)
     assert out.usage.item() == 0.5
     assert math.isfinite(out.loss.item())
+
+
+def test_l2_normalized_factorized_lookup_is_the_brute_force_cosine_nearest():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(codebook_size=16, dim=6, code_dim=3, l2_normalize=True)
+    vq.codebook.weight.data.normal_()
+    z = torch.randn(2, 6, 3, 4)
+    out = vq(z)
+    projected = vq.project_in(z.permute(0, 2, 3, 1).reshape(-1, 6))
+    cosine = torch.nn.functional.cosine_similarity(projected[:, None], vq.codebook.weight[None], dim=-1)
+    assert torch.equal(out.indices.flatten(), cosine.argmax(1))
+    # z_q is the unit-norm code projected back to dim, the same as the decoder's lookup
+    unit = vq.codebook.weight[out.indices.flatten()] / vq.codebook.weight[out.indices.flatten()].norm(dim=1,
+                                                                                                       keepdim=True)
+    expected = vq.project_out(unit).view(2, 3, 4, 6).permute(0, 3, 1, 2)
+    torch.testing.assert_close(out.z_q, expected)
+    torch.testing.assert_close(vq.lookup(out.indices), expected)
+
+
+def test_l2_normalized_codes_ignore_the_scale_of_latents_and_codes():
+    # Euclidean nearest of (10, 1) is (1, 0); the cosine nearest is (5, 1), whatever its norm.
+    codes = [[1.0, 0.0], [5.0, 1.0]]
+    assert fixed_quantizer(codes)(to_bdhw([[1.2, 0.1]])).indices.item() == 0
+    assert fixed_quantizer(codes, l2_normalize=True)(to_bdhw([[10.0, 2.1]])).indices.item() == 1
+
+
+def test_entropy_loss_on_a_hand_made_case():
+    from stratagen.nn.quantize import entropy_loss
+
+    # Two positions, two codes, temperature 1: p_1 = softmax(0, log 3) = (1/4, 3/4), p_2 = (3/4, 1/4).
+    affinity = torch.log(torch.tensor([[1.0, 3.0], [3.0, 1.0]]))
+    h = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))
+    avg = -2 * 0.5 * math.log(0.5 + 1e-5)
+    assert entropy_loss(affinity, 1.0).item() == pytest.approx(h - avg, abs=1e-6)
+    # confident and spread (one code each) beats confident and collapsed (both on one code)
+    spread = torch.tensor([[0.0, -100.0], [-100.0, 0.0]])
+    collapsed = torch.tensor([[0.0, -100.0], [0.0, -100.0]])
+    assert entropy_loss(spread, 1.0) < entropy_loss(collapsed, 1.0)
+    assert entropy_loss(spread, 1.0).item() == pytest.approx(-math.log(2), abs=1e-4)
+
+
+def test_entropy_loss_weight_adds_to_the_quantizer_loss():
+    torch.manual_seed(0)
+    z = torch.randn(2, 4, 3, 3)
+    plain = VectorQuantizer(16, 4)
+    weighted = VectorQuantizer(16, 4, entropy_loss_weight=0.1, entropy_temperature=0.5)
+    weighted.load_state_dict(plain.state_dict())
+    flat = z.permute(0, 2, 3, 1).reshape(-1, 4)
+    from stratagen.nn.quantize import entropy_loss
+
+    expected = 0.1 * entropy_loss(-torch.cdist(flat, plain.codebook.weight).pow(2), 0.5)
+    torch.testing.assert_close(weighted(z).loss - plain(z).loss, expected, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("options", [{}, {"entropy_loss_weight": 0.1, "l2_normalize": True}])
+def test_restarting_codes_in_training_keeps_the_graph_usable(options):
+    # A shared codebook quantizes twice (VQGAN2's two levels): the first call's restart rewrites
+    # the weight in place, and the backward through both calls must still work.
+    torch.manual_seed(0)
+    vq = VectorQuantizer(8, 3, restart_dead_codes=True, dead_code_steps=1, **options).train()
+    z = torch.randn(2, 3, 2, 2, requires_grad=True)
+    (vq(z).loss + vq(z * 2).loss).backward()
+    assert z.grad.abs().sum() > 0

@@ -14,7 +14,7 @@ def tiny_vqgan(factor=4, gan_weight=0.0, gan_start=0, perceptual_weights=None):
     return build_vqgan(resolution=16, factor=factor, channels=8, channel_mult=mult, num_res_blocks=1,
                        codebook_size=32, embedding_dim=8, commitment_cost=0.25, restart_dead_codes=False,
                        loss=VQGANLossConfig(gan_weight=gan_weight, gan_start=gan_start,
-                                            perceptual_weights=perceptual_weights, disc_channels=8))
+                                            perceptual_weights=perceptual_weights, disc_max_channels=8))
 
 
 @pytest.mark.parametrize("factor", [2, 4, 8])
@@ -91,3 +91,27 @@ def test_frozen_vgg_is_not_part_of_the_tokenizer_weights(tmp_path):
     losses, logs = tokenizer.losses(torch.rand(2, 3, 16, 16) * 2 - 1, step=0)
     assert logs["perceptual"] > 0
     assert not any("vgg" in k for k in tokenizer.state_dict())
+
+
+def test_discriminator_loss_adds_r1_times_its_cost_as_official_maskgit():
+    # Official MaskGIT (libml/losses.py): penalty_cost * mean ||grad D||^2, no 1/2 factor.
+    tokenizer = tiny_vqgan(gan_weight=0.1)
+    images = torch.rand(4, 3, 16, 16) * 2 - 1
+    loss, logs = tokenizer.loss_fn.discriminator_loss(images, images.flip(0), step=0)
+    assert logs["r1"] > 0
+    assert loss.item() == pytest.approx(logs["discriminator"] + 10.0 * logs["r1"], rel=1e-5)
+
+
+@pytest.mark.parametrize("options", [{"l2_normalized_codes": True}, {"code_dim": 4, "l2_normalized_codes": True},
+                                     {"entropy_loss_weight": 0.1}])
+def test_codebook_options_reach_both_paths(options):
+    torch.manual_seed(0)
+    tokenizer = build_vqgan(resolution=16, factor=4, channels=8, channel_mult=(1, 2, 2), num_res_blocks=1,
+                            codebook_size=32, embedding_dim=8, commitment_cost=0.25, restart_dead_codes=False,
+                            loss=VQGANLossConfig(gan_weight=0.0), **options).eval()
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        out = tokenizer.autoencode(images)
+        assert torch.allclose(tokenizer.decode(out.tokens), out.reconstruction, atol=1e-4)
+    if "code_dim" in options:
+        assert tokenizer.quantizer.codebook.weight.shape == (32, 4)

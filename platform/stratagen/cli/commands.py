@@ -64,6 +64,13 @@ def add_parsers(sub: argparse._SubParsersAction, add_set: Callable[[argparse.Arg
     p.add_argument("source", help="run directory or config")
     add_set(p)
 
+    p = sub.add_parser("convert", help="convert another project's checkpoints into a run directory",
+                       description="Run a converter plugin (`stratagen plugins` lists them), e.g. `stratagen convert "
+                                   "maskgit-official --tokenizer FILE --transformer FILE OUT_RUN`; the options are "
+                                   "the converter's config fields (`--help` after the converter name lists them).")
+    p.add_argument("converter", help="converter name")
+    p.add_argument("options", nargs=argparse.REMAINDER, help="--FIELD VALUE ... OUT_RUN")
+
 
 @verb("train")
 def _train(args: argparse.Namespace) -> int:
@@ -134,6 +141,35 @@ def _compare(args: argparse.Namespace) -> int:
     for name, message in result.failures.items():
         print(f"error: variant {name} failed: {message}")
     return 1 if result.failures else 0
+
+
+@verb("convert")
+def _convert(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from stratagen.registry import ConfigError, get_registry
+
+    registry = get_registry()
+    if args.converter not in registry.names("converter"):
+        raise ConfigError(f"unknown converter {args.converter!r}; installed: "
+                          f"{', '.join(registry.names('converter')) or 'none'}")
+    model = registry.get("converter", args.converter).config
+    fields = {k: f for k, f in model.model_fields.items() if k != "name"}
+    parser = argparse.ArgumentParser(prog=f"stratagen convert {args.converter}")
+    for key, field in fields.items():
+        parser.add_argument(f"--{key.replace('_', '-')}", dest=key, required=field.is_required(),
+                            default=field.default, help=field.description)
+    parser.add_argument("out", help="run directory to write (path or fsspec URL)")
+    options = vars(parser.parse_args(args.options))
+    out = options.pop("out")
+    try:
+        config = model(**options)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ConfigError(f"convert {args.converter}: --{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    run = registry.build("converter", config, out=out)
+    print(f"converted: {run.url}\nsample: stratagen sample {run.url} --classes 0 --count 4")
+    return 0
 
 
 @verb("bench")

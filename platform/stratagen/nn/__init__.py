@@ -5,13 +5,14 @@ from stratagen.nn.conv import Blur, BlurDownsample, BlurUpsample, ResBlock, ResS
 from stratagen.nn.discriminator import (
     DiscriminatorBlock,
     StyleGANDiscriminator,
+    stylegan_filters,
     discriminator_loss,
     generator_adversarial_loss,
     r1_penalty,
 )
-from stratagen.nn.perceptual import PerceptualLoss
-from stratagen.nn.quantize import QuantizerOutput, VectorQuantizer, codebook_stats
-from stratagen.nn.transformer import TransformerBlock
+from stratagen.nn.perceptual import PerceptualLoss, lpips_vgg_heads
+from stratagen.nn.quantize import QuantizerOutput, VectorQuantizer, codebook_stats, entropy_loss
+from stratagen.nn.transformer import PostNormBlock, TransformerBlock
 
 __all__ = [
     "Attention",
@@ -20,6 +21,7 @@ __all__ = [
     "BlurUpsample",
     "DiscriminatorBlock",
     "PerceptualLoss",
+    "PostNormBlock",
     "QuantizerOutput",
     "ResBlock",
     "ResStage",
@@ -28,9 +30,12 @@ __all__ = [
     "VectorQuantizer",
     "codebook_stats",
     "discriminator_loss",
+    "entropy_loss",
     "generator_adversarial_loss",
     "get_attention_backend",
     "group_norm",
+    "lpips_vgg_heads",
     "r1_penalty",
     "set_attention_backend",
+    "stylegan_filters",
 ]

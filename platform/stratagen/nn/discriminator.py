@@ -35,32 +35,37 @@ class DiscriminatorBlock(nn.Module):
         return (self.main(x) + self.skip(x)) / math.sqrt(2)
 
 
+def stylegan_filters(resolution: int, channel_multiplier: int = 1, max_channels: int = 512) -> int:
+    """Channels of StyleGAN's discriminator at feature resolution ``resolution``.
+
+    The StyleGAN filter table (as in official MaskGIT's discriminator): 512 up to 32 px, then
+    ``channel_multiplier`` x (256, 128, 64, 32, 16) at 64, 128, 256, 512, 1024 px; capped
+    at ``max_channels``.
+    """
+    return min(max_channels, 512 if resolution <= 32 else channel_multiplier * (16384 // resolution))
+
+
 class StyleGANDiscriminator(nn.Module):
     """Images [B,in_channels,R,R] -> one real/fake logit per image [B].
 
     A conv3x3 stem, then DiscriminatorBlocks halving the resolution down to
     4x4, then conv3x3, GroupNorm, LeakyReLU, flatten, linear, LeakyReLU,
-    linear. Stage i (the stem being stage 0) has
-    ``min(channels * channel_mult[i], max_channels)`` channels, the last
-    multiplier repeating for stages beyond the list.
+    linear. Features at resolution r have :func:`stylegan_filters` (r) channels
+    (StraIT Table 11: "#channel multi. of d [1]"; about 24M parameters at 256 px).
     """
 
     def __init__(
         self,
         resolution: int,
         in_channels: int = 3,
-        channels: int = 128,
-        channel_mult: tuple[int, ...] = (1,),
+        channel_multiplier: int = 1,
         max_channels: int = 512,
     ) -> None:
         super().__init__()
         if resolution < 8 or resolution & (resolution - 1):
             raise ValueError(f"resolution must be a power of two >= 8, got {resolution}")
         num_blocks = int(math.log2(resolution)) - 2
-        widths = [
-            min(channels * channel_mult[min(i, len(channel_mult) - 1)], max_channels)
-            for i in range(num_blocks + 1)
-        ]
+        widths = [stylegan_filters(resolution >> i, channel_multiplier, max_channels) for i in range(num_blocks + 1)]
         self.stem = nn.Conv2d(in_channels, widths[0], 3, padding=1)
         self.blocks = nn.Sequential(
             *(DiscriminatorBlock(widths[i], widths[i + 1]) for i in range(num_blocks))
@@ -96,7 +101,9 @@ def r1_penalty(real_images: Tensor, real_logits: Tensor) -> Tensor:
 
     ``real_images`` must require grad and ``real_logits`` be computed from
     them. The graph is kept so the penalty can be backpropagated. The value
-    has no gamma and no 1/2 factor: the caller applies its own weight.
+    has no gamma and no 1/2 factor: official MaskGIT (``libml/losses.py``) adds
+    ``penalty_cost * mean ||grad||^2`` to the discriminator loss, so the caller
+    multiplies by its cost (StraIT Table 11: 10) as it is.
     """
     (grad,) = torch.autograd.grad(real_logits.sum(), real_images, create_graph=True)
     return grad.pow(2).flatten(1).sum(1).mean()

@@ -1,4 +1,4 @@
-"""Pre-norm transformer block with optional cross-attention."""
+"""Transformer blocks: pre-norm (with optional cross-attention) and BERT's post-norm."""
 
 from timm.layers import Mlp
 from torch import Tensor, nn
@@ -10,11 +10,14 @@ class TransformerBlock(nn.Module):
     """Bidirectional transformer block on tokens [B,N,dim].
 
     x = x + attn(norm1(x))
-    x = x + xattn(norm_x(x), context)     # only when context_dim is given
     x = x + mlp(norm2(x))
+    x = x + xattn(norm_x(x), context)     # only when context_dim is given,
+    x = x + mlp_x(norm_x2(x))             # each attention followed by its own FFN
 
-    ``dropout`` applies to the attention probabilities, the attention output
-    projections and the MLP.
+    With ``context_dim`` a layer is a self-attention block and a cross-attention block,
+    each with its FFN: the layout that gives StraIT's bottom transformer its 292M
+    parameters (§4.1: 16 layers, width 768, FFN 4096). ``dropout`` applies to the
+    attention probabilities, the attention output projections and the MLPs.
     """
 
     def __init__(
@@ -28,16 +31,17 @@ class TransformerBlock(nn.Module):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = Attention(dim, num_heads, attn_dropout=dropout, proj_dropout=dropout)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, hidden_features=mlp_dim, act_layer=nn.GELU, drop=dropout)
         if context_dim is None:
-            self.norm_x = None
-            self.xattn = None
+            self.norm_x = self.xattn = self.norm_x2 = self.mlp_x = None
         else:
             self.norm_x = nn.LayerNorm(dim, eps=1e-6)
             self.xattn = Attention(
                 dim, num_heads, context_dim=context_dim, attn_dropout=dropout, proj_dropout=dropout
             )
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, hidden_features=mlp_dim, act_layer=nn.GELU, drop=dropout)
+            self.norm_x2 = nn.LayerNorm(dim, eps=1e-6)
+            self.mlp_x = Mlp(dim, hidden_features=mlp_dim, act_layer=nn.GELU, drop=dropout)
 
     def project_context(self, context: Tensor) -> tuple[Tensor, Tensor]:
         """Cross-attention keys/values of ``context`` [B,M,context_dim], for reuse via ``context_kv``."""
@@ -53,8 +57,30 @@ class TransformerBlock(nn.Module):
     ) -> Tensor:
         """x: [B,N,dim] -> [B,N,dim]. Blocks with cross-attention need ``context`` or ``context_kv``."""
         x = x + self.attn(self.norm1(x))
+        x = x + self.mlp(self.norm2(x))
         if self.xattn is not None:
             x = x + self.xattn(self.norm_x(x), context=context, kv=context_kv)
+            x = x + self.mlp_x(self.norm_x2(x))
         elif context is not None or context_kv is not None:
             raise ValueError("this block has no cross-attention (built with context_dim=None)")
-        return x + self.mlp(self.norm2(x))
+        return x
+
+
+class PostNormBlock(nn.Module):
+    """BERT's post-norm self-attention block on tokens [B,N,dim] (official MaskGIT transformer).
+
+    x = norm1(x + attn(x))
+    x = norm2(x + mlp(x))        # mlp: dense, GELU (tanh approximation, flax's default), dense
+    """
+
+    def __init__(self, dim: int, num_heads: int, mlp_dim: int, dropout: float = 0.0, eps: float = 1e-12) -> None:
+        super().__init__()
+        self.attn = Attention(dim, num_heads, attn_dropout=dropout, proj_dropout=dropout)
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = Mlp(dim, hidden_features=mlp_dim, act_layer=lambda: nn.GELU(approximate="tanh"), drop=dropout)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: [B,N,dim] -> [B,N,dim]."""
+        x = self.norm1(x + self.attn(x))
+        return self.norm2(x + self.mlp(x))

@@ -61,6 +61,12 @@ def stratagen_register_metrics(register):
     """Register sample-quality Metric factories."""
 
 
+@hookspec
+def stratagen_register_converters(register):
+    """Register checkpoint converters: ``factory(**fields, out=RUN_URL)`` writes a run directory
+    from another project's checkpoints and returns its :class:`stratagen.io.run.Run`."""
+
+
 #: component kind -> hook name
 KIND_HOOKS = {
     "tokenizer": "stratagen_register_tokenizers",
@@ -71,4 +77,5 @@ KIND_HOOKS = {
     "critic": "stratagen_register_critics",
     "dataset": "stratagen_register_datasets",
     "metric": "stratagen_register_metrics",
+    "converter": "stratagen_register_converters",
 }

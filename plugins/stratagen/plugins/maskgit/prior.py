@@ -33,11 +33,41 @@ class ConditionEmbedding(nn.Module):
         return self.norm(torch.cat(parts, dim=1) + self.position)
 
 
-class MaskedTokenTransformer(Prior):
+class MaskedTokenModeling(Prior):
+    """The masked token modeling loss shared by stratagen's priors; needs ``label_smoothing`` and
+    ``class_dropout`` attributes and the :class:`Prior` methods."""
+
+    label_smoothing: float
+    class_dropout: float
+
+    def loss(self, tokens: torch.Tensor, labels: torch.Tensor, conditions: Sequence[torch.Tensor],
+             schedule: MaskSchedule, generator: torch.Generator) -> PriorLoss:
+        """Masked token modeling (MaskGIT Eq. 1, StraIT Eq. 3 and 4).
+
+        Per image, r ~ U(0, 1) and ceil(gamma(r) N) random positions are masked; the loss
+        is the label-smoothed cross-entropy over masked positions only. Conditions are the
+        ground-truth condition tokens (teacher forcing, §3.2).
+        """
+        target = tokens.flatten(1)
+        B, N = target.shape
+        device = target.device
+        mask = schedule_mask(schedule, B, N, generator, device)
+        drop = torch.rand(B, generator=generator, device=device) < self.class_dropout
+        labels = torch.where(drop, torch.full_like(labels, self.null_class), labels)
+        context = self.encode_conditions(conditions, labels)
+        logits = self(torch.where(mask, self.mask_token_id, target), labels, context)
+        loss = F.cross_entropy(logits[mask], target[mask], label_smoothing=self.label_smoothing)
+        with torch.no_grad():
+            accuracy = (logits[mask].argmax(-1) == target[mask]).float().mean().item()
+        return PriorLoss(loss, {"masked_accuracy": accuracy, "mask_ratio": mask.float().mean().item()})
+
+
+class MaskedTokenTransformer(MaskedTokenModeling):
     """Logits over ``target``'s tokens from its visible tokens, the class and ``conditions``.
 
     Input sequence: ``[class token, N target tokens]`` with learned positions; pre-norm
-    blocks (self-attention, cross-attention when conditioned, MLP); an MLM head tied to
+    blocks (self-attention + MLP, then cross-attention + MLP when conditioned: StraIT's
+    bottom layer, §4.1); an MLM head tied to
     the token embedding, as in official MaskGIT (BERT-style: dense, GELU, LayerNorm,
     logits = h E^T + b).
 
@@ -84,7 +114,7 @@ class MaskedTokenTransformer(Prior):
         self.norm = nn.LayerNorm(width, eps=1e-6)
         self.head = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.LayerNorm(width, eps=1e-6))
         self.head_bias = nn.Parameter(torch.zeros(target.codebook_size))
-        self.apply(_init_weights)
+        self.apply(init_bert_weights)
         nn.init.trunc_normal_(self.position, std=0.02)
         if self.context is not None:
             nn.init.trunc_normal_(self.context.position, std=0.02)
@@ -122,29 +152,8 @@ class MaskedTokenTransformer(Prior):
         h = self.head(self.norm(x[:, 1:]))
         return h @ self.token_embedding.weight[: self.target.codebook_size].T + self.head_bias
 
-    def loss(self, tokens: torch.Tensor, labels: torch.Tensor, conditions: Sequence[torch.Tensor],
-             schedule: MaskSchedule, generator: torch.Generator) -> PriorLoss:
-        """Masked token modeling (MaskGIT Eq. 1, StraIT Eq. 3 and 4).
 
-        Per image, r ~ U(0, 1) and ceil(gamma(r) N) random positions are masked; the loss
-        is the label-smoothed cross-entropy over masked positions only. Conditions are the
-        ground-truth condition tokens (teacher forcing, §3.2).
-        """
-        target = tokens.flatten(1)
-        B, N = target.shape
-        device = target.device
-        mask = schedule_mask(schedule, B, N, generator, device)
-        drop = torch.rand(B, generator=generator, device=device) < self.class_dropout
-        labels = torch.where(drop, torch.full_like(labels, self.null_class), labels)
-        context = self.encode_conditions(conditions, labels)
-        logits = self(torch.where(mask, self.mask_token_id, target), labels, context)
-        loss = F.cross_entropy(logits[mask], target[mask], label_smoothing=self.label_smoothing)
-        with torch.no_grad():
-            accuracy = (logits[mask].argmax(-1) == target[mask]).float().mean().item()
-        return PriorLoss(loss, {"masked_accuracy": accuracy, "mask_ratio": mask.float().mean().item()})
-
-
-def _init_weights(module: nn.Module) -> None:
+def init_bert_weights(module: nn.Module) -> None:
     """BERT/MaskGIT initialisation: truncated normal(0.02), zero biases."""
     if isinstance(module, (nn.Linear, nn.Embedding)):
         nn.init.trunc_normal_(module.weight, std=0.02)

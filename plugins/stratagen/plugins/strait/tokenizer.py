@@ -15,6 +15,7 @@ The two variants differ only in that fusion module.
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Literal, Mapping, Sequence
 
 import torch
@@ -58,7 +59,8 @@ class VQGAN2Tokenizer(VQTokenizer):
         codebook_size: the shared codebook (StraIT's default, 8192) or the top codebook
             when ``bottom_codebook_size`` is given (separate codebooks, Table 8).
         latent_blocks: residual blocks of the latent conditional layer.
-        Others as :class:`stratagen.plugins.vqgan.VQGANTokenizer`.
+        Others as :class:`stratagen.plugins.vqgan.VQGANTokenizer` (the codebook options apply
+            to both levels' quantizers).
     """
 
     level_names = ("top", "bottom")
@@ -66,7 +68,9 @@ class VQGAN2Tokenizer(VQTokenizer):
     def __init__(self, *, resolution: int, fusion: Literal["residual", "concat"], channels: int,
                  channel_mult: Sequence[int], num_res_blocks: int, codebook_size: int,
                  bottom_codebook_size: int | None, embedding_dim: int, commitment_cost: float,
-                 restart_dead_codes: bool, latent_blocks: int, loss: VQGANLoss):
+                 restart_dead_codes: bool, code_dim: int | None = None, l2_normalized_codes: bool = False,
+                 entropy_loss_weight: float = 0.0, entropy_temperature: float = 0.01, latent_blocks: int,
+                 loss: VQGANLoss):
         super().__init__()
         self.fusion_kind = fusion
         self.factor = 2 ** (len(channel_mult) - 1)
@@ -76,9 +80,12 @@ class VQGAN2Tokenizer(VQTokenizer):
             ResStage(embedding_dim, bottom_features, latent_blocks), BlurUpsample(bottom_features, embedding_dim))
         self.bottom_head = nn.Sequential(group_norm(bottom_features + embedding_dim), nn.SiLU(),
                                          nn.Conv2d(bottom_features + embedding_dim, embedding_dim, 3, padding=1))
-        self.top_quantizer = VectorQuantizer(codebook_size, embedding_dim, commitment_cost, restart_dead_codes)
-        self.separate_bottom_quantizer = None if bottom_codebook_size is None else VectorQuantizer(
-            bottom_codebook_size, embedding_dim, commitment_cost, restart_dead_codes)
+        quantizer = partial(VectorQuantizer, dim=embedding_dim, commitment_cost=commitment_cost,
+                            restart_dead_codes=restart_dead_codes, code_dim=code_dim,
+                            l2_normalize=l2_normalized_codes, entropy_loss_weight=entropy_loss_weight,
+                            entropy_temperature=entropy_temperature)
+        self.top_quantizer = quantizer(codebook_size)
+        self.separate_bottom_quantizer = None if bottom_codebook_size is None else quantizer(bottom_codebook_size)
         self.codebook_sizes = (codebook_size, bottom_codebook_size or codebook_size)
         self.decoder = Decoder(channels, channel_mult, num_res_blocks, embedding_dim)
         self.fusion = FUSIONS[fusion](embedding_dim, self.decoder.widths[0])

@@ -21,9 +21,9 @@ class VQGANLossConfig(ComponentConfig):
     perceptual_weight: float = Field(0.1, ge=0)
     gan_weight: float = Field(0.1, ge=0, description="0 disables the discriminator")
     gan_start: int = Field(0, ge=0, description="step at which the adversarial loss starts")
-    r1_cost: float = Field(10.0, ge=0)
-    disc_channels: int = Field(128, ge=1)
-    disc_channel_mult: tuple[int, ...] = (1,)
+    r1_cost: float = Field(10.0, ge=0, description="R1 weight, official MaskGIT convention: cost * mean ||grad||^2")
+    disc_channel_multiplier: int = Field(1, ge=1, description="scales StyleGAN's filter table (Table 11: 1)")
+    disc_max_channels: int = Field(512, ge=1, description="caps the discriminator's widths (512: StyleGAN's)")
 
 
 class ConvVQConfig(ComponentConfig):
@@ -36,6 +36,11 @@ class ConvVQConfig(ComponentConfig):
     embedding_dim: int = Field(32, ge=1)
     commitment_cost: float = Field(0.25, ge=0)
     restart_dead_codes: bool = False
+    code_dim: int | None = Field(None, ge=1, description="factorized codes (ViT-VQGAN): look up in a linear "
+                                 "projection of the latents to code_dim; none: in embedding_dim")
+    l2_normalized_codes: bool = Field(False, description="ViT-VQGAN: l2-normalize latents and codes, nearest by cosine")
+    entropy_loss_weight: float = Field(0.0, ge=0, description="MaskGIT's codebook entropy loss (official: 0.1)")
+    entropy_temperature: float = Field(0.01, gt=0, description="softmax temperature of the entropy loss")
     loss: VQGANLossConfig = VQGANLossConfig()
 
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Sequence
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -30,7 +28,8 @@ class VQGANLoss(nn.Module):
 
     Generator: ||x - x_hat||^2 + quantizer loss + perceptual_weight * perceptual
     + gan_weight * non-saturating adversarial loss (from ``gan_start`` on).
-    Discriminator: non-saturating loss + r1_cost / 2 * R1 penalty on real images.
+    Discriminator: non-saturating loss + r1_cost * R1 penalty on real images (official
+    MaskGIT's convention: no 1/2 factor).
 
     Args:
         resolution: image size seen by the StyleGAN discriminator.
@@ -39,8 +38,8 @@ class VQGANLoss(nn.Module):
     """
 
     def __init__(self, *, resolution: int, perceptual_weights: str | None, perceptual_weight: float,
-                 gan_weight: float, gan_start: int, r1_cost: float, disc_channels: int,
-                 disc_channel_mult: Sequence[int]):
+                 gan_weight: float, gan_start: int, r1_cost: float, disc_channel_multiplier: int,
+                 disc_max_channels: int):
         super().__init__()
         self.perceptual_weight = perceptual_weight
         self.gan_weight = gan_weight
@@ -51,8 +50,9 @@ class VQGANLoss(nn.Module):
         self._perceptual: list[PerceptualLoss] = []
         if perceptual_weights is None and perceptual_weight > 0:
             _say_perceptual_off()
-        self.discriminator = StyleGANDiscriminator(resolution, channels=disc_channels,
-                                                   channel_mult=tuple(disc_channel_mult)) if gan_weight > 0 else None
+        self.discriminator = StyleGANDiscriminator(
+            resolution, channel_multiplier=disc_channel_multiplier, max_channels=disc_max_channels,
+        ) if gan_weight > 0 else None
 
     def train(self, mode: bool = True) -> "VQGANLoss":
         """Entering training loads the VGG16 weights (fails fast if the file is missing)."""
@@ -98,4 +98,4 @@ class VQGANLoss(nn.Module):
         fake_logits = self.discriminator(reconstruction.detach())
         adversarial = discriminator_loss(real_logits, fake_logits)
         r1 = r1_penalty(real, real_logits)
-        return adversarial + 0.5 * self.r1_cost * r1, {"discriminator": adversarial.item(), "r1": r1.item()}
+        return adversarial + self.r1_cost * r1, {"discriminator": adversarial.item(), "r1": r1.item()}

@@ -56,20 +56,30 @@ class VQGANTokenizer(VQTokenizer):
             128, [1, 1, 2, 2, 4] for f=16, 2).
         codebook_size, embedding_dim, commitment_cost: quantizer (8192, 32, 0.25).
         restart_dead_codes: re-initialise unused codes from encoder outputs.
+        code_dim, l2_normalized_codes, entropy_loss_weight, entropy_temperature: codebook
+            options of :class:`stratagen.nn.VectorQuantizer` (ViT-VQGAN codes, MaskGIT's
+            entropy loss).
         loss: the VQGAN losses (perceptual, adversarial).
     """
 
     level_names = ("tokens",)
+    #: the networks around the quantizer; a variant with other networks (e.g. official MaskGIT's) swaps them
+    encoder_class: type[nn.Module] = Encoder
+    decoder_class: type[nn.Module] = Decoder
 
     def __init__(self, *, resolution: int, channels: int, channel_mult: Sequence[int], num_res_blocks: int,
                  codebook_size: int, embedding_dim: int, commitment_cost: float, restart_dead_codes: bool,
-                 loss: VQGANLoss):
+                 code_dim: int | None = None, l2_normalized_codes: bool = False, entropy_loss_weight: float = 0.0,
+                 entropy_temperature: float = 0.01, loss: VQGANLoss):
         super().__init__()
         self.factor = 2 ** (len(channel_mult) - 1)
         self.codebook_size = codebook_size
-        self.encoder = Encoder(channels, channel_mult, num_res_blocks, embedding_dim)
-        self.quantizer = VectorQuantizer(codebook_size, embedding_dim, commitment_cost, restart_dead_codes)
-        self.decoder = Decoder(channels, channel_mult, num_res_blocks, embedding_dim)
+        self.encoder = self.encoder_class(channels, channel_mult, num_res_blocks, embedding_dim)
+        self.quantizer = VectorQuantizer(codebook_size, embedding_dim, commitment_cost, restart_dead_codes,
+                                         code_dim=code_dim, l2_normalize=l2_normalized_codes,
+                                         entropy_loss_weight=entropy_loss_weight,
+                                         entropy_temperature=entropy_temperature)
+        self.decoder = self.decoder_class(channels, channel_mult, num_res_blocks, embedding_dim)
         self.loss_fn = loss
 
     def level_specs(self, resolution: int) -> tuple[LevelSpec, ...]:
