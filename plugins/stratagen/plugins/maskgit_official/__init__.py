@@ -12,8 +12,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from stratagen.plugins.maskgit import TransformerConfig
-from stratagen.plugins.vqgan import ConvVQConfig, VQGANLossConfig, build_loss
+from stratagen.plugins.maskgit import TINY_TRANSFORMER, TransformerConfig
+from stratagen.plugins.vqgan import TINY_CONV_VQ, ConvVQConfig, VQGANLossConfig, build_loss
 from stratagen.registry import ComponentConfig, hookimpl
 
 from .convert import convert_maskgit_official
@@ -52,12 +52,13 @@ def build_tokenizer(*, resolution: int, loss: VQGANLossConfig, **fields) -> Offi
 
 @hookimpl
 def stratagen_register_tokenizers(register):
-    register("maskgit-official", build_tokenizer, MaskGITOfficialTokenizerConfig)
+    register("maskgit-official", build_tokenizer, MaskGITOfficialTokenizerConfig,
+             tiny={k: v for k, v in TINY_CONV_VQ.items() if k != "loss"})
 
 
 @hookimpl
 def stratagen_register_priors(register):
-    register("maskgit-bert", BertMaskedTokenTransformer, MaskGITBertConfig)
+    register("maskgit-bert", BertMaskedTokenTransformer, MaskGITBertConfig, tiny=TINY_TRANSFORMER)
 
 
 @hookimpl
