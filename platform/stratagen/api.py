@@ -17,8 +17,9 @@ from pydantic import BaseModel
 from stratagen import config as cfg
 from stratagen.engine import build
 from stratagen.engine import train as training
-from stratagen.engine.distributed import barrier, setup_processes
+from stratagen.engine.distributed import setup_processes
 from stratagen.engine.logger import RunLogger
+from stratagen.engine.tokenize import tokenize
 from stratagen.io.run import Run
 from stratagen.registry import GenerativeModel, Registry, Sampler, SampleOutput, StratagenError, get_registry
 
@@ -114,10 +115,8 @@ def train(config: BaseModel, resume: bool = False, registry: Registry | None = N
             else:
                 training.train_tokenizer(run, config, tid, tokenizer, train_data, procs, logger, resume, registry)
             tokenizer.eval()
-            if config.priors and not run.token_shards(tid, "train"):
-                if procs.is_main:
-                    training.tokenize(run, tid, tokenizer, train_data, "train", procs.device, model.resolution_of(tid))
-                barrier(procs)
+            if config.priors:
+                tokenize(run, config, tid, tokenizer, train_data, "train", procs, model.resolution_of(tid))
         pipeline = Pipeline(config, model, run, procs.device, registry)
         last = list(model.priors)[-1] if model.priors else None
         for pid, slot in model.priors.items():

@@ -125,6 +125,15 @@ def _eval_settings_model(registry: Registry) -> type[BaseModel]:
                         metrics=(list[metric], Field(default_factory=lambda: list(default))))
 
 
+class LoaderSettings(Strict):
+    """How images and cached tokens reach training."""
+
+    workers: int | None = Field(None, ge=0, description="DataLoader worker processes per training process "
+                                "(default: up to 4 beside a GPU; on a CPU none below 4 cores)")
+    views: int = Field(8, ge=1, description="augmented views of each image in the token cache (view 0: centre "
+                       "crop); priors draw one per epoch. 1 when the dataset does not augment")
+
+
 @functools.cache
 def _run_config_model(registry: Registry) -> type[BaseModel]:
     tokenizer = create_model("Tokenizer", __base__=TokenizerEntry, model=(_union(registry, "tokenizer") | None, None))
@@ -135,6 +144,7 @@ def _run_config_model(registry: Registry) -> type[BaseModel]:
         __base__=Strict,
         run=(RunSettings, ...),
         data=(_union(registry, "dataset"), ...),
+        loader=(LoaderSettings, Field(default_factory=LoaderSettings)),
         tokenizers=(dict[ids, tokenizer], ...),
         priors=(dict[ids, prior], Field(default_factory=dict)),
         sampler=(_union(registry, "sampler") | None, None),

@@ -1,9 +1,11 @@
-"""ImageFolder: class-per-directory images read through fsspec.
+"""ImageFolder: class-per-directory images read lazily through fsspec.
 
-Layout (as ImageNet): ``root/<class_name>/**/<image>``. The classes are the directories directly
-under the root that contain at least one file with an image extension; class index = position
-in the sorted list of their names. Files directly under the root and files with other
-extensions are ignored.
+Layout (as ImageNet): ``root/<class_name>/**/<file>``. The classes are the directories directly
+under the root; class index = position in the sorted list of their names. Every file inside a
+class directory is a sample except hidden ones (names starting with "."); files directly under
+the root are ignored. Building the dataset only lists files: nothing is opened until a sample is
+read (in DataLoader workers), and a file that cannot be decoded raises :class:`UnreadableImage`
+then, so the loader can skip and count it.
 
 ``root`` is anything ``fsspec.core.url_to_fs`` accepts: a local path, ``file://``,
 ``memory://``, ``s3://``, ... A zip archive is given either as a plain path ending in ``.zip``
@@ -11,7 +13,7 @@ extensions are ignored.
 ``zip://::/data/a.zip`` (top level) or ``zip://imagenet/train::/data/a.zip``.
 """
 
-import warnings
+import io
 
 import numpy as np
 import torch
@@ -22,9 +24,17 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from stratagen.data import transforms
+from stratagen.data.sampling import AUGMENT, Key, derive_seed
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 _LAYOUT = "expected one sub-folder per class, e.g. <root>/<class_name>/<image>.png"
+
+
+class UnreadableImage(Exception):
+    """A sample's file could not be decoded as an image."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path} ({reason})")
+        self.path, self.reason = path, reason
 
 
 def _url(root: str) -> str:
@@ -34,101 +44,105 @@ def _url(root: str) -> str:
     return root
 
 
-def _filesystem(url: str) -> tuple[AbstractFileSystem, str]:
-    """fsspec filesystem and root path inside it; FileNotFoundError if the root is missing."""
+def filesystem(url: str) -> tuple[AbstractFileSystem, str]:
+    """fsspec filesystem and root path inside it; FileNotFoundError if the root is missing,
+    ImportError naming the package that a protocol needs (``s3://`` needs ``s3fs``)."""
     try:
         fs, path = url_to_fs(url)
     except FileNotFoundError:  # e.g. a missing zip archive
         raise FileNotFoundError(f"image folder root not found: {url}") from None
     if not fs.isdir(path):
         raise FileNotFoundError(f"image folder root not found: {url}")
-    return fs, path
+    return fs, path.rstrip("/")
 
 
-def _load_rgb(fs: AbstractFileSystem, path: str) -> Image.Image:
-    with fs.open(path, "rb") as f, Image.open(f) as img:
-        return img.convert("RGB")  # decodes fully, inside the open file
+def load_rgb(data: bytes | AbstractFileSystem, path: str) -> Image.Image:
+    """Decode an image (from ``data`` bytes, or the file ``path`` of filesystem ``data``) to RGB;
+    UnreadableImage if it is not one."""
+    try:
+        if isinstance(data, bytes):
+            with Image.open(io.BytesIO(data)) as img:
+                return img.convert("RGB")
+        with data.open(path, "rb") as f, Image.open(f) as img:
+            return img.convert("RGB")  # decodes fully, inside the open file
+    except Exception as e:  # PIL raises many types for corrupt files; none is fatal
+        # PIL appends the file object's repr ("... <_io.BufferedReader ...>"); drop it.
+        raise UnreadableImage(path, str(e).split(" <", 1)[0] or type(e).__name__) from None
+
+
+def image_tensor(img: Image.Image, resolution: int, augment: bool, generator: torch.Generator | None) -> Tensor:
+    """float32 [3, R, R] in [-1, 1]: a random crop and flip from ``generator`` when ``augment``,
+    else the centre crop."""
+    if augment:
+        return transforms.to_tensor(transforms.resize_random_crop_flip(img, resolution, generator))
+    return transforms.to_tensor(transforms.resize_center_crop(img, resolution))
+
+
+def augment_generator(seed: int, key: Key) -> torch.Generator:
+    """The generator of ``key``'s augmentation: a pure function of (seed, epoch, index)."""
+    return torch.Generator().manual_seed(derive_seed(AUGMENT, seed, key.epoch, key.index) % 2**63)
 
 
 class ImageFolder(Dataset):
-    """Images under ``root/<class_name>/``, resized and centre-cropped to ``resolution``.
+    """Images under ``root/<class_name>/`` at ``resolution`` x ``resolution``.
 
-    Files that cannot be decoded are skipped at construction, listed in ``skipped`` as
-    (path relative to the root, reason) and reported with one warning. Only paths are kept;
-    ``__getitem__`` reopens the file and returns (image float32 [3, R, R] in [-1, 1], label).
-    With ``random_flip`` the horizontal flip is drawn from (seed, epoch, index): call
-    ``set_epoch`` at the start of each epoch for fresh flips.
+    ``folder[i]`` (or ``folder[Key(i, None)]``) is sample ``i`` centre-cropped (evaluation);
+    ``folder[Key(i, epoch)]`` is its random crop and flip of that epoch when ``augment`` (drawn
+    from (seed, epoch, i)). Both return (image float32 [3, R, R] in [-1, 1], label) or raise
+    :class:`UnreadableImage`; ``views`` decodes once for several epochs.
+
+    The index is two numpy arrays (relative paths as bytes, labels), not Python lists: forked
+    DataLoader workers then share its pages instead of copying them as reference counts change.
     """
 
-    def __init__(
-        self,
-        root: str,
-        resolution: int,
-        random_flip: bool = False,
-        seed: int = 0,
-        extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
-    ) -> None:
+    def __init__(self, root: str, resolution: int, augment: bool = False, seed: int = 0) -> None:
         self.root = root
         self.resolution = resolution
-        self.random_flip = random_flip
+        self.augment = augment
         self.seed = seed
-        self.epoch = 0
         self._url = _url(root)
-        fs, base = _filesystem(self._url)
-        base = base.rstrip("/")
+        fs, self._base = filesystem(self._url)
 
-        candidates: list[tuple[str, str]] = []  # (path relative to root, class name)
-        for path in sorted(fs.find(base)):
-            rel = path[len(base) :].lstrip("/")
-            class_name, sep, _ = rel.partition("/")
-            if sep and rel.lower().endswith(tuple(e.lower() for e in extensions)):
-                candidates.append((rel, class_name))
-        self.class_names = sorted({c for _, c in candidates})
+        relative: list[str] = []
+        for path in sorted(fs.find(self._base)):
+            rel = path[len(self._base):].lstrip("/")
+            class_name, sep, rest = rel.partition("/")
+            if sep and not any(part.startswith(".") for part in rel.split("/")):
+                relative.append(rel)
+        if not relative:
+            raise ValueError(f"no files under {root}: {_LAYOUT}")
+        classes = [rel.partition("/")[0] for rel in relative]
+        self.class_names = sorted(set(classes))
         self.num_classes = len(self.class_names)
         label_of = {name: i for i, name in enumerate(self.class_names)}
-
-        self.samples: list[tuple[str, int]] = []  # (filesystem path, label)
-        self.skipped: list[tuple[str, str]] = []
-        for rel, class_name in candidates:
-            path = f"{base}/{rel}" if base else rel
-            try:
-                _load_rgb(fs, path)
-            except Exception as e:  # PIL raises many types for corrupt files; none is fatal
-                # PIL appends the file object's repr ("... <_io.BufferedReader ...>"); drop it.
-                self.skipped.append((rel, str(e).split(" <", 1)[0] or type(e).__name__))
-            else:
-                self.samples.append((path, label_of[class_name]))
-
-        if self.skipped:
-            shown = ", ".join(f"{p} ({r})" for p, r in self.skipped[:3])
-            more = ", ..." if len(self.skipped) > 3 else ""
-            warnings.warn(
-                f"skipped {len(self.skipped)} of {len(candidates)} files under {root} that could "
-                f"not be read as images: {shown}{more}",
-                stacklevel=2,
-            )
-        if not self.samples:
-            raise ValueError(f"no readable images under {root}: {_LAYOUT}")
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the flips of this epoch (only matters with random_flip)."""
-        self.epoch = epoch
+        self.paths = np.array([rel.encode() for rel in relative])  # bytes, fixed width
+        self.labels = np.array([label_of[c] for c in classes], dtype=np.int32)
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.paths)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        """Returns (image float32 [3, R, R] in [-1, 1], label)."""
-        path, label = self.samples[index]
+    def path(self, index: int) -> str:
+        """Path of sample ``index`` relative to the root."""
+        return self.paths[index].decode()
+
+    def load(self, index: int) -> Image.Image:
+        """The decoded RGB image of sample ``index``; UnreadableImage if it is not one."""
         # Resolved per call: fsspec caches instances per process, so forked DataLoader workers
         # get their own zip handle instead of sharing the parent's file offset.
         fs, _ = url_to_fs(self._url)
-        img = transforms.resize_center_crop(_load_rgb(fs, path), self.resolution)
-        x = transforms.to_tensor(img)
-        if self.random_flip:
-            x = transforms.random_flip(x, self._flip_generator(index))
-        return x, label
+        rel = self.path(index)
+        return load_rgb(fs, f"{self._base}/{rel}" if self._base else rel)
 
-    def _flip_generator(self, index: int) -> torch.Generator:
-        entropy = np.random.SeedSequence([self.seed, self.epoch, index])
-        return torch.Generator().manual_seed(int(entropy.generate_state(1, np.uint64)[0]))
+    def transform(self, img: Image.Image, key: Key) -> Tensor:
+        """float32 [3, R, R] in [-1, 1]: ``key``'s augmentation of the decoded image."""
+        augment = self.augment and key.epoch is not None
+        return image_tensor(img, self.resolution, augment, augment_generator(self.seed, key) if augment else None)
+
+    def __getitem__(self, key: int | Key) -> tuple[Tensor, int]:
+        key = key if isinstance(key, Key) else Key(int(key), None)
+        return self.transform(self.load(key.index), key), int(self.labels[key.index])
+
+    def views(self, index: int, epochs: list[int | None]) -> tuple[Tensor, int]:
+        """Sample ``index`` as seen in each of ``epochs``, decoded once: ([K, 3, R, R], label)."""
+        img = self.load(index)
+        return torch.stack([self.transform(img, Key(index, e)) for e in epochs]), int(self.labels[index])

@@ -88,13 +88,14 @@ def _train(args: argparse.Namespace) -> int:
 def _tokenize(args: argparse.Namespace) -> int:
     from stratagen import api
     from stratagen.engine import build
-    from stratagen.engine.train import tokenize
+    from stratagen.engine.distributed import Processes
+    from stratagen.engine.tokenize import tokenize
 
     pipe = api.Pipeline.from_run(args.source, args.set)
     dataset = build.dataset(pipe.config, args.split)
     for tid, tokenizer in pipe.model.tokenizers.items():
-        count = tokenize(pipe.run, tid, tokenizer, dataset, args.split, pipe.device, pipe.model.resolution_of(tid),
-                         args.batch_size)
+        count = tokenize(pipe.run, pipe.config, tid, tokenizer, dataset, args.split, Processes(device=pipe.device),
+                         pipe.model.resolution_of(tid), args.batch_size)
         print(f"{tid}: {count} images -> {pipe.run.path('tokens', tid)}")
     return 0
 

@@ -30,7 +30,8 @@ class ImageFolderConfig(ComponentConfig):
     eval_root: str | None = Field(None, description="held-out images in the same layout (default: root)")
     num_classes: int = Field(1000, ge=1, description="must equal the number of class folders")
     resolution: int = Field(256, ge=8)
-    random_flip: bool = True
+    augment: bool = Field(True, description="training images: resize the shorter side, random crop, random flip, "
+                          "drawn anew each epoch (evaluation: centre crop)")
     seed: int = 0
 
 
@@ -42,10 +43,12 @@ def build_synthetic(*, split: str, num_classes: int, resolution: int, train_size
 
 
 def build_image_folder(*, split: str, root: str, eval_root: str | None, num_classes: int, resolution: int,
-                       random_flip: bool, seed: int) -> ImageFolder:
+                       augment: bool, seed: int) -> ImageFolder:
     key, url = ("data.root", root) if split == "train" or eval_root is None else ("data.eval_root", eval_root)
     try:
-        folder = ImageFolder(url, resolution, random_flip=random_flip and split == "train", seed=seed)
+        folder = ImageFolder(url, resolution, augment=augment and split == "train", seed=seed)
+    except ImportError as exc:  # fsspec names the package a protocol needs, e.g. s3fs for s3://
+        raise StratagenError(f"{key}: {url}: {exc}") from None
     except (FileNotFoundError, ValueError) as exc:
         raise StratagenError(f"{key}: {exc}") from None
     if folder.num_classes != num_classes:

@@ -1,0 +1,159 @@
+"""DataLoaders that feed training: workers decode, the main process trains.
+
+A map-style dataset (ImageFolder, SyntheticShapes) is read through a :class:`StepSampler`, so
+the batch of step ``s`` is a pure function of (seed, s) whatever the number of workers. An
+iterable dataset (tar shards, :mod:`stratagen.data.shards`) shards itself by process and
+worker. Either way a sample whose file cannot be decoded is replaced by the next readable one
+and its path is reported with the batch (:attr:`Batch.skipped`), so a few corrupt files in a
+million neither stop training nor pass unnoticed.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from stratagen.data.folder import UnreadableImage
+from stratagen.data.sampling import Key, StepSampler
+
+log = logging.getLogger("stratagen")
+
+PREFETCH = 4  # batches each worker keeps ready
+
+
+@dataclass
+class Batch:
+    """images uint8 [B, 3, H, W] (or [B, K, 3, H, W] for K views), labels int64 [B], and the files
+    skipped while reading it."""
+
+    images: Tensor
+    labels: Tensor
+    skipped: list[str] = field(default_factory=list)
+
+    def pin_memory(self) -> "Batch":
+        return Batch(self.images.pin_memory(), self.labels.pin_memory(), self.skipped)
+
+    def float_images(self, device: torch.device) -> Tensor:
+        """images float32 [B, 3, H, W] in [-1, 1] on ``device`` (exactly the dataset's values)."""
+        return self.images.to(device, non_blocking=True).float() / 127.5 - 1.0
+
+
+def to_uint8(image: Tensor) -> Tensor:
+    """float [3, H, W] in [-1, 1] (multiples of 1/127.5, as decoded) -> uint8, exactly; a
+    quarter of the bytes to pass between processes."""
+    return ((image + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
+
+
+class Reader(Dataset):
+    """Reads :class:`Key` s of a map-style dataset; an unreadable sample is replaced by the next
+    index that reads (same epoch), and its path returned beside the sample."""
+
+    def __init__(self, dataset: Any):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: Key) -> tuple[Tensor, int, list[str]]:
+        skipped: list[str] = []
+        for offset in range(len(self.dataset)):
+            try:
+                image, label = self.dataset[Key((key.index + offset) % len(self.dataset), key.epoch)]
+            except UnreadableImage as e:
+                skipped.append(e.path)
+                continue
+            return to_uint8(image), label, skipped
+        raise UnreadableImage(str(getattr(self.dataset, "root", "dataset")), "no file could be read as an image")
+
+
+class ViewReader(Dataset):
+    """Reads every cached view of a sample (token cache): index -> (uint8 [K, 3, H, W], label, skipped).
+    ``epochs`` names the views (``None``: centre crop); several views need ``dataset.views``."""
+
+    def __init__(self, dataset: Any, epochs: list[int | None]):
+        self.dataset, self.epochs = dataset, epochs
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int, list[str]]:
+        skipped: list[str] = []
+        for offset in range(len(self.dataset)):
+            i = (index + offset) % len(self.dataset)
+            try:
+                if len(self.epochs) == 1:
+                    image, label = self.dataset[Key(i, self.epochs[0])]
+                    views = image[None]
+                else:
+                    views, label = self.dataset.views(i, self.epochs)
+            except UnreadableImage as e:
+                skipped.append(e.path)
+                continue
+            return to_uint8(views), label, skipped
+        raise UnreadableImage(str(getattr(self.dataset, "root", "dataset")), "no file could be read as an image")
+
+
+def collate(items: list[tuple[Tensor, int, list[str]]]) -> Batch:
+    return Batch(torch.stack([x for x, _, _ in items]), torch.tensor([y for _, y, _ in items]),
+                 [p for _, _, paths in items for p in paths])
+
+
+def default_workers(device: torch.device) -> int:
+    """Loader worker processes when the config leaves it open: up to 4 beside a GPU; on a CPU the
+    workers compete with training for the same cores, so only with 4 or more cores."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if device.type == "cuda":
+        return min(4, cpus)
+    return min(2, cpus // 4)
+
+
+def image_loader(dataset: Any, batch: int, seed: int, rank: int = 0, world: int = 1, start: int = 0,
+                 workers: int = 0, device: torch.device = torch.device("cpu")) -> DataLoader:
+    """Endless batches of ``batch`` samples for steps ``start, start + 1, ...`` of process ``rank``."""
+    options: dict[str, Any] = dict(num_workers=workers, collate_fn=collate, pin_memory=device.type == "cuda")
+    if workers:
+        options.update(prefetch_factor=PREFETCH)
+    if isinstance(dataset, IterableDataset):
+        stream = dataset.stream(seed=seed, rank=rank, world=world, skip=start * batch)
+        return DataLoader(stream, batch_size=batch, **options)
+    return DataLoader(Reader(dataset), batch_sampler=StepSampler(len(dataset), batch, seed, rank, world, start),
+                      **options)
+
+
+def view_loader(dataset: Any, indices: range, epochs: list[int | None], batch: int, workers: int = 0,
+                device: torch.device = torch.device("cpu")) -> DataLoader:
+    """Batches (images uint8 [B, K, 3, H, W]) of samples ``indices`` in order, each in the views ``epochs``."""
+    chunks = [list(indices[i: i + batch]) for i in range(0, len(indices), batch)]
+    options: dict[str, Any] = dict(prefetch_factor=PREFETCH) if workers else {}
+    return DataLoader(ViewReader(dataset, epochs), batch_sampler=chunks, num_workers=workers, collate_fn=collate,
+                      pin_memory=device.type == "cuda", **options)
+
+
+class StepBatches:
+    """``at(step)``: the batch of ``step``; steps are expected in order, and a jump (a resumed
+    run starts at its checkpoint) restarts the loader there. Remembers (and logs once) every
+    skipped file."""
+
+    def __init__(self, dataset: Any, batch: int, seed: int, rank: int, world: int, workers: int,
+                 device: torch.device):
+        self.dataset, self.batch, self.seed, self.rank, self.world = dataset, batch, seed, rank, world
+        self.workers, self.device = workers, device
+        self.skipped: set[str] = set()
+        self._next: int | None = None
+        self._batches: Iterator[Batch] | None = None
+
+    def at(self, step: int) -> Batch:
+        if self._batches is None or step != self._next:
+            self._batches = iter(image_loader(self.dataset, self.batch, self.seed, self.rank, self.world, step,
+                                              self.workers, self.device))
+        batch = next(self._batches)
+        self._next = step + 1
+        for path in sorted(set(batch.skipped) - self.skipped):
+            log.warning("skipped a file that is not a readable image: %s", path)
+        self.skipped.update(batch.skipped)
+        return batch

@@ -1,0 +1,190 @@
+"""The token cache on disk: compact shards, a manifest written last, memory-mapped reads.
+
+::
+
+    <run>/tokens/<tokenizer id>/<split>/00000.safetensors   images [j*S, (j+1)*S): each level
+                                                             [n, views, h, w] and labels [n]
+    <run>/tokens/<tokenizer id>/<split>/manifest.json       written after every shard
+
+Tokens are stored in the smallest integer type that holds the codebook (uint8 up to 256 codes,
+uint16 up to 65,536, else int32). Every shard carries the cache's *fingerprint* (number of
+images and views, a hash of the tokenizer weights, a hash of the config that produced it). The
+manifest is the only proof that a cache is complete: a missing manifest, or one whose
+fingerprint differs from the current one, means the cache is resumed (shards whose
+fingerprint matches are kept) or rebuilt, and only shards the manifest lists are ever read,
+so leftovers of an older, larger dataset cannot mix in.
+
+Local shards are memory-mapped (numpy over the safetensors data section): a process pages in
+only the rows it reads, so each training process holds its own part of the cache, not all of
+it. Shards behind other fsspec URLs are read into memory.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+import numpy as np
+import torch
+
+from stratagen.io import checkpoint
+from stratagen.registry import StratagenError
+
+MANIFEST = "manifest.json"
+FORMAT = 1
+_NUMPY = {"U8": np.uint8, "U16": np.uint16, "I32": np.int32, "I64": np.int64}
+
+
+def token_dtype(codebook_size: int) -> torch.dtype:
+    """The smallest integer dtype holding token ids ``[0, codebook_size)``."""
+    if codebook_size <= 2**8:
+        return torch.uint8
+    if codebook_size <= 2**16:
+        return torch.uint16
+    return torch.int32
+
+
+def tensor_hash(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 of named tensors (names, dtypes, shapes and bytes), e.g. a state dict."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What a cache was made from; a cache is used only if all of it matches."""
+
+    images: int
+    views: int
+    tokenizer: str  # tensor_hash of the tokenizer weights
+    config: str  # text_hash of the config sections that shape the tokens
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"images": self.images, "views": self.views, "tokenizer": self.tokenizer, "config": self.config}
+
+
+def _memmap(url: str) -> dict[str, np.ndarray]:
+    """The arrays of a local safetensors file, memory-mapped (read-only)."""
+    path = fsspec.core.url_to_fs(url)[1]
+    with open(path, "rb") as f:
+        header_len = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(header_len))
+    arrays = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        begin, end = entry["data_offsets"]
+        dtype = _NUMPY[entry["dtype"]]
+        arrays[name] = np.memmap(path, dtype=dtype, mode="r", offset=8 + header_len + begin,
+                                 shape=tuple(entry["shape"]))
+    return arrays
+
+
+class TokenCache:
+    """One tokenizer's cache of one split, at ``url`` (a directory)."""
+
+    def __init__(self, url: str):
+        self.url = url.rstrip("/")
+
+    def shard_url(self, index: int) -> str:
+        return f"{self.url}/{index:05d}.safetensors"
+
+    def manifest(self) -> dict[str, Any] | None:
+        url = f"{self.url}/{MANIFEST}"
+        return checkpoint.read_json(url) if checkpoint.exists(url) else None
+
+    def is_complete(self, fingerprint: Fingerprint) -> bool:
+        manifest = self.manifest()
+        return manifest is not None and manifest["fingerprint"] == fingerprint.as_dict()
+
+    def shard_is_done(self, index: int, fingerprint: Fingerprint) -> bool:
+        """Shard ``index`` exists and was written for ``fingerprint`` (shards are written atomically)."""
+        url = self.shard_url(index)
+        if not checkpoint.exists(url):
+            return False
+        with fsspec.open(url, "rb") as f:
+            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+        meta = json.loads(header.get("__metadata__", {}).get("json", "{}"))
+        return meta.get("fingerprint") == fingerprint.as_dict() and meta.get("shard") == index
+
+    def prepare(self, shards: int, fingerprint: Fingerprint) -> None:
+        """Before (re)building: drop the manifest first, then every shard that is not one of
+        ``shards`` made for ``fingerprint``."""
+        fs, path = fsspec.core.url_to_fs(self.url)
+        if fs.exists(f"{path}/{MANIFEST}"):
+            fs.rm(f"{path}/{MANIFEST}")
+        if not fs.exists(path):
+            return
+        for name in fs.ls(path, detail=False):
+            stem = name.rsplit("/", 1)[-1].split(".", 1)[0]
+            keep = stem.isdigit() and int(stem) < shards and self.shard_is_done(int(stem), fingerprint)
+            if not keep:
+                fs.rm(name, recursive=True)
+
+    def write_shard(self, index: int, levels: dict[str, torch.Tensor], labels: torch.Tensor,
+                    fingerprint: Fingerprint) -> None:
+        """levels: name -> [n, views, h, w] (already in their cache dtype); labels: [n]."""
+        checkpoint.save_tensors(self.shard_url(index), {**levels, "labels": labels.to(torch.int64)},
+                                {"fingerprint": fingerprint.as_dict(), "shard": index})
+
+    def write_manifest(self, counts: list[int], levels: dict[str, dict[str, Any]], fingerprint: Fingerprint) -> None:
+        """Seal the cache; call after every shard is written. levels: name -> {shape, codebook_size, dtype}."""
+        checkpoint.write_json(f"{self.url}/{MANIFEST}", {"format": FORMAT, "fingerprint": fingerprint.as_dict(),
+                                                         "shards": counts, "levels": levels})
+
+    def open(self) -> "TokenReader":
+        manifest = self.manifest()
+        if manifest is None:
+            raise StratagenError(f"{self.url}: no complete token cache (no {MANIFEST}; run `stratagen tokenize`)")
+        return TokenReader(self, manifest)
+
+
+class TokenReader:
+    """Rows of a complete cache: ``gather(indices, views)`` returns what a training step needs."""
+
+    def __init__(self, cache: TokenCache, manifest: dict[str, Any]):
+        self.manifest = manifest
+        self.levels = list(manifest["levels"])
+        self.views = int(manifest["fingerprint"]["views"])
+        counts = manifest["shards"]
+        self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self.shards = [self._arrays(cache.shard_url(i)) for i in range(len(counts))]
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    @staticmethod
+    def _arrays(url: str) -> dict[str, np.ndarray]:
+        if "://" not in url or url.startswith("file://"):
+            return _memmap(url)
+        return {k: v.numpy() for k, v in checkpoint.load_tensors(url)[0].items()}
+
+    def labels(self) -> torch.Tensor:
+        """Every image's label, int64 [N]."""
+        return torch.from_numpy(np.concatenate([np.asarray(s["labels"]) for s in self.shards]))
+
+    def gather(self, indices: np.ndarray, views: np.ndarray) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Images ``indices`` [B] in views ``views`` [B]: (level -> int64 [B, h, w], labels int64 [B])."""
+        shard = np.searchsorted(self.starts, indices, side="right") - 1
+        rows = indices - self.starts[shard]
+        result: dict[str, np.ndarray] = {}
+        for j in np.unique(shard):
+            at = np.nonzero(shard == j)[0]
+            for name in [*self.levels, "labels"]:
+                column = self.shards[j][name]
+                part = column[rows[at]] if name == "labels" else column[rows[at], views[at]]
+                if name not in result:
+                    result[name] = np.empty((len(indices), *part.shape[1:]), dtype=np.int64)
+                result[name][at] = part
+        labels = torch.from_numpy(result.pop("labels"))
+        return {k: torch.from_numpy(v) for k, v in result.items()}, labels
