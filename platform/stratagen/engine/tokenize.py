@@ -44,9 +44,10 @@ def fingerprint(config: Any, tid: str, tokenizer: Tokenizer, dataset: Any, resol
 
 @torch.no_grad()
 def tokenize(run: Run, config: Any, tid: str, tokenizer: Tokenizer, dataset: Any, split: str, procs: Processes,
-             resolution: int | None = None, batch_size: int = 64, shard_size: int = SHARD_SIZE) -> int:
+             resolution: int | None = None, batch_size: int = 64, shard_size: int | None = None) -> int:
     """Make the token cache of ``tid`` over ``dataset`` unless a complete one for the same
     fingerprint exists; returns the number of images. Called by every process."""
+    shard_size = shard_size or SHARD_SIZE
     cache = TokenCache(run.path("tokens", tid, split))
     stamp = fingerprint(config, tid, tokenizer, dataset, resolution)
     if cache.is_complete(stamp):
