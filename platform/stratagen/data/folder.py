@@ -56,18 +56,15 @@ def filesystem(url: str) -> tuple[AbstractFileSystem, str]:
     return fs, path.rstrip("/")
 
 
-def load_rgb(data: bytes | AbstractFileSystem, path: str) -> Image.Image:
-    """Decode an image (from ``data`` bytes, or the file ``path`` of filesystem ``data``) to RGB;
-    UnreadableImage if it is not one."""
+def load_rgb(data: bytes, name: str) -> Image.Image:
+    """Decode the bytes of an image file (``name`` says where it came from) to RGB;
+    UnreadableImage if they are not an image."""
     try:
-        if isinstance(data, bytes):
-            with Image.open(io.BytesIO(data)) as img:
-                return img.convert("RGB")
-        with data.open(path, "rb") as f, Image.open(f) as img:
-            return img.convert("RGB")  # decodes fully, inside the open file
+        with Image.open(io.BytesIO(data)) as img:
+            return img.convert("RGB")
     except Exception as e:  # PIL raises many types for corrupt files; none is fatal
         # PIL appends the file object's repr ("... <_io.BufferedReader ...>"); drop it.
-        raise UnreadableImage(path, str(e).split(" <", 1)[0] or type(e).__name__) from None
+        raise UnreadableImage(name, str(e).split(" <", 1)[0] or type(e).__name__) from None
 
 
 def image_tensor(img: Image.Image, resolution: int, augment: bool, generator: torch.Generator | None) -> Tensor:
@@ -125,13 +122,19 @@ class ImageFolder(Dataset):
         """Path of sample ``index`` relative to the root."""
         return self.paths[index].decode()
 
-    def load(self, index: int) -> Image.Image:
-        """The decoded RGB image of sample ``index``; UnreadableImage if it is not one."""
+    def _file(self, index: int) -> str:
+        rel = self.path(index)
+        return f"{self._base}/{rel}" if self._base else rel
+
+    def file_bytes(self, index: int) -> bytes:
+        """The raw bytes of sample ``index``'s file."""
         # Resolved per call: fsspec caches instances per process, so forked DataLoader workers
         # get their own zip handle instead of sharing the parent's file offset.
-        fs, _ = url_to_fs(self._url)
-        rel = self.path(index)
-        return load_rgb(fs, f"{self._base}/{rel}" if self._base else rel)
+        return url_to_fs(self._url)[0].cat_file(self._file(index))
+
+    def load(self, index: int) -> Image.Image:
+        """The decoded RGB image of sample ``index``; UnreadableImage if it is not one."""
+        return load_rgb(self.file_bytes(index), self._file(index))
 
     def transform(self, img: Image.Image, key: Key) -> Tensor:
         """float32 [3, R, R] in [-1, 1]: ``key``'s augmentation of the decoded image."""

@@ -16,10 +16,12 @@ from typing import Any, Iterator
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, IterableDataset
+from torch.utils.data import DataLoader, Dataset
 
 from stratagen.data.folder import UnreadableImage
 from stratagen.data.sampling import Key, StepSampler
+from stratagen.data.shards import TarShards
+from stratagen.data.transforms import to_uint8
 
 log = logging.getLogger("stratagen")
 
@@ -41,12 +43,6 @@ class Batch:
     def float_images(self, device: torch.device) -> Tensor:
         """images float32 [B, 3, H, W] in [-1, 1] on ``device`` (exactly the dataset's values)."""
         return self.images.to(device, non_blocking=True).float() / 127.5 - 1.0
-
-
-def to_uint8(image: Tensor) -> Tensor:
-    """float [3, H, W] in [-1, 1] (multiples of 1/127.5, as decoded) -> uint8, exactly; a
-    quarter of the bytes to pass between processes."""
-    return ((image + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
 
 
 class Reader(Dataset):
@@ -118,9 +114,8 @@ def image_loader(dataset: Any, batch: int, seed: int, rank: int = 0, world: int 
     options: dict[str, Any] = dict(num_workers=workers, collate_fn=collate, pin_memory=device.type == "cuda")
     if workers:
         options.update(prefetch_factor=PREFETCH)
-    if isinstance(dataset, IterableDataset):
-        stream = dataset.stream(seed=seed, rank=rank, world=world, skip=start * batch)
-        return DataLoader(stream, batch_size=batch, **options)
+    if isinstance(dataset, TarShards):
+        return DataLoader(dataset.stream(seed, rank, world, batch, start), batch_size=batch, **options)
     return DataLoader(Reader(dataset), batch_sampler=StepSampler(len(dataset), batch, seed, rank, world, start),
                       **options)
 

@@ -45,6 +45,12 @@ def to_tensor(img: Image.Image) -> Tensor:
 
 
 
+def to_uint8(image: Tensor) -> Tensor:
+    """float [..., H, W] in [-1, 1] (multiples of 1/127.5, as decoded) -> uint8, exactly; a quarter
+    of the bytes to pass between processes."""
+    return ((image + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
+
+
 def resize_batch(images: Tensor, resolution: int | None) -> Tensor:
     """Images ``[B, 3, H, W]`` resized to ``resolution`` (bilinear, antialiased) when given and different
     (a tokenizer that works at another size than the data)."""

@@ -69,6 +69,8 @@ def add_parsers(sub: argparse._SubParsersAction, add_set: Callable[[argparse.Arg
     p.add_argument("source", help="run directory or config")
     add_set(p)
 
+    _add_data_parser(sub)
+
     from stratagen.engine import editing  # imported here: editing registers its handler in this module
 
     editing.add_parser(sub, add_set)
@@ -193,3 +195,41 @@ def _info(args: argparse.Namespace) -> int:
 
 def _count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+# ----------------------------------------------------------------------------- data (issue 9)
+def _add_data_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="prepare datasets", description="Prepare datasets for training.")
+    dsub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    pack = dsub.add_parser("pack", help="write an image folder as WebDataset tar shards",
+                           description="Write the images of FOLDER (one sub-folder per class) as tar shards "
+                                       "({jpg|png, cls} per sample) plus index.json under OUT, for the "
+                                       "'webdataset' dataset. FOLDER and OUT may be fsspec URLs.")
+    pack.add_argument("folder")
+    pack.add_argument("out")
+    pack.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
+
+
+@handler("data")
+def _data(args: argparse.Namespace) -> int:
+    from fsspec.core import url_to_fs
+
+    from stratagen.data.shards import pack_folder
+    from stratagen.registry import StratagenError
+
+    if args.shard_size < 1:
+        raise StratagenError(f"--shard-size must be at least 1, got {args.shard_size}")
+    for url in (args.folder, args.out):
+        try:
+            url_to_fs(url)
+        except ImportError as exc:  # e.g. "Install s3fs to access S3"
+            raise StratagenError(f"{url}: {exc}") from None
+    try:
+        count, shards, left_out = pack_folder(args.folder, args.out, args.shard_size)
+    except (FileNotFoundError, ValueError, ImportError) as exc:
+        raise StratagenError(f"{args.folder}: {exc}") from None
+    for path in left_out:
+        print(f"left out (not an image): {path}")
+    print(f"{count} images in {shards} shard(s) under {args.out}")
+    return 0
+
