@@ -14,7 +14,7 @@ from PIL import Image
 from stratagen.data import ImageFolder, Key, StepBatches, image_loader
 from stratagen.data.shards import TarShards, pack_folder
 from stratagen.data.transforms import to_uint8
-from stratagen.plugins.webdataset import build_webdataset
+from stratagen.plugins.datasets import build_webdataset
 from stratagen.registry import StratagenError
 
 
