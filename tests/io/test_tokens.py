@@ -9,7 +9,7 @@ from safetensors import safe_open
 from stratagen.io.tokens import Fingerprint, TokenCache, tensor_hash, token_dtype
 from stratagen.registry import StratagenError
 
-STAMP = Fingerprint(images=10, views=3, tokenizer="w" * 64, config="c" * 64)
+STAMP = Fingerprint(images=10, views=3, shard_size=6, tokenizer="w" * 64, config="c" * 64)
 
 
 @pytest.mark.parametrize("codebook,dtype", [(256, torch.uint8), (257, torch.uint16), (8192, torch.uint16),
@@ -40,7 +40,7 @@ def test_smallest_dtype_round_trips_exactly(tmp_path: Path, codebook: int, dtype
 
 def test_stale_or_foreign_shards_are_removed_before_a_rebuild(tmp_path: Path) -> None:
     cache = TokenCache(str(tmp_path / "tokens"))
-    other = Fingerprint(images=10, views=3, tokenizer="x" * 64, config="c" * 64)
+    other = Fingerprint(images=10, views=3, shard_size=6, tokenizer="x" * 64, config="c" * 64)
     for j, stamp in enumerate([STAMP, other, STAMP, STAMP]):
         cache.write_shard(j, {"top": torch.zeros(2, 3, 1, 1, dtype=torch.uint8)}, torch.zeros(2), stamp)
     cache.write_manifest([2] * 4, {}, STAMP)

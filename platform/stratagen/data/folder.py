@@ -14,6 +14,8 @@ then, so the loader can skip and count it.
 """
 
 import io
+import logging
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 import torch
@@ -25,6 +27,9 @@ from torch.utils.data import Dataset
 
 from stratagen.data import transforms
 from stratagen.data.sampling import AUGMENT, Key, derive_seed
+from stratagen.registry import StratagenError
+
+log = logging.getLogger("stratagen")
 
 _LAYOUT = "expected one sub-folder per class, e.g. <root>/<class_name>/<image>.png"
 
@@ -35,6 +40,34 @@ class UnreadableImage(Exception):
     def __init__(self, path: str, reason: str):
         super().__init__(f"{path} ({reason})")
         self.path, self.reason = path, reason
+
+
+T = TypeVar("T")
+
+
+def first_readable(size: int, index: int, read: Callable[[int], T]) -> tuple[T, list[str]]:
+    """``read(i)`` of the first readable sample from ``index`` on (wrapping around), with the paths
+    of the unreadable ones passed over."""
+    skipped: list[str] = []
+    for offset in range(size):
+        try:
+            return read((index + offset) % size), skipped
+        except UnreadableImage as e:
+            skipped.append(e.path)
+    raise StratagenError(f"none of the {size} files could be read as an image (e.g. {skipped[0]})")
+
+
+def evaluation_item(dataset: Any, index: int) -> tuple[Tensor, int]:
+    """``dataset[Key(index, None)]``, or the next readable sample's, logging each unreadable file once."""
+    item, skipped = first_readable(len(dataset), int(index), lambda i: dataset[Key(i, None)])
+    for path in skipped:
+        if path not in _WARNED:
+            _WARNED.add(path)
+            log.warning("skipped a file that is not a readable image: %s", path)
+    return item
+
+
+_WARNED: set[str] = set()
 
 
 def _url(root: str) -> str:
@@ -83,10 +116,11 @@ def augment_generator(seed: int, key: Key) -> torch.Generator:
 class ImageFolder(Dataset):
     """Images under ``root/<class_name>/`` at ``resolution`` x ``resolution``.
 
-    ``folder[i]`` (or ``folder[Key(i, None)]``) is sample ``i`` centre-cropped (evaluation);
-    ``folder[Key(i, epoch)]`` is its random crop and flip of that epoch when ``augment`` (drawn
-    from (seed, epoch, i)). Both return (image float32 [3, R, R] in [-1, 1], label) or raise
-    :class:`UnreadableImage`; ``views`` decodes once for several epochs.
+    ``folder[Key(i, epoch)]`` is sample ``i``'s random crop and flip of that epoch when ``augment``
+    (drawn from (seed, epoch, i)), or its centre crop when ``epoch`` is None; it returns (image
+    float32 [3, R, R] in [-1, 1], label) or raises :class:`UnreadableImage` (the training loader
+    counts those). ``folder[i]`` is the evaluation view: the centre crop of sample ``i``, or of the
+    next readable one. ``views`` decodes once for several epochs.
 
     The index is two numpy arrays (relative paths as bytes, labels), not Python lists: forked
     DataLoader workers then share its pages instead of copying them as reference counts change.
@@ -142,7 +176,8 @@ class ImageFolder(Dataset):
         return image_tensor(img, self.resolution, augment, augment_generator(self.seed, key) if augment else None)
 
     def __getitem__(self, key: int | Key) -> tuple[Tensor, int]:
-        key = key if isinstance(key, Key) else Key(int(key), None)
+        if not isinstance(key, Key):
+            return evaluation_item(self, key)
         return self.transform(self.load(key.index), key), int(self.labels[key.index])
 
     def views(self, index: int, epochs: list[int | None]) -> tuple[Tensor, int]:

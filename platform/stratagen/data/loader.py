@@ -1,24 +1,24 @@
 """DataLoaders that feed training: workers decode, the main process trains.
 
 A map-style dataset (ImageFolder, SyntheticShapes) is read through a :class:`StepSampler`, so
-the batch of step ``s`` is a pure function of (seed, s) whatever the number of workers. An
-iterable dataset (tar shards, :mod:`stratagen.data.shards`) shards itself by process and
-worker. Either way a sample whose file cannot be decoded is replaced by the next readable one
-and its path is reported with the batch (:attr:`Batch.skipped`), so a few corrupt files in a
-million neither stop training nor pass unnoticed.
+the batch of step ``s`` is a pure function of (seed, s, process, number of processes), whatever
+the number of workers. Tar shards (:mod:`stratagen.data.shards`) stream, dealt out by process
+and worker. Either way a sample whose file cannot be decoded is passed over and its path is
+reported with the batch (:attr:`Batch.skipped`), so a few corrupt files in a million neither
+stop training nor pass unnoticed. Images travel between processes as uint8.
 """
 from __future__ import annotations
 
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from stratagen.data.folder import UnreadableImage
+from stratagen.data.folder import first_readable
 from stratagen.data.sampling import Key, StepSampler
 from stratagen.data.shards import TarShards
 from stratagen.data.transforms import to_uint8
@@ -45,9 +45,13 @@ class Batch:
         return self.images.to(device, non_blocking=True).float() / 127.5 - 1.0
 
 
+def _uint8(read: Callable[[int], tuple[Tensor, int]], size: int, index: int) -> tuple[Tensor, int, list[str]]:
+    (image, label), skipped = first_readable(size, index, read)
+    return to_uint8(image), label, skipped
+
+
 class Reader(Dataset):
-    """Reads :class:`Key` s of a map-style dataset; an unreadable sample is replaced by the next
-    index that reads (same epoch), and its path returned beside the sample."""
+    """Reads :class:`Key` s of a map-style dataset for training: (uint8 [3, H, W], label, skipped)."""
 
     def __init__(self, dataset: Any):
         self.dataset = dataset
@@ -56,15 +60,7 @@ class Reader(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, key: Key) -> tuple[Tensor, int, list[str]]:
-        skipped: list[str] = []
-        for offset in range(len(self.dataset)):
-            try:
-                image, label = self.dataset[Key((key.index + offset) % len(self.dataset), key.epoch)]
-            except UnreadableImage as e:
-                skipped.append(e.path)
-                continue
-            return to_uint8(image), label, skipped
-        raise UnreadableImage(str(getattr(self.dataset, "root", "dataset")), "no file could be read as an image")
+        return _uint8(lambda i: self.dataset[Key(i, key.epoch)], len(self.dataset), key.index)
 
 
 class ViewReader(Dataset):
@@ -77,21 +73,14 @@ class ViewReader(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
+    def _views(self, index: int) -> tuple[Tensor, int]:
+        if len(self.epochs) == 1:
+            image, label = self.dataset[Key(index, self.epochs[0])]
+            return image[None], label
+        return self.dataset.views(index, self.epochs)
+
     def __getitem__(self, index: int) -> tuple[Tensor, int, list[str]]:
-        skipped: list[str] = []
-        for offset in range(len(self.dataset)):
-            i = (index + offset) % len(self.dataset)
-            try:
-                if len(self.epochs) == 1:
-                    image, label = self.dataset[Key(i, self.epochs[0])]
-                    views = image[None]
-                else:
-                    views, label = self.dataset.views(i, self.epochs)
-            except UnreadableImage as e:
-                skipped.append(e.path)
-                continue
-            return to_uint8(views), label, skipped
-        raise UnreadableImage(str(getattr(self.dataset, "root", "dataset")), "no file could be read as an image")
+        return _uint8(self._views, len(self.dataset), index)
 
 
 def collate(items: list[tuple[Tensor, int, list[str]]]) -> Batch:
@@ -99,9 +88,11 @@ def collate(items: list[tuple[Tensor, int, list[str]]]) -> Batch:
                  [p for _, _, paths in items for p in paths])
 
 
-def default_workers(device: torch.device) -> int:
-    """Loader worker processes when the config leaves it open: up to 4 beside a GPU; on a CPU the
-    workers compete with training for the same cores, so only with 4 or more cores."""
+def loader_workers(configured: int | None, device: torch.device) -> int:
+    """Loader worker processes: ``configured``, or by default up to 4 beside a GPU; on a CPU the
+    workers compete with training for the same cores, so none below 4 cores."""
+    if configured is not None:
+        return configured
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if device.type == "cuda":
         return min(4, cpus)

@@ -34,7 +34,8 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_expander
 from webdataset.writer import TarWriter
 
-from stratagen.data.folder import ImageFolder, UnreadableImage, augment_generator, image_tensor, load_rgb
+from stratagen.data.folder import (ImageFolder, UnreadableImage, augment_generator, evaluation_item, image_tensor,
+                                   load_rgb)
 from stratagen.data.sampling import EPOCH_ORDER, Key, derive_seed
 from stratagen.data.transforms import to_uint8
 
@@ -127,7 +128,10 @@ class TarShards(Dataset):
         return self._open[1][index - starts[shard]]
 
     def __getitem__(self, key: int | Key) -> tuple[Tensor, int]:
-        key = key if isinstance(key, Key) else Key(int(key), None)
+        """As :class:`~stratagen.data.ImageFolder`: ``[Key]`` may raise UnreadableImage, ``[int]``
+        (evaluation) passes over unreadable samples."""
+        if not isinstance(key, Key):
+            return evaluation_item(self, key)
         sample = self._raw(key.index)
         img, label = _decode(sample)
         return self.image(img, key.epoch, _name(sample)), label

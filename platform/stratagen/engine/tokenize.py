@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from stratagen.data import default_workers, resize_batch
+from stratagen.data import loader_workers, resize_batch
 from stratagen.data.loader import view_loader
 from stratagen.io.run import Run
 from stratagen.io.tokens import Fingerprint, TokenCache, tensor_hash, text_hash, token_dtype
@@ -33,12 +33,13 @@ def cache_views(config: Any, dataset: Any) -> int:
     return config.loader.views if getattr(dataset, "augment", False) else 1
 
 
-def fingerprint(config: Any, tid: str, tokenizer: Tokenizer, dataset: Any, resolution: int | None) -> Fingerprint:
+def fingerprint(config: Any, tid: str, tokenizer: Tokenizer, dataset: Any, resolution: int | None,
+                shard_size: int) -> Fingerprint:
     """What the tokens of ``tid`` depend on: the data, its views, the weights and the config that shapes them."""
     entry = config.tokenizers[tid]
     shaping = {"tokenizer": config.tokenizers[entry.share or tid].model_dump(mode="json"), "resolution": resolution,
                "data": config.data.model_dump(mode="json"), "seed": config.run.seed}
-    return Fingerprint(len(dataset), cache_views(config, dataset), tensor_hash(tokenizer.state_dict()),
+    return Fingerprint(len(dataset), cache_views(config, dataset), shard_size, tensor_hash(tokenizer.state_dict()),
                        text_hash(repr(sorted(shaping.items()))))
 
 
@@ -46,10 +47,11 @@ def fingerprint(config: Any, tid: str, tokenizer: Tokenizer, dataset: Any, resol
 def tokenize(run: Run, config: Any, tid: str, tokenizer: Tokenizer, dataset: Any, split: str, procs: Processes,
              resolution: int | None = None, batch_size: int = 64, shard_size: int | None = None) -> int:
     """Make the token cache of ``tid`` over ``dataset`` unless a complete one for the same
-    fingerprint exists; returns the number of images. Called by every process."""
+    fingerprint exists; returns the number of images. Called by every process. The tokenizer
+    encodes ``batch_size`` crops at a time (``batch_size // views`` images in all their views)."""
     shard_size = shard_size or SHARD_SIZE
     cache = TokenCache(run.path("tokens", tid, split))
-    stamp = fingerprint(config, tid, tokenizer, dataset, resolution)
+    stamp = fingerprint(config, tid, tokenizer, dataset, resolution, shard_size)
     if cache.is_complete(stamp):
         return stamp.images
     shards = -(-stamp.images // shard_size)
@@ -58,7 +60,7 @@ def tokenize(run: Run, config: Any, tid: str, tokenizer: Tokenizer, dataset: Any
     barrier(procs)
     tokenizer.eval()
     epochs: list[int | None] = [None, *range(stamp.views - 1)]
-    workers = config.loader.workers if config.loader.workers is not None else default_workers(procs.device)
+    workers = loader_workers(config.loader.workers, procs.device)
     mine = [j for j in range(procs.rank, shards, procs.world) if not cache.shard_is_done(j, stamp)]
     specs = {s.name: s for s in tokenizer.level_specs(resolution or config.data.resolution)}
     skipped: set[str] = set()
@@ -66,7 +68,7 @@ def tokenize(run: Run, config: Any, tid: str, tokenizer: Tokenizer, dataset: Any
         indices = range(j * shard_size, min((j + 1) * shard_size, stamp.images))
         levels: dict[str, list[torch.Tensor]] = {}
         labels = []
-        for batch in view_loader(dataset, indices, epochs, batch_size, workers, procs.device):
+        for batch in view_loader(dataset, indices, epochs, max(1, batch_size // stamp.views), workers, procs.device):
             images = batch.float_images(procs.device).flatten(0, 1)  # [B * K, 3, H, W]
             images = resize_batch(images, resolution)
             for name, grid in tokenizer.encode(images).items():

@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from stratagen.data import StepBatches, StepSampler, default_workers, resize_batch
+from stratagen.data import StepBatches, StepSampler, loader_workers, resize_batch
 from stratagen.data.sampling import VIEW, derive_seed
 from stratagen.io.run import Run
 from stratagen.io.tokens import TokenCache
@@ -30,10 +30,6 @@ def stack_batch(dataset: Any, indices: torch.Tensor,
     read in this process (previews, benchmarks), resized to ``resolution`` when given."""
     items = [dataset[int(i)] for i in indices]
     return resize_batch(torch.stack([x for x, _ in items]), resolution), torch.tensor([y for _, y in items])
-
-
-def loader_workers(config: Any, procs: Processes) -> int:
-    return config.loader.workers if config.loader.workers is not None else default_workers(procs.device)
 
 
 def count_skipped(batches: StepBatches, procs: Processes) -> float:
@@ -56,7 +52,7 @@ def train_tokenizer(run: Run, config: Any, tid: str, tokenizer: Tokenizer, datas
     resolution = entry.resolution or config.data.resolution
     per_rank = settings.batch_size // procs.world
     preview = stack_batch(dataset, torch.arange(min(8, len(dataset))), resolution)[0].to(procs.device)
-    batches = StepBatches(dataset, per_rank, config.run.seed, procs.rank, procs.world, loader_workers(config, procs),
+    batches = StepBatches(dataset, per_rank, config.run.seed, procs.rank, procs.world, loader_workers(config.loader.workers, procs.device),
                           procs.device)
 
     def loss_step(step: int):

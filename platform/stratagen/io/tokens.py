@@ -7,8 +7,9 @@
     <run>/tokens/<tokenizer id>/<split>/manifest.json       written after every shard
 
 Tokens are stored in the smallest integer type that holds the codebook (uint8 up to 256 codes,
-uint16 up to 65,536, else int32). Every shard carries the cache's *fingerprint* (number of
-images and views, a hash of the tokenizer weights, a hash of the config that produced it). The
+uint16 up to 65,536, else int32). Every shard carries the cache's *fingerprint* (numbers of
+images, views and images per shard, a hash of the tokenizer weights, a hash of the config that
+produced it). The
 manifest is the only proof that a cache is complete: a missing manifest, or one whose
 fingerprint differs from the current one, means the cache is resumed (shards whose
 fingerprint matches are kept) or rebuilt, and only shards the manifest lists are ever read,
@@ -66,11 +67,13 @@ class Fingerprint:
 
     images: int
     views: int
+    shard_size: int  # images per shard (the last may hold fewer)
     tokenizer: str  # tensor_hash of the tokenizer weights
     config: str  # text_hash of the config sections that shape the tokens
 
     def as_dict(self) -> dict[str, Any]:
-        return {"images": self.images, "views": self.views, "tokenizer": self.tokenizer, "config": self.config}
+        return {"images": self.images, "views": self.views, "shard_size": self.shard_size,
+                "tokenizer": self.tokenizer, "config": self.config}
 
 
 def _memmap(url: str) -> dict[str, np.ndarray]:
