@@ -89,13 +89,15 @@ def collate(items: list[tuple[Tensor, int, list[str]]]) -> Batch:
 
 
 def loader_workers(configured: int | None, device: torch.device) -> int:
-    """Loader worker processes: ``configured``, or by default up to 4 beside a GPU; on a CPU the
-    workers compete with training for the same cores, so none below 4 cores."""
+    """Loader worker processes per training process: ``configured``, or by default up to 4 beside a
+    GPU (sharing the cores among the processes on this machine); on a CPU the workers compete with
+    training for the same cores, so none below 4 cores per process."""
     if configured is not None:
         return configured
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cpus //= int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # set by torchrun
     if device.type == "cuda":
-        return min(4, cpus)
+        return max(1, min(4, cpus))
     return min(2, cpus // 4)
 
 
