@@ -57,6 +57,9 @@ def first_readable(size: int, index: int, read: Callable[[int], T]) -> tuple[T, 
     raise StratagenError(f"none of the {size} files could be read as an image (e.g. {skipped[0]})")
 
 
+_WARNED: set[str] = set()  # unreadable files already logged by this process
+
+
 def evaluation_item(dataset: Any, index: int) -> tuple[Tensor, int]:
     """``dataset[Key(index, None)]``, or the next readable sample's, logging each unreadable file once."""
     item, skipped = first_readable(len(dataset), int(index), lambda i: dataset[Key(i, None)])
@@ -65,9 +68,6 @@ def evaluation_item(dataset: Any, index: int) -> tuple[Tensor, int]:
             _WARNED.add(path)
             log.warning("skipped a file that is not a readable image: %s", path)
     return item
-
-
-_WARNED: set[str] = set()
 
 
 def _url(root: str) -> str:

@@ -22,7 +22,7 @@ def derive_seed(*parts: int) -> int:
 
 
 #: streams of :func:`derive_seed` (distinct first parts keep the uses independent)
-PARTITION, EPOCH_ORDER, AUGMENT, VIEW = 11, 12, 13, 14
+PARTITION, EPOCH_ORDER, AUGMENT, VIEW, SHUFFLE = 11, 12, 13, 14, 15
 
 
 def rank_part(size: int, seed: int, rank: int, world: int) -> np.ndarray:

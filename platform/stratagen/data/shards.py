@@ -13,8 +13,8 @@ here so that the stream is a pure function of (seed, process, worker, step):
   and workers.
 
 ``index.json`` beside the shards (written by ``stratagen data pack``) names the classes and
-counts the samples of each shard; without it the shards are counted by one pass over their
-headers when the count is needed (``len``, the token cache).
+counts the samples of each shard; without it the shards are counted by reading them once when
+the count is needed (``len``, the token cache).
 """
 from __future__ import annotations
 
@@ -36,14 +36,13 @@ from webdataset.writer import TarWriter
 
 from stratagen.data.folder import (ImageFolder, UnreadableImage, augment_generator, evaluation_item, image_tensor,
                                    load_rgb)
-from stratagen.data.sampling import EPOCH_ORDER, Key, derive_seed
+from stratagen.data.sampling import EPOCH_ORDER, SHUFFLE, Key, derive_seed
 from stratagen.data.transforms import to_uint8
 
 log = logging.getLogger("stratagen")
 
 INDEX = "index.json"
 IMAGE_KEYS = ("jpg", "jpeg", "png")
-SHUFFLE = 11  # derive_seed stream of the shuffle buffers
 
 
 def shard_urls(urls: str) -> list[str]:
