@@ -1,7 +1,7 @@
 """ImageFolder: class-per-directory images read lazily through fsspec.
 
 Layout (as ImageNet): ``root/<class_name>/**/<file>``. The classes are the directories directly
-under the root; class index = position in the sorted list of their names. Every file inside a
+under the root that hold files; class index = position in the sorted list of their names. Every file inside a
 class directory is a sample except hidden ones (names starting with "."); files directly under
 the root are ignored. Building the dataset only lists files: nothing is opened until a sample is
 read (in DataLoader workers), and a file that cannot be decoded raises :class:`UnreadableImage`
@@ -15,11 +15,13 @@ then, so the loader can skip and count it.
 
 import io
 import logging
+import os
 from typing import Any, Callable, TypeVar
 
 import numpy as np
 import torch
 from fsspec.core import url_to_fs
+from fsspec.implementations.local import LocalFileSystem
 from fsspec.spec import AbstractFileSystem
 from PIL import Image
 from torch import Tensor
@@ -89,6 +91,18 @@ def filesystem(url: str) -> tuple[AbstractFileSystem, str]:
     return fs, path.rstrip("/")
 
 
+def _files(fs: AbstractFileSystem, directory: str) -> list[str]:
+    """Paths relative to ``directory`` of the files below it, sorted, hidden ones (a part starting
+    with ".") left out."""
+    if isinstance(fs, LocalFileSystem):
+        # fsspec's local find stats every file: 9x slower than os.walk on 200,000 files (measured)
+        top = directory.rstrip("/")
+        found = [f"{root[len(top):].lstrip('/')}/{f}".lstrip("/") for root, _, files in os.walk(top) for f in files]
+    else:
+        found = [path[len(directory):].lstrip("/") for path in fs.find(directory)]
+    return sorted(f for f in found if not any(part.startswith(".") for part in f.split("/")))
+
+
 def load_rgb(data: bytes, name: str) -> Image.Image:
     """Decode the bytes of an image file (``name`` says where it came from) to RGB;
     UnreadableImage if they are not an image."""
@@ -134,20 +148,25 @@ class ImageFolder(Dataset):
         self._url = _url(root)
         fs, self._base = filesystem(self._url)
 
-        relative: list[str] = []
-        for path in sorted(fs.find(self._base)):
-            rel = path[len(self._base):].lstrip("/")
-            class_name, sep, rest = rel.partition("/")
-            if sep and not any(part.startswith(".") for part in rel.split("/")):
-                relative.append(rel)
-        if not relative:
+        # One class folder at a time: the index grows by compact arrays, and the listing's
+        # Python strings never exceed one class.
+        paths: list[np.ndarray] = []
+        labels: list[np.ndarray] = []
+        self.class_names = []
+        for entry in sorted(fs.ls(self._base, detail=True), key=lambda e: e["name"]):
+            name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
+            if entry["type"] != "directory" or name.startswith("."):
+                continue
+            files = _files(fs, f"{self._base}/{name}" if self._base else name)
+            if files:
+                paths.append(np.array([f"{name}/{f}".encode() for f in files]))
+                labels.append(np.full(len(files), len(self.class_names), dtype=np.int32))
+                self.class_names.append(name)
+        if not paths:
             raise ValueError(f"no files under {root}: {_LAYOUT}")
-        classes = [rel.partition("/")[0] for rel in relative]
-        self.class_names = sorted(set(classes))
         self.num_classes = len(self.class_names)
-        label_of = {name: i for i, name in enumerate(self.class_names)}
-        self.paths = np.array([rel.encode() for rel in relative])  # bytes, fixed width
-        self.labels = np.array([label_of[c] for c in classes], dtype=np.int32)
+        self.paths = np.concatenate(paths)  # bytes, fixed width
+        self.labels = np.concatenate(labels)
 
     def __len__(self) -> int:
         return len(self.paths)

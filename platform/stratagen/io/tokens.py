@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,19 +78,23 @@ class Fingerprint:
 
 
 def _memmap(url: str) -> dict[str, np.ndarray]:
-    """The arrays of a local safetensors file, memory-mapped (read-only)."""
+    """The arrays of a local safetensors file, memory-mapped read-only, without read-ahead: rows are
+    read at random, and read-ahead would page in (and count as resident) far more than is read."""
     path = fsspec.core.url_to_fs(url)[1]
     with open(path, "rb") as f:
         header_len = int.from_bytes(f.read(8), "little")
         header = json.loads(f.read(header_len))
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    if hasattr(mapped, "madvise"):  # Linux, macOS
+        mapped.madvise(mmap.MADV_RANDOM)
     arrays = {}
     for name, entry in header.items():
         if name == "__metadata__":
             continue
         begin, end = entry["data_offsets"]
-        dtype = _NUMPY[entry["dtype"]]
-        arrays[name] = np.memmap(path, dtype=dtype, mode="r", offset=8 + header_len + begin,
-                                 shape=tuple(entry["shape"]))
+        dtype = np.dtype(_NUMPY[entry["dtype"]])
+        arrays[name] = np.frombuffer(mapped, dtype=dtype, count=(end - begin) // dtype.itemsize,
+                                     offset=8 + header_len + begin).reshape(entry["shape"])
     return arrays
 
 
