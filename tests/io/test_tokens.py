@@ -1,6 +1,8 @@
 """Token cache format: compact dtypes that round-trip exactly, a manifest that alone makes a cache usable."""
+import uuid
 from pathlib import Path
 
+import fsspec
 import numpy as np
 import pytest
 import torch
@@ -35,7 +37,14 @@ def test_smallest_dtype_round_trips_exactly(tmp_path: Path, codebook: int, dtype
     got, got_labels = reader.gather(indices, views)
     assert got["top"].dtype == torch.int64
     assert torch.equal(got["top"], grids[indices, views]) and torch.equal(got_labels, labels[indices])
-    assert torch.equal(reader.labels(), labels) and len(reader) == 10 and reader.views == 3
+    assert len(reader) == 10 and reader.views == 3
+    fs = fsspec.filesystem("memory")  # any fsspec URL: ranged reads
+    remote = f"/tokens-{uuid.uuid4().hex}"
+    for path in (tmp_path / "tokens").iterdir():
+        fs.pipe_file(f"{remote}/{path.name}", path.read_bytes())
+    got_remote, labels_remote = TokenCache(f"memory://{remote}").open().gather(indices, views)
+    assert torch.equal(got_remote["top"], got["top"]) and torch.equal(labels_remote, got_labels)
+    fs.rm(remote, recursive=True)
 
 
 def test_stale_or_foreign_shards_are_removed_before_a_rebuild(tmp_path: Path) -> None:

@@ -15,20 +15,24 @@ fingerprint differs from the current one, means the cache is resumed (shards who
 fingerprint matches are kept) or rebuilt, and only shards the manifest lists are ever read,
 so leftovers of an older, larger dataset cannot mix in.
 
-Local shards are memory-mapped (numpy over the safetensors data section): a process pages in
-only the rows it reads, so each training process holds its own part of the cache, not all of
-it. Shards behind other fsspec URLs are read into memory.
+A training process reads exactly the rows of its batch (``os.pread`` at their offsets in the
+safetensors data section on a local disk; ranged requests through fsspec elsewhere), so it holds
+none of the cache in memory and fetches only its own part of it. (Memory-mapping the shards was
+measured first: the kernel maps about ten times the bytes read around each random row, so a
+process's resident memory grew with the cache.)
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import mmap
+import os
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
 import fsspec
 import numpy as np
+from fsspec.implementations.local import LocalFileSystem
 import torch
 
 from stratagen.io import checkpoint
@@ -77,25 +81,52 @@ class Fingerprint:
                 "tokenizer": self.tokenizer, "config": self.config}
 
 
-def _memmap(url: str) -> dict[str, np.ndarray]:
-    """The arrays of a local safetensors file, memory-mapped read-only, without read-ahead: rows are
-    read at random, and read-ahead would page in (and count as resident) far more than is read."""
-    path = fsspec.core.url_to_fs(url)[1]
-    with open(path, "rb") as f:
-        header_len = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(header_len))
-        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    if hasattr(mapped, "madvise"):  # Linux, macOS
-        mapped.madvise(mmap.MADV_RANDOM)
-    arrays = {}
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        begin, end = entry["data_offsets"]
-        dtype = np.dtype(_NUMPY[entry["dtype"]])
-        arrays[name] = np.frombuffer(mapped, dtype=dtype, count=(end - begin) // dtype.itemsize,
-                                     offset=8 + header_len + begin).reshape(entry["shape"])
-    return arrays
+@dataclass(frozen=True)
+class _Column:
+    """Where one array of a shard lies: row ``r``, view ``v`` is ``item_bytes`` at
+    ``offset + r * row_bytes + v * view_bytes``."""
+
+    offset: int
+    row_bytes: int
+    view_bytes: int
+    item_bytes: int
+    dtype: np.dtype
+    item_shape: tuple[int, ...]
+
+
+class _Shard:
+    """Reads rows of one shard file: ``os.pread`` on a local disk, ranged requests elsewhere."""
+
+    def __init__(self, url: str):
+        self.fs, self.path = fsspec.core.url_to_fs(url)
+        with self.fs.open(self.path, "rb") as f:
+            header_len = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(header_len))
+        self.columns = {}
+        for name, entry in header.items():
+            if name == "__metadata__":
+                continue
+            dtype = np.dtype(_NUMPY[entry["dtype"]])
+            shape = entry["shape"]
+            item_shape = tuple(shape[2:]) if len(shape) > 1 else ()
+            item_bytes = int(np.prod(item_shape, dtype=np.int64)) * dtype.itemsize
+            self.columns[name] = _Column(8 + header_len + entry["data_offsets"][0],
+                                         int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize,
+                                         item_bytes if len(shape) > 1 else 0, item_bytes, dtype, item_shape)
+        self.fd: int | None = None
+        if isinstance(self.fs, LocalFileSystem):
+            self.fd = os.open(self.path, os.O_RDONLY)
+            weakref.finalize(self, os.close, self.fd)
+
+    def read(self, name: str, rows: np.ndarray, views: np.ndarray) -> np.ndarray:
+        """Rows ``rows`` [n] in views ``views`` [n] of array ``name``: [n, *item shape]."""
+        c = self.columns[name]
+        starts = (c.offset + rows * c.row_bytes + views * c.view_bytes).tolist()
+        if self.fd is not None:
+            data = b"".join(os.pread(self.fd, c.item_bytes, s) for s in starts)
+        else:
+            data = b"".join(self.fs.cat_ranges([self.path] * len(starts), starts, [s + c.item_bytes for s in starts]))
+        return np.frombuffer(data, c.dtype).reshape(len(starts), *c.item_shape)
 
 
 class TokenCache:
@@ -158,7 +189,8 @@ class TokenCache:
 
 
 class TokenReader:
-    """Rows of a complete cache: ``gather(indices, views)`` returns what a training step needs."""
+    """Rows of a complete cache: ``gather(indices, views)`` reads exactly the rows a training step
+    needs, so a process holds nothing of the cache between steps."""
 
     def __init__(self, cache: TokenCache, manifest: dict[str, Any]):
         self.manifest = manifest
@@ -166,31 +198,21 @@ class TokenReader:
         self.views = int(manifest["fingerprint"]["views"])
         counts = manifest["shards"]
         self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        self.shards = [self._arrays(cache.shard_url(i)) for i in range(len(counts))]
+        self.shards = [_Shard(cache.shard_url(i)) for i in range(len(counts))]
 
     def __len__(self) -> int:
         return int(self.starts[-1])
 
-    @staticmethod
-    def _arrays(url: str) -> dict[str, np.ndarray]:
-        if "://" not in url or url.startswith("file://"):
-            return _memmap(url)
-        return {k: v.numpy() for k, v in checkpoint.load_tensors(url)[0].items()}
-
-    def labels(self) -> torch.Tensor:
-        """Every image's label, int64 [N]."""
-        return torch.from_numpy(np.concatenate([np.asarray(s["labels"]) for s in self.shards]))
-
     def gather(self, indices: np.ndarray, views: np.ndarray) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Images ``indices`` [B] in views ``views`` [B]: (level -> int64 [B, h, w], labels int64 [B])."""
+        indices, views = np.asarray(indices, dtype=np.int64), np.asarray(views, dtype=np.int64)
         shard = np.searchsorted(self.starts, indices, side="right") - 1
         rows = indices - self.starts[shard]
         result: dict[str, np.ndarray] = {}
         for j in np.unique(shard):
             at = np.nonzero(shard == j)[0]
             for name in [*self.levels, "labels"]:
-                column = self.shards[j][name]
-                part = column[rows[at]] if name == "labels" else column[rows[at], views[at]]
+                part = self.shards[j].read(name, rows[at], views[at])
                 if name not in result:
                     result[name] = np.empty((len(indices), *part.shape[1:]), dtype=np.int64)
                 result[name][at] = part
