@@ -1,8 +1,7 @@
 """Does the data path scale? Start-up, throughput and memory at N images, for an image folder,
 tar shards and the token cache.
 
-    nice -n 10 .venv/bin/python benchmarks/bench_data.py --n 20000 --work /tmp/bench_data
-    nice -n 10 .venv/bin/python benchmarks/bench_data.py --n 200000 --work /tmp/bench_data
+    nice -n 10 .venv/bin/python benchmarks/bench_data.py --n 20000 200000 --work /tmp/bench_data
 
 Generates (once per N, reused after) a folder of N small PNGs in 10 class folders, the same
 images packed as tar shards (``stratagen data pack``), and a token cache of N images with the
@@ -138,15 +137,31 @@ def child(args: argparse.Namespace) -> None:
     print(json.dumps(result))
 
 
-def run_child(kind: str, path: Path, workers: int = 0) -> dict:
+def run_child(kind: str, path: Path, workers: int) -> dict:
     out = subprocess.run([sys.executable, __file__, "--child", kind, "--path", str(path), "--workers", str(workers)],
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def prepare(work: Path, n: int) -> None:
+    """The folder, shards and token cache of n images under ``work`` (made once, reused after)."""
+    if not (work / "done").exists():
+        print(f"generating {n} images ...", flush=True)
+        print(f"  folder: {generate_folder(work / 'folder', n):.1f} s", flush=True)
+        start = time.perf_counter()
+        subprocess.run([str(Path(sys.executable).with_name("stratagen")), "data", "pack", str(work / "folder"),
+                        str(work / "shards"), "--shard-size", "1000"], check=True, capture_output=True)
+        print(f"  pack: {time.perf_counter() - start:.1f} s", flush=True)
+        (work / "done").touch()
+    bytes_per_image = write_token_cache(str(work / "tokens"), n)
+    (work / "bytes_per_image").write_text(str(bytes_per_image))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=20_000)
+    parser.add_argument("--n", type=int, nargs="+", default=[20_000], help="dataset sizes, measured interleaved")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds; the best throughput and the median "
+                        "start-up of the rounds are reported (the machine may be shared)")
     parser.add_argument("--work", default="/tmp/bench_data")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--path", default=None, help=argparse.SUPPRESS)
@@ -156,36 +171,41 @@ def main() -> None:
         args.kind = args.child
         return child(args)
 
-    work = Path(args.work) / f"n{args.n}"
-    folder, shards, tokens = work / "folder", work / "shards", work / "tokens"
-    if not (work / "done").exists():
-        print(f"generating {args.n} images ...", flush=True)
-        print(f"  folder: {generate_folder(folder, args.n):.1f} s", flush=True)
-        start = time.perf_counter()
-        subprocess.run([str(Path(sys.executable).with_name("stratagen")), "data", "pack", str(folder), str(shards),
-                        "--shard-size", "1000"], check=True, capture_output=True)
-        print(f"  pack: {time.perf_counter() - start:.1f} s", flush=True)
-        (work / "done").touch()
-    start = time.perf_counter()
-    listed = sum(len(files) for _, _, files in os.walk(folder))
-    print(f"N = {args.n}: os.walk lists {listed} files in {time.perf_counter() - start:.2f} s")
-    rows = {}
-    for kind, path in (("folder", folder), ("shards", shards)):
-        for workers in (0, 1, 2):
-            r = run_child(kind, path, workers)
-            rows[f"{kind}/{workers}w"] = r
-            print(f"  {kind:<7} workers={workers}: build {r['build_s']:.2f} s, first batch {r['first_batch_s']:.2f} s, "
-                  f"{r['images_per_s_cold']:.0f} images/s cold, {r['images_per_s_warm']:.0f} warm, peak RSS {r['peak_rss_mib']:.0f} MiB "
-                  f"(+{r['growth_mib']:.0f} over imports), worker private {r['worker_rss_anon_mib']:.0f} MiB",
-                  flush=True)
-    per_image = write_token_cache(str(tokens), args.n)
-    r = run_child("tokens", tokens)
-    rows["tokens"] = {**r, "bytes_per_image": per_image}
-    print(f"  token cache (16x16 + 32x32, uint16, 1 view): {per_image:.1f} bytes/image, open {r['open_s']:.3f} s, "
-          f"{r['rows_per_s']:.0f} rows/s gathered, peak RSS {r['peak_rss_mib']:.0f} MiB "
-          f"(+{r['growth_mib']:.0f} over imports)", flush=True)
-    (work / "results.json").write_text(json.dumps(rows, indent=1))
-    print(f"results: {work / 'results.json'}")
+    works = {n: Path(args.work) / f"n{n}" for n in args.n}
+    for n, work in works.items():
+        prepare(work, n)
+    cases = [(kind, w) for kind in ("folder", "shards") for w in (0, 1, 2)] + [("tokens", 0)]
+    runs: dict[tuple[str, int, int], list[dict]] = {}
+    for round_ in range(args.repeats):
+        for kind, workers in cases:
+            for n, work in works.items():  # interleaved, so a busy moment hits every N alike
+                runs.setdefault((kind, workers, n), []).append(run_child(kind, work / kind, workers))
+        print(f"round {round_ + 1}/{args.repeats} done", flush=True)
+
+    def summary(kind: str, workers: int, n: int) -> dict[str, float]:
+        rs = runs[(kind, workers, n)]
+        out = {k: float(np.median([r[k] for r in rs])) for k in rs[0] if not k.startswith(("images", "rows"))}
+        out.update({k: max(r[k] for r in rs) for k in rs[0] if k.startswith(("images", "rows"))})
+        return out
+
+    table = {f"{kind}/{w}w/n{n}": summary(kind, w, n) for kind, w in cases for n in args.n}
+    for n, work in works.items():
+        table[f"tokens/0w/n{n}"]["bytes_per_image"] = float((work / "bytes_per_image").read_text())
+    keys = ["build_s", "first_batch_s", "images_per_s_cold", "images_per_s_warm", "peak_rss_mib", "growth_mib",
+            "worker_rss_anon_mib", "open_s", "rows_per_s", "bytes_per_image"]
+    low, high = args.n[0], args.n[-1]
+    print(f"\n{'case':<12} {'metric':<20} " + " ".join(f"{'N=' + str(n):>12}" for n in args.n) + f" {'ratio':>8}")
+    for kind, w in cases:
+        a, b = table[f"{kind}/{w}w/n{low}"], table[f"{kind}/{w}w/n{high}"]
+        for key in keys:
+            if key in a:
+                values = " ".join(f"{table[f'{kind}/{w}w/n{n}'][key]:>12.3f}" for n in args.n)
+                ratio = b[key] / a[key] if a[key] else float("nan")
+                print(f"{kind + '/' + str(w) + 'w':<12} {key:<20} {values} {ratio:>8.2f}")
+    out = Path(args.work) / "results.json"
+    out.write_text(json.dumps(table, indent=1))
+    print(f"medians of start-up and memory, best of {args.repeats} for throughput; ratio = N={high} / N={low}; "
+          f"all: {out}")
 
 
 if __name__ == "__main__":
