@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from stratagen.data import ImageFolder, Key, StepBatches, StepSampler, image_loader
+from stratagen.data import ImageFolder, Key, Prefetched, StepBatches, StepSampler, image_loader
 from stratagen.data.loader import to_uint8
 
 
@@ -94,3 +94,20 @@ def test_two_processes_read_disjoint_samples_covering_each_epoch(tmp_path: Path)
         r0, r1 = (set(seen[r, epoch * 8: (epoch + 1) * 8].tolist()) for r in range(2))
         assert len(r0) == len(r1) == 8 and not r0 & r1 and r0 | r1 == set(range(16))
     assert seen[0, :8].tolist() != seen[0, 8:16].tolist()  # the next epoch reshuffles
+
+
+def test_prefetched_returns_each_step_and_reads_the_next_one_ahead() -> None:
+    import threading
+
+    calls: list[tuple[int, str]] = []
+
+    def fetch(step: int) -> int:
+        calls.append((step, threading.current_thread().name))
+        return step * 10
+
+    steps = Prefetched(fetch)
+    assert [steps.at(s) for s in (3, 4, 5)] == [30, 40, 50]
+    assert steps.at(9) == 90 and steps.at(10) == 100  # a jump (resume) reads that step directly
+    main = threading.current_thread().name
+    assert [s for s, thread in calls if thread == main] == [3, 9]  # the others were read ahead
+    assert {s for s, thread in calls if thread != main} - {11} == {4, 5, 6, 10}  # 11 may be under way

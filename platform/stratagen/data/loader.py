@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Generic, Iterator, TypeVar
 
 import torch
 from torch import Tensor
@@ -26,6 +27,7 @@ from stratagen.data.transforms import to_uint8
 log = logging.getLogger("stratagen")
 
 PREFETCH = 4  # batches each worker keeps ready
+T = TypeVar("T")
 
 
 @dataclass
@@ -120,6 +122,28 @@ def view_loader(dataset: Any, indices: range, epochs: list[int | None], batch: i
     options: dict[str, Any] = dict(prefetch_factor=PREFETCH) if workers else {}
     return DataLoader(ViewReader(dataset, epochs), batch_sampler=chunks, num_workers=workers, collate_fn=collate,
                       pin_memory=device.type == "cuda", **options)
+
+
+class Prefetched(Generic[T]):
+    """``at(step)`` returns ``fetch(step)`` and starts ``fetch(step + 1)`` in a background thread, so
+    reading the next step (e.g. token-cache rows from disk) overlaps this step's training.
+    ``fetch`` must be a pure function of the step."""
+
+    def __init__(self, fetch: Callable[[int], T]):
+        self.fetch = fetch
+        self._pool = ThreadPoolExecutor(1)
+        self._ahead: tuple[int, Future] | None = None
+
+    def at(self, step: int) -> T:
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead[0] == step:
+            result = ahead[1].result()
+        else:
+            if ahead is not None:
+                ahead[1].result()  # a jump: let the stale read finish before reading again
+            result = self.fetch(step)
+        self._ahead = (step + 1, self._pool.submit(self.fetch, step + 1))
+        return result
 
 
 class StepBatches:

@@ -57,10 +57,11 @@ class StepSampler:
 
     def epoch_order(self, epoch: int) -> np.ndarray:
         """This process's indices in the order it reads them in ``epoch``."""
-        if self._order is None or self._order[0] != epoch:
+        order = self._order  # read once: a prefetching thread may replace it meanwhile
+        if order is None or order[0] != epoch:
             rng = np.random.default_rng(derive_seed(EPOCH_ORDER, self.seed, self.rank, epoch))
-            self._order = (epoch, self.part[rng.permutation(len(self.part))])
-        return self._order[1]
+            order = self._order = (epoch, self.part[rng.permutation(len(self.part))])
+        return order[1]
 
     def keys(self, step: int) -> list[Key]:
         n = len(self.part)

@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from stratagen.data import StepBatches, StepSampler, loader_workers, resize_batch
+from stratagen.data import Prefetched, StepBatches, StepSampler, loader_workers, resize_batch
 from stratagen.data.sampling import VIEW, derive_seed
 from stratagen.io.run import Run
 from stratagen.io.tokens import TokenCache
@@ -117,7 +117,8 @@ def train_prior(run: Run, config: Any, pid: str, model: GenerativeModel, procs: 
     # Each image cycles through its cached views, one per epoch, from a seeded first view.
     first_view = np.random.default_rng(derive_seed(VIEW, config.run.seed)).integers(views, size=size)
 
-    def loss_step(step: int):
+    def read(step: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The token grids (stream -> [B, h, w]) and labels [B] of this process's share of ``step``."""
         keys = sampler.keys(step)
         idx = np.array([k.index for k in keys])
         view = (first_view[idx] + np.array([k.epoch for k in keys])) % views
@@ -125,6 +126,12 @@ def train_prior(run: Run, config: Any, pid: str, model: GenerativeModel, procs: 
         for tid, cache in caches.items():
             levels, labels = cache.gather(idx, view)
             grids.update({f"{tid}.{level}": grid for level, grid in levels.items()})
+        return grids, labels
+
+    batches = Prefetched(read)
+
+    def loss_step(step: int):
+        grids, labels = batches.at(step)
         generator = torch.Generator(procs.device).manual_seed(step_seed(config.run.seed, step, 100 + procs.rank))
         tokens = grids[slot.target].to(procs.device)
         labels = labels.to(procs.device)
