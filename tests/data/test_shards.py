@@ -58,12 +58,13 @@ def test_packed_shards_read_back_the_same_images_and_labels(packed, tmp_path: Pa
         for i, (image, label) in enumerate(expected):
             got, got_label = shards[i]
             assert got_label == label and torch.equal(got, image), (urls, i)
-    fs.rm(memory, recursive=True)
-    # an augmented view is a crop and flip of the same decoded image, seeded
+    # augmented views: crops and flips of the same decoded image, seeded by the shard file and key
     augmented = TarShards(str(out), resolution=8, augment=True, seed=2)
-    views, label = augmented.views(5, [None, 0, 1])
-    assert torch.equal(views[0], expected[5][0]) and label == expected[5][1]
-    assert torch.equal(views[1], augmented[Key(5, 0)][0]) and not torch.equal(views[1], views[2])
+    views, label = augmented.views(0, [None, 0, 1, 2, 3])  # a 16 x 12 image: 3 px of crop range
+    assert torch.equal(views[0], expected[0][0]) and label == expected[0][1]
+    assert torch.equal(views[1], augmented[Key(0, 0)][0]) and len({_digest(v) for v in views[1:]}) > 1
+    assert torch.equal(TarShards(f"memory://{memory}", 8, augment=True, seed=2)[Key(0, 3)][0], views[4])
+    fs.rm(memory, recursive=True)
 
 
 def test_stream_is_split_by_process_and_worker_and_resumes_exactly(packed) -> None:

@@ -71,6 +71,11 @@ def _name(sample: dict[str, Any]) -> str:
     return f"{sample['__url__']}#{sample['__key__']}"
 
 
+def _identity(sample: dict[str, Any]) -> str:
+    """``<shard file name>#<key>``: the same wherever the shards are copied (seeds augmentations)."""
+    return f"{sample['__url__'].rsplit('/', 1)[-1]}#{sample['__key__']}"
+
+
 def _decode(sample: dict[str, Any]) -> tuple[Image.Image, int]:
     where = _name(sample)
     data = next((sample[k] for k in IMAGE_KEYS if k in sample), None)
@@ -114,7 +119,7 @@ class TarShards(Dataset):
         return sum(self.counts)
 
     def image(self, img: Image.Image, epoch: int | None, name: str) -> Tensor:
-        """float32 [3, R, R]: the augmentation of ``epoch`` (``None``: centre crop), seeded by the sample ``name``."""
+        """float32 [3, R, R]: the augmentation of ``epoch`` (``None``: centre crop), seeded by the sample's ``name``."""
         augment = self.augment and epoch is not None
         generator = augment_generator(self.seed, Key(zlib.crc32(name.encode()), epoch)) if augment else None
         return image_tensor(img, self.resolution, augment, generator)
@@ -133,13 +138,13 @@ class TarShards(Dataset):
             return evaluation_item(self, key)
         sample = self._raw(key.index)
         img, label = _decode(sample)
-        return self.image(img, key.epoch, _name(sample)), label
+        return self.image(img, key.epoch, _identity(sample)), label
 
     def views(self, index: int, epochs: list[int | None]) -> tuple[Tensor, int]:
         """Sample ``index`` in each of ``epochs``, decoded once: ([K, 3, R, R], label)."""
         sample = self._raw(index)
         img, label = _decode(sample)
-        return torch.stack([self.image(img, e, _name(sample)) for e in epochs]), label
+        return torch.stack([self.image(img, e, _identity(sample)) for e in epochs]), label
 
     def stream(self, seed: int, rank: int, world: int, batch: int, start: int) -> "ShardStream":
         """Endless training samples of process ``rank`` for steps ``start, ...`` in batches of ``batch``."""
@@ -172,7 +177,7 @@ class ShardStream(IterableDataset):
             except UnreadableImage as e:
                 skipped.append(e.path)
                 continue
-            yield to_uint8(self.shards.image(img, epoch, _name(sample))), label, skipped
+            yield to_uint8(self.shards.image(img, epoch, _identity(sample))), label, skipped
             skipped = []
 
     def shards_of(self, epoch: int, worker: int = 0, workers: int = 1) -> np.ndarray:
