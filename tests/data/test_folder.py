@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from stratagen.data import ImageFolder, random_flip, resize_center_crop, to_tensor
+from stratagen.data import ImageFolder, Key, UnreadableImage, resize_center_crop, to_tensor
 
 CLASSES = ["cat", "dog", "emu"]
 
@@ -50,12 +50,15 @@ def memory_url(image_dir: Path):
     fs.rm(root, recursive=True)
 
 
-def _all(ds: ImageFolder) -> tuple[torch.Tensor, list[int]]:
-    images, labels = zip(*(ds[i] for i in range(len(ds))))
+READABLE = [i for i in range(14) if i not in (7, 13)]  # sorted listing: dog/corrupt.png, emu/notes.txt
+
+
+def _all(ds: ImageFolder, epoch: int | None = None) -> tuple[torch.Tensor, list[int]]:
+    images, labels = zip(*(ds[Key(i, epoch)] for i in READABLE))
     return torch.stack(images), list(labels)
 
 
-def test_every_backend_reads_the_same_images(image_dir: Path, memory_url: str) -> None:
+def test_every_backend_lists_the_same_files_and_reads_the_same_images(image_dir: Path, memory_url: str) -> None:
     roots = [
         str(image_dir),
         image_dir.as_uri(),  # file://
@@ -66,10 +69,14 @@ def test_every_backend_reads_the_same_images(image_dir: Path, memory_url: str) -
     ]
     reference = None
     for root in roots:
-        with pytest.warns(UserWarning, match=r"skipped 1 of 13 files .*dog/corrupt\.png"):
-            ds = ImageFolder(root, resolution=8)
-        assert ds.skipped == [("dog/corrupt.png", "cannot identify image file")], root
-        assert ds.class_names == CLASSES and ds.num_classes == 3 and len(ds) == 12
+        ds = ImageFolder(root, resolution=8)  # lists only: the corrupt file is found when read
+        assert ds.class_names == CLASSES and ds.num_classes == 3 and len(ds) == 14, root
+        assert [ds.path(i) for i in (7, 13)] == ["dog/corrupt.png", "emu/notes.txt"]
+        for bad in (7, 13):
+            with pytest.raises(UnreadableImage, match="cannot identify image file"):
+                ds[Key(bad, None)]
+            # evaluation reads pass over it to the next readable file (wrapping around)
+            assert torch.equal(ds[bad][0], ds[Key((bad + 1) % 14, None)][0])
         images, labels = _all(ds)
         assert images.shape == (12, 3, 8, 8) and images.min() >= -1 and images.max() <= 1
         assert labels == [0] * 4 + [1] * 4 + [2] * 4
@@ -97,24 +104,36 @@ def test_missing_root_and_bad_layout(tmp_path: Path) -> None:
         ImageFolder(str(tmp_path), resolution=8)
 
 
-@pytest.mark.filterwarnings("ignore:skipped 1 of 13")
-def test_random_flip_is_deterministic_per_seed_index_epoch(image_dir: Path) -> None:
-    plain = ImageFolder(str(image_dir), resolution=8)
-    a = ImageFolder(str(image_dir), resolution=8, random_flip=True, seed=1)
-    b = ImageFolder(str(image_dir), resolution=8, random_flip=True, seed=1)
-    unflipped, _ = _all(plain)
+def test_crops_and_flips_are_seeded_per_epoch_and_differ_between_epochs(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    for i in range(6):
+        (tmp_path / "a").mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (12, 20, 3), dtype=np.uint8)).save(tmp_path / "a" / f"{i}.png")
+    a = ImageFolder(str(tmp_path), resolution=8, augment=True, seed=1)
+    b = ImageFolder(str(tmp_path), resolution=8, augment=True, seed=1)
+    assert torch.equal(torch.stack([a[Key(i, 3)][0] for i in range(6)]), torch.stack([b[Key(i, 3)][0] for i in range(6)]))
 
-    def flipped_mask(ds: ImageFolder) -> list[bool]:
-        images, _ = _all(ds)
-        for x, ref in zip(images, unflipped):
-            assert torch.equal(x, ref) or torch.equal(x, ref.flip(-1))
-        return [not torch.equal(x, ref) for x, ref in zip(images, unflipped)]
+    def crops(epoch: int) -> list[tuple[int, bool]]:
+        """(left edge, flipped) of each image's crop, found by matching against every candidate."""
+        found = []
+        for i in range(6):
+            x = a[Key(i, epoch)][0]
+            base = to_tensor(Image.open(tmp_path / "a" / f"{i}.png").resize((13, 8), Image.Resampling.BICUBIC))
+            matches = [(left, flip) for left in range(6) for flip in (False, True)
+                       if torch.equal(x, base[:, :, left: left + 8].flip(-1) if flip else base[:, :, left: left + 8])]
+            assert len(matches) == 1
+            found.append(matches[0])
+        return found
 
-    epoch0 = flipped_mask(a)
-    assert epoch0 == flipped_mask(b)
-    assert 0 < sum(epoch0) < 12
-    a.set_epoch(1)
-    assert flipped_mask(a) != epoch0
+    epochs = [crops(e) for e in range(4)]
+    assert all(e != epochs[0] for e in epochs[1:])  # a fresh draw every epoch
+    assert {flip for e in epochs for _, flip in e} == {False, True}
+    assert len({left for e in epochs for left, _ in e}) > 2
+    centre = a[Key(0, None)][0]  # evaluation: the centre crop, unflipped
+    assert torch.equal(centre, a[0][0])
+    assert torch.equal(centre, to_tensor(resize_center_crop(Image.open(tmp_path / "a" / "0.png"), 8)))
+    plain = ImageFolder(str(tmp_path), resolution=8, augment=False)
+    assert torch.equal(plain[Key(0, 5)][0], centre)
 
 
 def test_resize_center_crop_known_pixels() -> None:
@@ -140,7 +159,3 @@ def test_to_tensor_and_flip() -> None:
     x = to_tensor(img)
     assert x.shape == (3, 2, 3) and x.dtype == torch.float32
     assert x[:, 0, 0].tolist() == [-1.0] * 3 and x[:, 1, 2].tolist() == [1.0] * 3
-    outcomes = {random_flip(x, torch.Generator().manual_seed(s))[0, 0, 2].item() for s in range(20)}
-    assert outcomes == {-1.0, 1.0}
-    g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
-    assert torch.equal(random_flip(x, g1), random_flip(x, g2))

@@ -4,11 +4,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 
 from stratagen import api
 from stratagen.io import checkpoint
+from stratagen.io.tokens import TokenCache
 from stratagen.registry import StratagenError
 from tinyconfigs import tiny_config, write_config
 
@@ -68,8 +70,10 @@ def test_prior_loss_falls_and_run_holds_config_tokens_and_logs(tmp_path):
     api.train(api.load(str(write_config(tmp_path / "c.yaml", config))))
     run = tmp_path / "run"
     assert yaml.safe_load((run / "config.yaml").read_text())["priors"]["main"]["model"]["name"] == "maskgit"
-    cache, meta = checkpoint.load_tensors(str(run / "tokens/vq/train-00000.safetensors"))
-    assert cache["tokens"].shape == (32, 4, 4) and cache["labels"].shape == (32,)
+    cache = TokenCache(str(run / "tokens/vq/train")).open()
+    assert cache.manifest["levels"]["tokens"] == {"shape": [4, 4], "codebook_size": 32, "dtype": "uint8"}
+    grids, labels = cache.gather(np.arange(32), np.zeros(32, dtype=np.int64))
+    assert grids["tokens"].shape == (32, 4, 4) and labels.tolist() == [i % 4 for i in range(32)]
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(run / "tb")); events.Reload()

@@ -9,7 +9,7 @@ from stratagen.engine.plan import training_plan
 from stratagen.plugins.critic import TokenCritic
 from stratagen.plugins.maskgit import MaskedTokenTransformer
 from stratagen.registry import ConfigError, IncompatibleComponentsError, LevelSpec, get_registry
-from tinyconfigs import TINY_PRIOR, TINY_TRAIN, tiny_config, write_config
+from tinyconfigs import TINY_TRAIN, tiny_config, write_config
 
 CRITIC = {"name": "token-critic", "depth": 1, "width": 32, "heads": 2, "mlp_dim": 64, "dropout": 0.0}
 

@@ -71,6 +71,16 @@ def add_parsers(sub: argparse._SubParsersAction, add_set: Callable[[argparse.Arg
     p.add_argument("converter", help="converter name")
     p.add_argument("options", nargs=argparse.REMAINDER, help="--FIELD VALUE ... OUT_RUN")
 
+    p = sub.add_parser("data", help="prepare datasets", description="Prepare datasets for training.")
+    dsub = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    pack = dsub.add_parser("pack", help="write an image folder as WebDataset tar shards",
+                           description="Write the images of FOLDER (one sub-folder per class) as tar shards "
+                                       "({jpg|png, cls} per sample) plus index.json under OUT, for the "
+                                       "'webdataset' dataset. FOLDER and OUT may be fsspec URLs.")
+    pack.add_argument("folder")
+    pack.add_argument("out")
+    pack.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
+
 
 @verb("train")
 def _train(args: argparse.Namespace) -> int:
@@ -83,13 +93,14 @@ def _train(args: argparse.Namespace) -> int:
 
 @verb("tokenize")
 def _tokenize(args: argparse.Namespace) -> int:
-    from stratagen.engine.train import tokenize
+    from stratagen.engine.distributed import Processes
+    from stratagen.engine.tokenize import tokenize
 
     pipe = api.Pipeline.from_run(args.source, args.set)
     dataset = pipe.built.dataset(args.split)
     for tid, tokenizer in pipe.model.tokenizers.items():
-        count = tokenize(pipe.run, tid, tokenizer, dataset, args.split, pipe.device, pipe.model.resolution_of(tid),
-                         args.batch_size)
+        count = tokenize(pipe.run, pipe.config, tid, tokenizer, dataset, args.split, Processes(device=pipe.device),
+                         pipe.model.resolution_of(tid), args.batch_size)
         print(f"{tid}: {count} images -> {pipe.run.path('tokens', tid)}")
     return 0
 
@@ -211,3 +222,28 @@ def _info(args: argparse.Namespace) -> int:
 
 def _count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+@verb("data")
+def _data(args: argparse.Namespace) -> int:
+    from fsspec.core import url_to_fs
+
+    from stratagen.data.shards import pack_folder
+    from stratagen.registry import StratagenError
+
+    if args.shard_size < 1:
+        raise StratagenError(f"--shard-size must be at least 1, got {args.shard_size}")
+    for url in (args.folder, args.out):
+        try:
+            url_to_fs(url)
+        except ImportError as exc:  # e.g. "Install s3fs to access S3"
+            raise StratagenError(f"{url}: {exc}") from None
+    try:
+        count, shards, left_out = pack_folder(args.folder, args.out, args.shard_size)
+    except (FileNotFoundError, ValueError, ImportError) as exc:
+        raise StratagenError(f"{args.folder}: {exc}") from None
+    for path in left_out:
+        print(f"left out (not an image): {path}")
+    print(f"{count} images in {shards} shard(s) under {args.out}")
+    return 0
+

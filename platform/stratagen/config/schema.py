@@ -62,6 +62,15 @@ class TokenizerEntry(Strict):
                                          warmup_steps=0, lr_schedule="constant", grad_clip=None)
 
 
+class LoaderSettings(Strict):
+    """How images and cached tokens reach training."""
+
+    workers: int | None = Field(None, ge=0, description="DataLoader worker processes per training process "
+                                "(default: up to 4 beside a GPU; on a CPU none below 4 cores)")
+    views: int = Field(8, ge=1, description="augmented views of each image in the token cache (view 0: centre "
+                       "crop); priors draw one per epoch. 1 when the dataset does not augment")
+
+
 class TokenModelEntry(Strict):
     """What every component trained on the token cache shares (priors, critics)."""
 
@@ -140,6 +149,7 @@ def _run_config_model(registry: Registry) -> type[BaseModel]:
         __base__=Strict,
         run=(RunSettings, ...),
         data=(_union(registry, "dataset"), ...),
+        loader=(LoaderSettings, Field(default_factory=LoaderSettings)),
         tokenizers=(dict[ids, tokenizer], ...),
         priors=(dict[ids, prior], Field(default_factory=dict)),
         critics=(dict[ids, critic], Field(default_factory=dict)),

@@ -25,6 +25,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from stratagen.data.sampling import Key
+
 # Signed distance (negative inside) of each shape, in units of the shape radius;
 # x points right and y points down, both centred on the shape.
 _SHAPE_SDF: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
@@ -219,6 +221,8 @@ class SyntheticShapes(Dataset):
     def __len__(self) -> int:
         return self.images.shape[0]
 
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        """Returns (image float32 [3, R, R] in [-1, 1], label)."""
+    def __getitem__(self, key: int | Key) -> tuple[Tensor, int]:
+        """Returns (image float32 [3, R, R] in [-1, 1], label); the same image in every epoch
+        (generated data is not augmented)."""
+        index = key.index if isinstance(key, Key) else key
         return self.images[index].float() / 127.5 - 1.0, int(self.labels[index])

@@ -1,8 +1,9 @@
 """Where this process stands among the training processes (torchrun), and seeds per step.
 
-Under ``torchrun`` each process takes its slice of the global batch; only rank 0 logs
-and writes checkpoints. Every step draws its batch, masks and dropout from seeds derived
-from ``(run.seed, step)``, so a resumed run reproduces an uninterrupted one exactly.
+Under ``torchrun`` each process takes its share of the global batch (from its own part of the
+data, :mod:`stratagen.data.sampling`); only rank 0 logs and writes checkpoints. Every step draws
+its batch, masks and dropout from seeds derived from ``(run.seed, step)``, so a resumed run
+reproduces an uninterrupted one exactly.
 """
 from __future__ import annotations
 
@@ -47,18 +48,6 @@ def setup_processes(device_setting: str) -> Processes:
 def step_seed(seed: int, step: int, stream: int) -> int:
     """A distinct, reproducible seed per (run seed, step, purpose)."""
     return (seed * 1_000_003 + step * 7919 + stream) % (2**63 - 1)
-
-
-def batch_indices(size: int, batch: int, step: int, seed: int, procs: Processes) -> torch.Tensor:
-    """This process's share of step ``step``'s global batch; epochs are seeded permutations."""
-    start = step * batch
-    indices = []
-    while len(indices) < batch:
-        epoch, offset = divmod(start + len(indices), size)
-        perm = torch.randperm(size, generator=torch.Generator().manual_seed(step_seed(seed, epoch, 1)))
-        indices.extend(perm[offset: offset + batch - len(indices)].tolist())
-    per_rank = batch // procs.world
-    return torch.tensor(indices[procs.rank * per_rank: (procs.rank + 1) * per_rank])
 
 
 def average_gradients(params: Sequence[nn.Parameter], procs: Processes) -> None:

@@ -18,10 +18,11 @@ from stratagen.registry import GenerativeModel, Registry, Sampler, SampleOutput,
 
 from . import train as training
 from .build import BuiltRun, build
-from .distributed import barrier, setup_processes
+from .distributed import setup_processes
 from .figures import loss_curves
 from .logger import RunLogger
 from .plan import training_plan
+from .tokenize import tokenize
 
 
 def load_config(source: str, overrides: Sequence[str] = (), registry: Registry | None = None) -> BaseModel:
@@ -135,13 +136,9 @@ def train(config: BaseModel, resume: bool = False, registry: Registry | None = N
 def _run_stage(kind: str, cid: str, pipeline: Pipeline, procs: Any, logger: RunLogger, resume: bool,
                on_images: Any) -> None:
     built, run, config, model = pipeline.built, pipeline.run, pipeline.config, pipeline.model
-    if kind == "tokens":
+    if kind == "tokens":  # completes or rebuilds a cache unless a complete one of the same fingerprint exists
         tokenizer = model.tokenizers[cid].to(procs.device).eval()
-        if not run.token_shards(cid, "train"):
-            if procs.is_main:
-                training.tokenize(run, cid, tokenizer, built.dataset("train"), "train", procs.device,
-                                  model.resolution_of(cid))
-            barrier(procs)
+        tokenize(run, config, cid, tokenizer, built.dataset("train"), "train", procs, model.resolution_of(cid))
         return
     entry = getattr(config, f"{kind}s")[cid]
     module = {"tokenizer": lambda: model.tokenizers[cid], "prior": lambda: model.priors[cid].prior,

@@ -9,26 +9,36 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
-from stratagen.data.transforms import resize_images
-from stratagen.io import checkpoint
+from stratagen.data import Prefetched, StepBatches, StepSampler, loader_workers, resize_images
+from stratagen.data.sampling import VIEW, derive_seed
 from stratagen.io.run import Run
+from stratagen.io.tokens import TokenCache
 from stratagen.registry import GenerativeModel, Prior, Registry, StratagenError, Tokenizer
 
-from .distributed import Processes, batch_indices, step_seed
+from .distributed import Processes, step_seed
 from .fit import fit
-from .logger import RunLogger, progress
+from .logger import RunLogger
 
 
 def stack_batch(dataset: Any, indices: torch.Tensor,
                 resolution: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images ``[B, 3, H, W]`` and labels ``[B]`` of ``dataset`` at ``indices``, resized to
-    ``resolution`` (bilinear, antialiased) when given and different."""
+    """Evaluation views (images ``[B, 3, H, W]``, labels ``[B]``) of ``dataset`` at ``indices``,
+    read in this process (previews, benchmarks), resized to ``resolution`` when given."""
     items = [dataset[int(i)] for i in indices]
-    images = resize_images(torch.stack([x for x, _ in items]), resolution)
-    return images, torch.tensor([y for _, y in items])
+    return resize_images(torch.stack([x for x, _ in items]), resolution), torch.tensor([y for _, y in items])
+
+
+def count_skipped(batches: StepBatches, procs: Processes) -> float:
+    """Unreadable files met so far (summed over processes; one warning per file where it is met)."""
+    count = torch.tensor(float(len(batches.skipped)))
+    if procs.world > 1:
+        dist.all_reduce(count)
+    return float(count)
 
 
 def autocast(procs: Processes):
@@ -43,12 +53,15 @@ def train_tokenizer(run: Run, config: Any, tid: str, tokenizer: Tokenizer, datas
     resolution = entry.resolution or config.data.resolution
     per_rank = settings.batch_size // procs.world
     preview = stack_batch(dataset, torch.arange(min(8, len(dataset))), resolution)[0].to(procs.device)
+    batches = StepBatches(dataset, per_rank, config.run.seed, procs.rank, procs.world, loader_workers(config.loader.workers, procs.device),
+                          procs.device)
 
     def loss_step(step: int):
-        images, _ = stack_batch(dataset, batch_indices(len(dataset), per_rank * procs.world, step,
-                                                       config.run.seed, procs), resolution)
+        batch = batches.at(step)
+        images = resize_images(batch.float_images(procs.device), resolution)
         with autocast(procs):
-            return tokenizer.losses(images.to(procs.device), step)
+            losses, logs = tokenizer.losses(images, step)
+        return losses, {**logs, "data/skipped_files": count_skipped(batches, procs)}
 
     def on_images(step: int):
         tokenizer.eval()
@@ -86,9 +99,12 @@ def train_on_tokens(run: Run, config: Any, kind: str, cid: str, model: Generativ
     slot = model.priors[cid] if kind == "prior" else model.critics[cid]
     module = slot.prior if kind == "prior" else slot.critic
     streams = [slot.target, *slot.conditions]
-    caches = {tid: run.load_tokens(tid) for tid in {s.split(".", 1)[0] for s in streams}}
-    data = {s: caches[s.split(".", 1)[0]][s.split(".", 1)[1]] for s in streams}
-    labels_all = caches[slot.target.split(".", 1)[0]]["labels"]
+    caches = {tid: TokenCache(run.path("tokens", tid, "train")).open() for tid in {s.split(".", 1)[0] for s in streams}}
+    sizes = {len(c) for c in caches.values()}
+    if len(sizes) != 1:
+        raise StratagenError(f"{kind}s.{cid}: the token caches of {', '.join(caches)} hold different numbers of "
+                             f"images")
+    size, views = sizes.pop(), min(c.views for c in caches.values())
     objective: nn.Module = TokenObjective(module).to(procs.device)
     if procs.world > 1:
         objective = nn.parallel.DistributedDataParallel(objective, device_ids=None if procs.device.type == "cpu"
@@ -101,12 +117,29 @@ def train_on_tokens(run: Run, config: Any, kind: str, cid: str, model: Generativ
         raise StratagenError(f"priors.{cid}.condition_augmentation: the priors of its conditions must be "
                              f"unconditioned (StraIT's top prior)")
 
+    sampler = StepSampler(size, per_rank, config.run.seed, procs.rank, procs.world)
+    # Each image cycles through its cached views, one per epoch, from a seeded first view.
+    first_view = np.random.default_rng(derive_seed(VIEW, config.run.seed)).integers(views, size=size)
+
+    def read(step: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The token grids (stream -> [B, h, w]) and labels [B] of this process's share of ``step``."""
+        keys = sampler.keys(step)
+        idx = np.array([k.index for k in keys])
+        view = (first_view[idx] + np.array([k.epoch for k in keys])) % views
+        grids = {}
+        for tid, cache in caches.items():
+            levels, labels = cache.gather(idx, view)
+            grids.update({f"{tid}.{level}": grid for level, grid in levels.items()})
+        return grids, labels
+
+    batches = Prefetched(read)
+
     def loss_step(step: int):
-        idx = batch_indices(len(labels_all), per_rank * procs.world, step, config.run.seed, procs)
+        grids, labels = batches.at(step)
         generator = torch.Generator(procs.device).manual_seed(step_seed(config.run.seed, step, 100 + procs.rank))
-        tokens = data[slot.target][idx].to(procs.device)
-        labels = labels_all[idx].to(procs.device)
-        conditions = [data[c][idx].to(procs.device) for c in slot.conditions]
+        tokens = grids[slot.target].to(procs.device)
+        labels = labels.to(procs.device)
+        conditions = [grids[c].to(procs.device) for c in slot.conditions]
         if sources:
             conditions = augment_conditions(conditions, sources, labels, augmentation, generator)
         with autocast(procs):
@@ -137,34 +170,3 @@ def augment_conditions(conditions: Sequence[torch.Tensor], sources: Sequence[Pri
         source.train(was_training)
         out.append(torch.where(masked, logits.argmax(-1), flat).view_as(grid))
     return out
-
-
-@torch.no_grad()
-def tokenize(run: Run, tid: str, tokenizer: Tokenizer, dataset: Any, split: str, device: torch.device,
-             resolution: int | None = None, batch_size: int = 64, shard_size: int = 10_000) -> int:
-    """Encode ``dataset`` (resized to ``resolution``) once; write its token grids and labels as
-    safetensors shards."""
-    tokenizer.eval()
-    shard: dict[str, list[torch.Tensor]] = {}
-    written = 0
-    count = 0
-
-    def flush() -> None:
-        nonlocal shard, written
-        if shard:
-            checkpoint.save_tensors(run.path("tokens", tid, f"{split}-{written:05d}.safetensors"),
-                                    {k: torch.cat(v) for k, v in shard.items()}, {"tokenizer": tid})
-            written += 1
-            shard = {}
-
-    for start in progress(range(0, len(dataset), batch_size), desc=f"tokenize {tid} ({split})"):
-        images, labels = stack_batch(dataset, torch.arange(start, min(start + batch_size, len(dataset))), resolution)
-        grids = tokenizer.encode(images.to(device))
-        for level, grid in grids.items():
-            shard.setdefault(level, []).append(grid.cpu())
-        shard.setdefault("labels", []).append(labels)
-        count += len(labels)
-        if sum(len(x) for x in shard["labels"]) >= shard_size:
-            flush()
-    flush()
-    return count

@@ -6,7 +6,7 @@
     <run>/tokenizers/<id>/model.safetensors  weights (+ plugin name/version, step)
     <run>/tokenizers/<id>/checkpoint.safetensors  weights + optimizer state, for --resume
     <run>/priors/<id>/...                    the same for priors
-    <run>/tokens/<tokenizer id>/<split>-NNNNN.safetensors   token cache shards
+    <run>/tokens/<tokenizer id>/<split>/     token cache (:mod:`stratagen.io.tokens`)
     <run>/tb/                                TensorBoard logs (local runs)
     <run>/samples/                           PNG files and grids
 """
@@ -14,8 +14,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import fsspec
-import torch
 from torch import nn
 
 from stratagen import config as cfg
@@ -93,21 +91,3 @@ class Run:
         if not checkpoint.exists(url):
             return None
         return checkpoint.load_tensors(url)[1].get("step")
-
-    # ---------------------------------------------------------------- token cache
-    def token_shards(self, tokenizer_id: str, split: str) -> list[str]:
-        fs, path = fsspec.core.url_to_fs(self.path("tokens", tokenizer_id))
-        if not fs.exists(path):
-            return []
-        names = sorted(p for p in fs.ls(path, detail=False)
-                       if p.rsplit("/", 1)[-1].startswith(f"{split}-") and p.endswith(".safetensors"))
-        return [self.path("tokens", tokenizer_id, n.rsplit("/", 1)[-1]) for n in names]
-
-    def load_tokens(self, tokenizer_id: str, split: str = "train") -> dict[str, torch.Tensor]:
-        """Cached token grids of one tokenizer: each level ``[N, h, w]`` and ``labels`` ``[N]``."""
-        shards = self.token_shards(tokenizer_id, split)
-        if not shards:
-            raise StratagenError(f"{self.path('tokens', tokenizer_id)}: no {split} token cache "
-                                 f"(run `stratagen tokenize`)")
-        parts = [checkpoint.load_tensors(s)[0] for s in shards]
-        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}

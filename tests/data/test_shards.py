@@ -1,0 +1,110 @@
+"""WebDataset tar shards: `stratagen data pack` writes them, the `webdataset` dataset reads them back."""
+import hashlib
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from stratagen.data import ImageFolder, Key, StepBatches, image_loader
+from stratagen.data.shards import TarShards, pack_folder
+from stratagen.data.transforms import to_uint8
+from stratagen.plugins.datasets import build_webdataset
+from stratagen.registry import StratagenError
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A folder of 3 classes x 6 images (PNG, JPEG, BMP, mixed sizes) and a text file, packed 4 per shard."""
+    root = tmp_path_factory.mktemp("shards")
+    folder, out = root / "images", root / "shards"
+    rng = np.random.default_rng(0)
+    for c in range(3):
+        (folder / f"c{c}").mkdir(parents=True)
+        for i in range(6):
+            pixels = rng.integers(0, 256, (12 + i, 16, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(folder / f"c{c}" / f"{i}.{['png', 'jpg', 'bmp'][i % 3]}")
+    (folder / "c1" / "notes.txt").write_text("not an image")
+    exe = Path(sys.executable).with_name("stratagen")
+    result = subprocess.run([str(exe), "data", "pack", str(folder), str(out), "--shard-size", "4"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["left out (not an image): c1/notes.txt",
+                                          f"18 images in 5 shard(s) under {out}"]
+    return folder, out
+
+
+def _digest(image: torch.Tensor) -> str:
+    return hashlib.sha256(image.numpy().tobytes()).hexdigest()
+
+
+def test_packed_shards_read_back_the_same_images_and_labels(packed, tmp_path: Path) -> None:
+    folder, out = packed
+    reference = ImageFolder(str(folder), resolution=8)
+    readable = [i for i in range(len(reference)) if not reference.path(i).endswith(".txt")]
+    expected = [reference[i] for i in readable]
+    fs = fsspec.filesystem("memory")
+    memory = f"/shards-{uuid.uuid4().hex}"
+    for path in out.iterdir():
+        fs.pipe_file(f"{memory}/{path.name}", path.read_bytes())
+    for urls in (str(out), out.as_uri(), f"memory://{memory}", str(out) + "/shard-{000000..000004}.tar"):
+        shards = TarShards(urls, resolution=8)
+        assert len(shards) == 18 and shards.counts == [4, 4, 4, 4, 2] and shards.class_names == ["c0", "c1", "c2"]
+        for i, (image, label) in enumerate(expected):
+            got, got_label = shards[i]
+            assert got_label == label and torch.equal(got, image), (urls, i)
+    # augmented views: crops and flips of the same decoded image, seeded by the shard file and key
+    augmented = TarShards(str(out), resolution=8, augment=True, seed=2)
+    views, label = augmented.views(0, [None, 0, 1, 2, 3])  # a 16 x 12 image: 3 px of crop range
+    assert torch.equal(views[0], expected[0][0]) and label == expected[0][1]
+    assert torch.equal(views[1], augmented[Key(0, 0)][0]) and len({_digest(v) for v in views[1:]}) > 1
+    assert torch.equal(TarShards(f"memory://{memory}", 8, augment=True, seed=2)[Key(0, 3)][0], views[4])
+    fs.rm(memory, recursive=True)
+
+
+def test_stream_is_split_by_process_and_worker_and_resumes_exactly(packed) -> None:
+    _, out = packed
+    shards = TarShards(str(out), resolution=8, augment=True, seed=0, shuffle_buffer=3)
+    everything = {_digest(to_uint8(shards[Key(i, None)][0])) for i in range(18)}
+    firsts = []
+    for rank in range(2):
+        batches = [b for _, b in zip(range(5), image_loader(shards, 2, seed=0, rank=rank, world=2, workers=2))]
+        firsts.append(batches)
+        restarted = next(iter(image_loader(shards, 2, seed=0, rank=rank, world=2, start=3, workers=2)))
+        assert torch.equal(restarted.images, batches[3].images) and torch.equal(restarted.labels, batches[3].labels)
+    # epoch 0 deals whole shards: centre crops of what each process read are disjoint parts of the data
+    plain = TarShards(str(out), resolution=8, seed=0, shuffle_buffer=3)
+    parts = []
+    for rank in range(2):
+        stream = plain.stream(seed=0, rank=rank, world=2, batch=1, start=0)
+        n = sum(plain.counts[j] for j in stream.shards_of(epoch=0))
+        parts.append({_digest(x) for x, _, _ in (item for _, item in zip(range(n), stream))})
+    assert not parts[0] & parts[1] and parts[0] | parts[1] == everything
+
+
+def test_corrupt_sample_in_a_shard_is_skipped_and_reported(packed, tmp_path: Path) -> None:
+    folder, _ = packed
+    broken = tmp_path / "broken"
+    for path in folder.rglob("*"):
+        if path.is_file():
+            (broken / path.relative_to(folder)).parent.mkdir(parents=True, exist_ok=True)
+            (broken / path.relative_to(folder)).write_bytes(path.read_bytes())
+    data = (broken / "c0" / "0.png").read_bytes()
+    (broken / "c0" / "0.png").write_bytes(data[:60])  # a PNG header, then nothing
+    assert pack_folder(str(broken), str(tmp_path / "out"), 5)[:2] == (18, 4)
+    shards = TarShards(str(tmp_path / "out"), resolution=8)
+    batches = StepBatches(shards, batch=4, seed=0, rank=0, world=1, workers=0, device=torch.device("cpu"))
+    for step in range(5):
+        assert batches.at(step).images.shape == (4, 3, 8, 8)
+    assert batches.skipped == {f"{tmp_path / 'out'}/shard-000000.tar#000000000"}
+
+
+def test_object_store_without_its_package_is_a_clean_error() -> None:
+    with pytest.raises(StratagenError, match=r"data.urls: s3://bucket/train: Install s3fs"):
+        build_webdataset(split="train", urls="s3://bucket/train", eval_urls=None, num_classes=3, resolution=8,
+                         augment=True, shuffle_buffer=10, seed=0)
