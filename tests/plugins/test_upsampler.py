@@ -1,8 +1,10 @@
 """The 256 -> 512 token-level upsampler (StraIT §4.2, Table 4), at 16 -> 32 px."""
+import numpy as np
 import torch
 
 from stratagen import api
 from stratagen.io import checkpoint
+from stratagen.io.tokens import TokenCache
 from stratagen.registry import IncompatibleComponentsError
 
 
@@ -11,8 +13,8 @@ def test_upsampler_generates_twice_the_token_grids_from_the_low_resolution_token
     api.train(config)
     run = config.run.dir
     assert not (checkpoint.exists(f"{run}/tokenizers/vq512/model.safetensors"))  # shared, not retrained
-    cache = checkpoint.load_tensors(f"{run}/tokens/vq512/train-00000.safetensors")[0]
-    low = checkpoint.load_tensors(f"{run}/tokens/vq/train-00000.safetensors")[0]
+    cache, low = (TokenCache(f"{run}/tokens/{tid}/train").open().gather(np.arange(2), np.zeros(2, dtype=np.int64))[0]
+                  for tid in ("vq512", "vq"))
     assert cache["top"].shape[1:] == (8, 8) and cache["bottom"].shape[1:] == (16, 16)
     assert low["top"].shape[1:] == (4, 4) and low["bottom"].shape[1:] == (8, 8)
 
