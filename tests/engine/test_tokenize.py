@@ -58,7 +58,7 @@ def test_cache_killed_half_way_is_completed_on_resume_and_priors_see_every_image
     config = api.load(str(path))
     pipe = api.Pipeline.from_run(str(tmp_path / "run"))
     fresh = Run(str(tmp_path / "fresh"))
-    tokenize_module.tokenize(fresh, config, "vq", pipe.model.tokenizers["vq"], build.dataset(config, "train"),
+    tokenize_module.tokenize(fresh, config, "vq", pipe.model.tokenizers["vq"], pipe.built.dataset("train"),
                              "train", Processes(), batch_size=5)
     a, b = _all(cache_dir, 32), _all(tmp_path / "fresh/tokens/vq/train", 32)
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -66,7 +66,7 @@ def test_cache_killed_half_way_is_completed_on_resume_and_priors_see_every_image
 
 def test_retokenizing_a_smaller_dataset_leaves_no_stale_shards(tmp_path):
     config = api.load(str(write_config(tmp_path / "c.yaml", tiny_config(tmp_path / "run"))))
-    tokenizer = build.build_model(config).tokenizers["vq"].eval()
+    tokenizer = build.build(config).model.tokenizers["vq"].eval()
     run = Run(str(tmp_path / "run"))
     cache_dir = tmp_path / "run/tokens/vq/train"
     big, small = SyntheticShapes(4, 16, 32, seed=0), SyntheticShapes(4, 16, 12, seed=9)
