@@ -177,6 +177,10 @@ def _compare_config_model(registry: Registry) -> type[BaseModel]:
         variants=(dict[Annotated[str, Field(pattern=ID_PATTERN)], VariantEntry], Field(min_length=1)),
         eval=(_eval_settings_model(registry), Field(default_factory=_eval_settings_model(registry))),
         sweeps=(Sweeps, Field(default_factory=Sweeps)),
+        seeds=(list[int] | None, Field(None, min_length=1, description="sample (and score) every point once per "
+                                       "seed; tables show mean and std (default: [eval.seed])")),
+        train_per_seed=(bool, Field(False, description="also train every variant once per seed, into "
+                                    "<run dir>-seed<s>")),
     )
 
 
