@@ -12,7 +12,8 @@ def row(variant, sampler, tokenizer, fid, fid_std=0.0, sweep="default", value="-
 
 
 def variants(r_fid, c_fid=9.0, cascade_fid=8.0, f16_fid=8.5, f8_fid=12.0, std=0.1):
-    return [row("StraIT-R", "stratified", "vqgan2-r", r_fid, std), row("StraIT-C", "stratified", "vqgan2-c", c_fid, std),
+    return [row("StraIT-R", "stratified", "vqgan2-r", r_fid, std),
+            row("StraIT-C", "stratified", "vqgan2-c", c_fid, std),
             row("MaskGIT-cascade", "cascade", "vqgan", cascade_fid, std),
             row("MaskGIT-f16", "maskgit", "vqgan", f16_fid, std), row("MaskGIT-f8", "maskgit", "vqgan", f8_fid, std)]
 

@@ -125,7 +125,8 @@ def test_reference_cache_is_built_once_and_reused(scored, monkeypatch) -> None:
     cached = sorted(Path(reference.cache_dir, reference.key).iterdir())
     mtimes = {p: p.stat().st_mtime_ns for p in cached}
     key = metric.key
-    assert [p.name for p in cached] == sorted([f"features-{key}-multi.safetensors", f"features-{key}-logits.safetensors",
+    assert [p.name for p in cached] == sorted([f"features-{key}-multi.safetensors",
+                                               f"features-{key}-logits.safetensors",
                                                f"{key}.json", f"{key}.safetensors"])
 
     def no_training(*args, **kwargs):

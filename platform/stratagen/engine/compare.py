@@ -146,19 +146,20 @@ class CompareRunner:
         per_seed_training = self.config.train_per_seed
         reports = []
         for seed in self.seeds:
-            run_config = self._run_config(variant, seed if per_seed_training else None)
-            if variant.config is not None:
-                api.train(run_config, resume=True, registry=self.registry)
-            pipe = api.Pipeline.from_config(run_config, registry=self.registry)
-            reference = evaluate.reference_set(run_config, self.path("cache", "reference"), self.registry)
-            result.class_names = list(getattr(reference.dataset, "class_names", []))
-            if per_seed_training or not reports:
+            if per_seed_training or not reports:  # one trained model, or one per seed
+                run_config = self._run_config(variant, seed if per_seed_training else None)
+                if variant.config is not None:
+                    api.train(run_config, resume=True, registry=self.registry)
+                pipe = api.Pipeline.from_config(run_config, registry=self.registry)
+                reference = evaluate.reference_set(run_config, self.path("cache", "reference"), self.registry)
+                result.class_names = list(getattr(reference.dataset, "class_names", []))
                 where = f"{name}/seed{seed}" if per_seed_training else name
                 reports.append(self._cached(f"{where}/tokenizers.json",
                                             lambda: evaluate.tokenizer_report(pipe, reference, metrics)))
             self._sample_seed(name, seed, pipe, run_config, reference, metrics, result)
         kinds = {tid: _tokenizer_kind(run_config, tid) for tid in reports[0]}
-        result.tokenizers[name] = {tid: {"kind": kinds[tid], **values} for tid, values in _mean_reports(reports).items()}
+        result.tokenizers[name] = {tid: {"kind": kinds[tid], **values}
+                                   for tid, values in _mean_reports(reports).items()}
         first = self.path("cache", name, f"seed{self.seeds[0]}", "grid.safetensors")
         result.grids[name] = checkpoint.load_tensors(first)[0]["images"]
 
@@ -176,9 +177,10 @@ class CompareRunner:
                     firsts = generated.images[:: self.config.eval.samples_per_class]
                     checkpoint.save_tensors(self.path("cache", name, f"seed{seed}", "grid.safetensors"),
                                             {"images": firsts})
-                row = {"variant": name, "sweep": sweep, "value": value, "seed": seed,
-                       "sampler": sampler_config.name, "tokenizer": _tokenizer_kind(run_config, sampler.output_tokenizer(pipe.model)),
-                       **evaluate.describe(pipe, sampler), "sec_per_image": round(generated.seconds_per_image, 4)}
+                output = sampler.output_tokenizer(pipe.model)
+                row = {"variant": name, "sweep": sweep, "value": value, "seed": seed, "sampler": sampler_config.name,
+                       "tokenizer": _tokenizer_kind(run_config, output), **evaluate.describe(pipe, sampler),
+                       "sec_per_image": round(generated.seconds_per_image, 4)}
                 row.update({k: round(v, 4) for k, v in evaluate.score(generated, metrics, reference).items()})
                 return row
 

@@ -7,5 +7,6 @@ from stratagen.eval.tokenizer_eval import evaluate_tokenizer, psnr
 
 __all__ = [
     "IN_DOMAIN_EXTRACTOR", "DomainClassifier", "InDomainExtractor", "InDomainMetric", "InceptionMetric", "Metric",
-    "ReferenceSet", "SlicedWassersteinMetric", "evaluate_tokenizer", "frechet_distance", "gaussian_stats", "psnr", "to_uint8",
+    "ReferenceSet", "SlicedWassersteinMetric", "evaluate_tokenizer", "frechet_distance", "gaussian_stats", "psnr",
+    "to_uint8",
 ]

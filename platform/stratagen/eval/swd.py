@@ -85,7 +85,8 @@ def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, directions: int, repeat
     """Mean over ``repeats`` x ``directions`` random unit directions of the 1-D Wasserstein-1
     distance between the projections of ``a`` and ``b`` (both ``[N, D]``, same ``N``)."""
     if a.shape != b.shape:
-        raise ValueError(f"sliced_wasserstein needs equally many descriptors, got {tuple(a.shape)} and {tuple(b.shape)}")
+        raise ValueError(f"sliced_wasserstein needs equally many descriptors, got {tuple(a.shape)} and "
+                         f"{tuple(b.shape)}")
     distances = []
     for _ in range(repeats):
         projection = torch.randn(a.shape[1], directions, generator=generator)
