@@ -105,6 +105,47 @@ def test_dashboard_in_a_real_browser(compare_run):
     assert shot.stat().st_size > 10_000
 
 
+def test_seeds_give_mean_std_per_seed_caches_and_claims(compare_run, monkeypatch):
+    root, path, _ = compare_run
+    out = root / "out-seeds"
+    overrides = [f"dir={out}", "variants.broken=null", "seeds=[1, 2]", "sweeps={}"]
+    seeds = []
+    real = evaluate.generate
+
+    def spy(pipe, labels, seed, batch_size, sampler=None, desc=""):
+        seeds.append(seed)
+        return real(pipe, labels, seed, batch_size, sampler, desc)
+
+    monkeypatch.setattr(evaluate, "generate", spy)
+    result = compare_module.compare(str(path), overrides)
+    assert seeds == [1, 2, 1, 2]
+    per_seed = list(csv.DictReader(open(out / "results_per_seed.csv")))
+    assert [(r["variant"], r["seed"]) for r in per_seed] == [
+        ("tiny-maskgit", "1"), ("tiny-maskgit", "2"), ("tiny-strait", "1"), ("tiny-strait", "2")]
+    for row in result.rows:
+        fids = [float(r["fid"]) for r in per_seed if r["variant"] == row["variant"]]
+        assert row["seeds"] == 2 and row["fid"] == pytest.approx(sum(fids) / 2, abs=1e-4)
+        assert row["fid_std"] == pytest.approx(abs(fids[0] - fids[1]) / 2, abs=1e-4) and row["fid_std"] > 0
+    assert fids[0] != fids[1]  # the seeds really sample differently
+    md = (out / "results.md").read_text()
+    assert "mean ± std over seeds [1, 2]" in md and "(best)" in md and " ± " in md
+    assert "## The paper's claims, checked by this run" in md and "| Table 7 |" in md
+    assert os.path.exists(out / "cache/tiny-strait/seed2/default--.json")
+
+    monkeypatch.setattr(evaluate, "generate", lambda *args, **kwargs: pytest.fail("finished work was redone"))
+    monkeypatch.setattr(api, "train", lambda config, resume=False, registry=None: None)
+    assert len(compare_module.compare(str(path), overrides).seed_rows) == 4
+
+
+def test_per_seed_training_uses_the_seed_and_its_own_run_directory(compare_run):
+    root, path, _ = compare_run
+    runner = compare_module.CompareRunner(cfg.load_compare_config(
+        str(path), [f"dir={root / 'out-train'}", "seeds=[3]", "train_per_seed=true"]))
+    trained = runner._run_config(runner.config.variants["tiny-strait"], 3)
+    assert trained.run.seed == 3 and trained.run.dir == str(root / "runs/strait") + "-seed3"
+    assert runner._run_config(runner.config.variants["tiny-strait"], None).run.dir == str(root / "runs/strait")
+
+
 def test_steps_sweeps_give_one_value_per_stage(tmp_path):
     strait = api.load(str(write_config(tmp_path / "s.yaml", tiny_config(tmp_path / "run", "strait"))))
     points = compare_module.sweep_points(strait.sampler, {"steps": [[2, 1], 5], "choice_temperature": [0.0]})

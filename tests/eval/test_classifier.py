@@ -60,7 +60,15 @@ def test_registered_with_torch_fidelity(tmp_path) -> None:
     expected_features, expected_logits = load_classifier(url)(images.float() / 127.5 - 1)
     torch.testing.assert_close(features, expected_features)
     torch.testing.assert_close(logits, expected_logits)
-    assert extractor.get_default_feature_layer_for_metric("fid") == "feat"
+    assert extractor.get_default_feature_layer_for_metric("fid") == "multi"
+    assert extractor.get_default_feature_layer_for_metric("prc") == "multi"
+    multi = create_feature_extractor(IN_DOMAIN_EXTRACTOR, ["multi"], cuda=False, verbose=False,
+                                     feature_extractor_weights_path=url)(images)[0]
+    classifier = load_classifier(url)
+    assert multi.shape == (3, classifier.multiscale_dim) == (3, 672)
+    torch.testing.assert_close(multi, classifier.multiscale(images.float() / 127.5 - 1))
+    # per stage: channel means, then channel stds; the last stage's means are the pooled `feat`
+    torch.testing.assert_close(multi[:, 416:544], expected_features)
     assert extractor.get_default_feature_layer_for_metric("isc") == "logits"
     with pytest.raises(ValueError, match="uint8"):
         extractor(images.float())

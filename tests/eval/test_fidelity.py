@@ -15,8 +15,8 @@ from torch_fidelity.metric_fid import fid_statistics_to_metric
 import stratagen.eval.classifier as classifier_module
 import stratagen.plugins.metrics as metrics_plugin
 from stratagen.data import SyntheticShapes
-from stratagen.eval import (IN_DOMAIN_EXTRACTOR, InceptionMetric, InDomainMetric, ReferenceSet, frechet_distance,
-                            to_uint8)
+from stratagen.eval import (IN_DOMAIN_EXTRACTOR, InceptionMetric, InDomainMetric, ReferenceSet,
+                            SlicedWassersteinMetric, frechet_distance, to_uint8)
 from stratagen.eval.classifier import load_classifier
 from stratagen.registry import MissingWeightsError, Provider, Registry, StratagenError
 
@@ -92,10 +92,11 @@ def test_fid_equals_torch_fidelity_and_direct_computation(scored, tmp_path, vari
         feature_extractor_weights_path=metric.classifier_path(reference))[torch_fidelity.KEY_METRIC_FID]
     assert platform_fid == pytest.approx(torch_fidelity_fid, rel=1e-3)
 
-    # (b) straight from the classifier's features, numpy statistics
+    # (b) straight from the classifier's multi-layer features, numpy statistics
     classifier = load_classifier(metric.classifier_path(reference))
     with torch.no_grad():
-        fake, real_features = (classifier(x)[0].double().numpy() for x in (generated, images_of(reference.dataset)))
+        fake, real_features = (classifier.multiscale(x).double().numpy()
+                               for x in (generated, images_of(reference.dataset)))
     stats = [torch.from_numpy(s) for f in (fake, real_features) for s in (f.mean(0), np.cov(f, rowvar=False))]
     assert platform_fid == pytest.approx(frechet_distance(*stats), rel=1e-3)
 
@@ -115,7 +116,7 @@ def test_class_accuracy_of_real_images_matches_classifier_accuracy(scored) -> No
     assert scores["class_accuracy"] == pytest.approx(summary["held_out_accuracy"], abs=0.05)
     wrong = metric.compute(images_of(real), (real.labels + 1) % 10, reference)
     assert wrong["class_accuracy"] < 0.1
-    assert set(scores) == {"fid", "is", "kid", "class_accuracy"}
+    assert set(scores) == {"fid", "is", "kid", "precision", "recall", "class_accuracy"}
 
 
 # ----------------------------------------------------------------------------- reference cache
@@ -124,7 +125,8 @@ def test_reference_cache_is_built_once_and_reused(scored, monkeypatch) -> None:
     cached = sorted(Path(reference.cache_dir, reference.key).iterdir())
     mtimes = {p: p.stat().st_mtime_ns for p in cached}
     key = metric.key
-    assert [p.name for p in cached] == sorted([f"features-{key}-feat.safetensors", f"features-{key}-logits.safetensors",
+    assert [p.name for p in cached] == sorted([f"features-{key}-multi.safetensors",
+                                               f"features-{key}-logits.safetensors",
                                                f"{key}.json", f"{key}.safetensors"])
 
     def no_training(*args, **kwargs):
@@ -205,9 +207,11 @@ def test_metrics_register_as_plugins(no_downloads) -> None:
     registry = Registry()
     registry.register_plugin(metrics_plugin, Provider("metrics", "stratagen", "0.1.0"))
     assert not registry.failures
-    assert registry.names("metric") == ["in-domain", "inception"]
+    assert registry.names("metric") == ["in-domain", "inception", "swd"]
     built = registry.build("metric", metrics_plugin.InDomainConfig(classifier_steps=10))
     assert isinstance(built, InDomainMetric) and built.classifier_steps == 10
+    swd = registry.build("metric", metrics_plugin.SlicedWassersteinConfig(directions=16, seed=3))
+    assert isinstance(swd, SlicedWassersteinMetric) and (swd.directions, swd.seed, swd.repeats) == (16, 3, 4)
     with pytest.raises(MissingWeightsError):
         registry.build("metric", metrics_plugin.InceptionConfig(metrics=["fid", "kid"]))
     with pytest.raises(ValidationError, match="fdi"):

@@ -52,6 +52,10 @@ def _compare_config_model(registry: Registry) -> type[BaseModel]:
         sweeps=(dict[str, list[Any]], Field(
             default_factory=dict, description="stage setting -> values, varied one at a time around each "
             "variant's own sampler (a value that is a list gives one value per stage, e.g. steps: [[18, 6]])")),
+        seeds=(list[int] | None, Field(None, min_length=1, description="sample (and score) every point once per "
+                                       "seed; tables show mean and std (default: [eval.seed])")),
+        train_per_seed=(bool, Field(False, description="also train every variant once per seed, into "
+                                    "<run dir>-seed<s>")),
     )
 
 

@@ -6,15 +6,23 @@ time around each variant's own sampler: temperature (the paper reports the best 
 temperatures), steps per level (Table 7), the mask schedule (Table 10) and the
 classifier-free guidance scale (Table 3).
 
+With ``seeds: [s1, s2, ...]`` every sweep point is sampled and scored once per seed (and with
+``train_per_seed: true`` every variant is also trained once per seed, into ``<run dir>-seed<s>``);
+the tables show the mean and standard deviation over seeds, and differences within the spread
+are marked as ties (see :mod:`.aggregate`). results.md ends with the paper's claims that the
+run can test, each with its evidence and verdict (see :mod:`.claims`).
+
 Output, under the compare directory::
 
-    results.csv, results.md      one row per variant and sweep point (Table 6 shape)
+    results.csv, results.md      one row per variant and sweep point, mean and std over seeds (Table 6
+                                 shape), then the claims section
+    results_per_seed.csv         one row per variant, sweep point and seed
     tokenizers.md                reconstruction PSNR, rFID, perplexity and usage (Table 1 shape)
     figures/side_by_side.png     rows = variants, columns = classes (same seeds)
-    figures/<metric>_vs_<sweep>.png
+    figures/<metric>_vs_<sweep>.png   mean with std error bars
     tb/<variant>/                TensorBoard: metrics, sweeps, sample grid, hyper-parameters;
                                  a custom-scalars layout overlays the variants per metric
-    cache/                       finished sweep points (re-running skips them), metric caches
+    cache/<variant>/seed<s>/     finished sweep points (re-running skips them); metric caches in cache/
 
 Re-running skips finished work; a variant that fails is reported and the others finish.
 """
@@ -43,14 +51,15 @@ from .pipeline import Pipeline, load_config, train
 
 log = logging.getLogger("stratagen")
 
-TABLE_METRICS = ("fid", "is", "kid", "precision", "recall", "class_accuracy")
+TABLE_METRICS = ("fid", "swd", "is", "kid", "precision", "recall", "class_accuracy")
 
 
 @dataclass
 class CompareResult:
     dir: str
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    tokenizers: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    rows: list[dict[str, Any]] = field(default_factory=list)  # mean and std over seeds
+    seed_rows: list[dict[str, Any]] = field(default_factory=list)
+    tokenizers: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
     grids: dict[str, torch.Tensor] = field(default_factory=dict)
     class_names: list[str] = field(default_factory=list)
@@ -88,7 +97,13 @@ class CompareRunner:
     def path(self, *parts: str) -> str:
         return os.path.join(self.dir, *parts)
 
+    @property
+    def seeds(self) -> list[int]:
+        return list(self.config.seeds or [self.config.eval.seed])
+
     def run(self) -> CompareResult:
+        from .aggregate import aggregate
+
         result = CompareResult(self.dir)
         run_configs = self._check_variants()
         metrics = build_metrics(self.config.eval, self.registry)
@@ -100,6 +115,7 @@ class CompareRunner:
                 result.failures[name] = message
                 log.error("variant %s failed: %s", name, message)
                 log.debug("%s", traceback.format_exc())
+        result.rows = aggregate(result.seed_rows)
         self._write_outputs(result)
         return result
 
@@ -115,47 +131,73 @@ class CompareRunner:
             configs[name] = self._variant_config(name, variant)
         return configs
 
-    def _variant_config(self, name: str, variant: Any) -> BaseModel:
+    def _variant_config(self, name: str, variant: Any, seed: int | None = None) -> BaseModel:
+        """The variant's run config, its sampler and sweeps checked; with ``seed``, its per-seed twin
+        (``run.seed``, ``<run dir>-seed<s>``)."""
+        source = variant.config or variant.run
+        if seed is not None and variant.run is not None:
+            source = f"{variant.run.rstrip('/')}-seed{seed}"
         try:
-            run_config = load_config(variant.config or variant.run, variant.set, self.registry)
+            run_config = load_config(source, variant.set, self.registry)
             if run_config.sampler is None:
                 raise ConfigError("its run config names no sampler")
             sweep_points(run_config.sampler, self.config.sweeps)
         except StratagenError as exc:
             raise ConfigError(f"variant {name}: {exc}") from None
-        if self.config.device != "auto":
-            run_config = run_config.model_copy(update={"run": run_config.run.model_copy(
-                update={"device": self.config.device})})
+        update = {} if self.config.device == "auto" else {"device": self.config.device}
+        if seed is not None and variant.config is not None:
+            update |= {"seed": seed, "dir": f"{run_config.run.dir.rstrip('/')}-seed{seed}"}
+        if update:
+            run_config = run_config.model_copy(update={"run": run_config.run.model_copy(update=update)})
         return run_config
 
     def _run_variant(self, name: str, variant: Any, run_config: BaseModel | None, metrics: list,
                      result: CompareResult) -> None:
-        run_config = run_config or self._variant_config(name, variant)
-        if variant.config is not None:
-            pipe = train(run_config, resume=True, registry=self.registry)
-        else:
-            pipe = Pipeline.from_config(run_config, registry=self.registry)
-        reference = evaluate.reference_set(pipe.built, self.path("cache", "reference"))
-        result.class_names = list(getattr(reference.dataset, "class_names", []))
-        result.tokenizers[name] = self._cached(f"{name}/tokenizers.json",
-                                               lambda: evaluate.tokenizer_report(pipe, reference, metrics))
+        per_seed_training = self.config.train_per_seed
+        reports = []
+        for seed in self.seeds:
+            if per_seed_training or not reports:  # one trained model, or one per seed
+                if per_seed_training:
+                    run_config = self._variant_config(name, variant, seed)
+                run_config = run_config or self._variant_config(name, variant)
+                if variant.config is not None:
+                    pipe = train(run_config, resume=True, registry=self.registry)
+                else:
+                    pipe = Pipeline.from_config(run_config, registry=self.registry)
+                reference = evaluate.reference_set(pipe.built, self.path("cache", "reference"))
+                result.class_names = list(getattr(reference.dataset, "class_names", []))
+                where = f"{name}/seed{seed}" if per_seed_training else name
+                reports.append(self._cached(f"{where}/tokenizers.json",
+                                            lambda: evaluate.tokenizer_report(pipe, reference, metrics)))
+            self._sample_seed(name, seed, pipe, run_config, reference, metrics, result)
+        kinds = {tid: _tokenizer_kind(run_config, tid) for tid in reports[0]}
+        result.tokenizers[name] = {tid: {"kind": kinds[tid], **values}
+                                   for tid, values in _mean_reports(reports).items()}
+        first = self.path("cache", name, f"seed{self.seeds[0]}", "grid.safetensors")
+        result.grids[name] = checkpoint.load_tensors(first)[0]["images"]
+
+    def _sample_seed(self, name: str, seed: int, pipe: Any, run_config: BaseModel, reference: Any, metrics: list,
+                     result: CompareResult) -> None:
+        """Every sweep point of one variant, sampled and scored with ``seed`` (cached per seed)."""
         labels = evaluate.sample_labels(pipe.model.num_classes, self.config.eval)
         for sweep, value, sampler_config in sweep_points(run_config.sampler, self.config.sweeps):
             sampler = pipe.sampler(sampler_config)
 
             def compute() -> dict[str, Any]:
-                generated = evaluate.generate(pipe, labels, self.config.eval.seed, self.config.eval.batch_size,
-                                              sampler, desc=f"{name} {sweep}={value}")
+                generated = evaluate.generate(pipe, labels, seed, self.config.eval.batch_size, sampler,
+                                              desc=f"{name} {sweep}={value} seed {seed}")
                 if sweep == "default":
                     firsts = generated.images[:: self.config.eval.samples_per_class]
-                    checkpoint.save_tensors(self.path("cache", name, "grid.safetensors"), {"images": firsts})
-                row = {"variant": name, "sweep": sweep, "value": value, **sampler.describe(pipe.model),
+                    checkpoint.save_tensors(self.path("cache", name, f"seed{seed}", "grid.safetensors"),
+                                            {"images": firsts})
+                output = sampler.output_tokenizer(pipe.model)
+                row = {"variant": name, "sweep": sweep, "value": value, "seed": seed, "sampler": sampler_config.name,
+                       "tokenizer": _tokenizer_kind(run_config, output), **sampler.describe(pipe.model),
                        "sec_per_image": round(generated.seconds_per_image, 4)}
                 row.update({k: round(v, 4) for k, v in evaluate.score(generated, metrics, reference).items()})
                 return row
 
-            result.rows.append(self._cached(f"{name}/{sweep}-{value}.json", compute))
-        result.grids[name] = checkpoint.load_tensors(self.path("cache", name, "grid.safetensors"))[0]["images"]
+            result.seed_rows.append(self._cached(f"{name}/seed{seed}/{sweep}-{value}.json", compute))
 
     def _cached(self, relative: str, compute) -> Any:
         path = self.path("cache", relative)
@@ -168,11 +210,11 @@ class CompareRunner:
 
     # ------------------------------------------------------------------------- outputs
     def _write_outputs(self, result: CompareResult) -> None:
-        columns = _columns(result.rows)
-        with open(self.path("results.csv"), "w", newline="") as f:
-            writer = csv.DictWriter(f, columns)
-            writer.writeheader()
-            writer.writerows(result.rows)
+        for filename, rows in (("results.csv", result.rows), ("results_per_seed.csv", result.seed_rows)):
+            with open(self.path(filename), "w", newline="") as f:
+                writer = csv.DictWriter(f, _columns(rows))
+                writer.writeheader()
+                writer.writerows(rows)
         with open(self.path("results.md"), "w") as f:
             f.write(results_markdown(result))
         with open(self.path("tokenizers.md"), "w") as f:
@@ -182,7 +224,8 @@ class CompareRunner:
             figures.side_by_side(result.grids, result.class_names, self.path("figures", "side_by_side.png"))
         for sweep in dict.fromkeys(r["sweep"] for r in result.rows if r["sweep"] != "default"):
             for metric in [m for m in TABLE_METRICS if any(m in r for r in result.rows)]:
-                series = {v: [(r["value"], r[metric]) for r in result.rows if r["variant"] == v and r["sweep"] == sweep]
+                series = {v: [(r["value"], r[metric], r.get(f"{metric}_std", 0.0)) for r in result.rows
+                              if r["variant"] == v and r["sweep"] == sweep]
                           for v in dict.fromkeys(r["variant"] for r in result.rows)}
                 series = {k: p for k, p in series.items() if p}
                 if series:
@@ -233,27 +276,70 @@ def _markdown(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return out.getvalue()
 
 
-def results_markdown(result: CompareResult) -> str:
-    """The Table 6-shaped summary (best FID over the temperature sweep), then every sweep point."""
+def best_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per variant, its default or temperature-sweep row with the best mean FID (the paper reports the
+    best FID over temperatures), with ``temperature`` saying which."""
     best = []
-    for name in dict.fromkeys(r["variant"] for r in result.rows):
-        candidates = [r for r in result.rows if r["variant"] == name and r["sweep"] in ("default", "temperature")]
+    for name in dict.fromkeys(r["variant"] for r in rows):
+        candidates = [r for r in rows if r["variant"] == name and r["sweep"] in ("default", "temperature")]
         key = "fid" if all("fid" in r for r in candidates) else None
         chosen = min(candidates, key=lambda r: r[key]) if key else candidates[0]
         best.append({**chosen, "temperature": chosen["value"] if chosen["sweep"] == "temperature" else "config"})
-    head = ["variant", "tokens", "steps", "order", "params", "sec_per_image", "temperature"]
-    summary_columns = head + [m for m in TABLE_METRICS if any(m in r for r in best)]
-    text = "## Results (best FID over the temperature sweep)\n\n" + _markdown(best, summary_columns)
-    text += "\n## Every sweep point\n\n" + _markdown(result.rows, _columns(result.rows))
+    return best
+
+
+def _table(rows: list[dict[str, Any]], head: list[str]) -> str:
+    """``head`` columns, then every metric as ``mean ± std`` with the best and its ties marked."""
+    from .aggregate import mark_ties
+
+    metrics = [m for m in TABLE_METRICS if any(m in r for r in rows)]
+    cells = {m: mark_ties(rows, m) for m in metrics}
+    shown = [{**{c: r.get(c, "") for c in head}, **{m: cells[m][i] for m in metrics}} for i, r in enumerate(rows)]
+    return _markdown(shown, head + metrics)
+
+
+def results_markdown(result: CompareResult) -> str:
+    """The Table 6-shaped summary (best FID over the temperature sweep), every sweep point, the claims."""
+    from .claims import check_claims, claims_markdown
+
+    best = best_rows(result.rows)
+    seeds = sorted({r["seed"] for r in result.seed_rows})
+    text = (f"## Results (best FID over the temperature sweep; mean ± std over seeds {seeds})\n\n"
+            "(best) marks the best value of a column, (tie) a value within the spread of it "
+            "(|difference| <= sum of the two stds).\n\n")
+    text += _table(best, ["variant", "tokens", "steps", "order", "params", "sec_per_image", "temperature", "seeds"])
+    text += "\n## Every sweep point\n\n"
+    for sweep in dict.fromkeys(r["sweep"] for r in result.rows):
+        text += f"### {sweep}\n\n" + _table([r for r in result.rows if r["sweep"] == sweep],
+                                               ["variant", "value", "tokens", "steps", "order", "seeds"]) + "\n"
     if result.failures:
-        text += "\n## Failed variants\n\n" + "".join(f"- {k}: {v}\n" for k, v in result.failures.items())
-    return text
+        text += "## Failed variants\n\n" + "".join(f"- {k}: {v}\n" for k, v in result.failures.items()) + "\n"
+    return text + claims_markdown(check_claims(result.rows, best, result.tokenizers))
 
 
-def tokenizers_markdown(reports: dict[str, dict[str, dict[str, float]]]) -> str:
-    rows = [{"variant": v, "tokenizer": t, **{k: round(x, 3) for k, x in m.items()}}
+def tokenizers_markdown(reports: dict[str, dict[str, dict[str, Any]]]) -> str:
+    rows = [{"variant": v, "tokenizer": t, **{k: round(x, 3) if isinstance(x, float) else x for k, x in m.items()}}
             for v, per in reports.items() for t, m in per.items()]
     return "## Tokenizers (reconstruction on the eval split)\n\n" + _markdown(rows, _columns(rows))
+
+
+def _tokenizer_kind(run_config: BaseModel, tokenizer_id: str) -> str:
+    """The registered name of a tokenizer (following ``share``), e.g. ``vqgan2-r``."""
+    entry = run_config.tokenizers[tokenizer_id]
+    return entry.model.name if entry.model is not None else _tokenizer_kind(run_config, entry.share)
+
+
+def _mean_reports(reports: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """Tokenizer reports of several seeds -> their mean, with ``<key>_std`` when there are several."""
+    out: dict[str, dict[str, float]] = {}
+    for tid in reports[0]:
+        for key in reports[0][tid]:
+            values = [r[tid][key] for r in reports]
+            mean = sum(values) / len(values)
+            out.setdefault(tid, {})[key] = mean
+            if len(values) > 1:
+                out[tid][f"{key}_std"] = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
+    return out
 
 
 def compare(source: str, overrides: list[str] | None = None, registry: Registry | None = None) -> CompareResult:

@@ -18,6 +18,9 @@ from stratagen.registry import Sampler
 from .build import BuiltRun
 from .logger import progress
 
+#: batch seeds of sampling seed ``s`` are ``s * SEED_STRIDE + batch index``
+SEED_STRIDE = 1_000_003
+
 
 @dataclass
 class Generated:
@@ -37,12 +40,13 @@ def sample_labels(num_classes: int, settings: Any) -> list[int]:
 
 def generate(pipe: Any, labels: Sequence[int], seed: int, batch_size: int, sampler: Sampler | None = None,
              desc: str = "sample") -> Generated:
-    """Sample ``labels`` in batches; batch ``i`` uses seed ``seed + i``, so every model given the
-    same labels, seed and batch size is sampled under identical conditions."""
+    """Sample ``labels`` in batches; batch ``i`` uses seed ``seed * SEED_STRIDE + i``, so every model
+    given the same labels, seed and batch size is sampled under identical conditions, and nearby
+    seeds (a compare's ``seeds: [0, 1, 2]``) never share a batch."""
     images, steps, start = [], 0, time.perf_counter()
     batches = range(0, len(labels), batch_size)
     for i, begin in enumerate(progress(batches, desc=desc)):
-        out = pipe.sample(labels[begin: begin + batch_size], seed=seed + i, sampler=sampler)
+        out = pipe.sample(labels[begin: begin + batch_size], seed=seed * SEED_STRIDE + i, sampler=sampler)
         images.append(out.images.float().clamp(-1, 1).cpu())
         steps = out.steps
     seconds = time.perf_counter() - start
@@ -63,8 +67,8 @@ def reference_set(built: BuiltRun, cache_dir: str) -> ReferenceSet:
 
 def tokenizer_report(pipe: Any, reference: ReferenceSet, metrics: list[tuple[str, Any]],
                      batch_size: int = 64) -> dict[str, dict[str, float]]:
-    """Per tokenizer: PSNR, per-level perplexity and usage, and rFID with the first FID metric."""
-    fid_metric = next((m for _, m in metrics), None)
+    """Per tokenizer: PSNR, per-level perplexity and usage, and rFID with the first metric that reports FID."""
+    fid_metric = next((m for _, m in metrics if m.reports_fid), None)
     model = pipe.model
     return {tid: evaluate_tokenizer(tokenizer, reference.dataset, batch_size, pipe.device, fid_metric,
                                     reference.cache_dir, model.resolution_of(tid))

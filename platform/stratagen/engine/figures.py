@@ -28,12 +28,14 @@ def side_by_side(grids: dict[str, torch.Tensor], class_names: list[str], path: s
     return path
 
 
-def sweep_plot(series: dict[str, list[tuple[str, float]]], sweep: str, metric: str, path: str) -> str:
-    """One line per variant: ``metric`` at each point of ``sweep`` (points given as labels)."""
+def sweep_plot(series: dict[str, list[tuple[str, float, float]]], sweep: str, metric: str, path: str) -> str:
+    """One line per variant: ``metric`` at each point of ``sweep``, given as ``(label, mean, std)``;
+    the std over seeds is drawn as an error bar (overlapping bars: a tie)."""
     fig, ax = plt.subplots(figsize=(5, 3.4))
     for name, points in series.items():
-        ax.plot([p for p, _ in points], [v for _, v in points], marker="o", label=name)
-    ax.set_xlabel(sweep), ax.set_ylabel(metric), ax.grid(alpha=0.3)
+        ax.errorbar([p for p, _, _ in points], [m for _, m, _ in points], yerr=[s for _, _, s in points],
+                    marker="o", capsize=3, label=name)
+    ax.set_xlabel(sweep), ax.set_ylabel(f"{metric} (mean ± std over seeds)"), ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

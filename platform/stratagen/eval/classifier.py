@@ -2,8 +2,17 @@
 
 Inception-v3 (ImageNet, 299 px) says little about 32-px synthetic shapes, and its weights
 cannot be downloaded here. The ``in-domain`` metric trains a small CNN on the reference
-(eval-domain) images once, caches it, and reports FID, IS and KID in its feature space, plus
-``class_accuracy``: the share of generated images it assigns to their conditioning label.
+(eval-domain) images once, caches it, and reports FID, IS, KID, precision and recall in its
+feature space, plus ``class_accuracy``: the share of generated images it assigns to their
+conditioning label.
+
+A classifier's last layer is built to ignore what does not change the class: its pooled
+features barely move under blur or noise. FID, KID, precision and recall therefore use
+``multi``: the spatial mean and standard deviation of the activations of every stage (early
+stages respond to edges, noise and texture). Precision and recall are Kynkäänniemi et al.
+2019 (k-NN manifolds, k = 3, torch-fidelity's implementation): precision is the share of
+generated images inside the real manifold (quality), recall the share of real images inside
+the generated one (diversity). IS and ``class_accuracy`` read the logits and see the class only.
 
 These numbers are NOT comparable to published (Inception) FID/IS/KID, nor across reference
 sets or classifier settings: they depend on this classifier and its training. Compare runs
@@ -13,7 +22,7 @@ Cache entries, under ``<cache_dir>/<reference key>/``::
 
     in-domain-s<steps>-b<batch>.safetensors    classifier weights (+ num_classes, accuracy in metadata)
     in-domain-s<steps>-b<batch>.json           training summary: held-out accuracy, sizes, seconds
-    features-in-domain-s<steps>-b<batch>-feat.safetensors    reference features (see fidelity.py)
+    features-in-domain-s<steps>-b<batch>-multi.safetensors   reference features (see fidelity.py)
 
 The classifier is registered with torch-fidelity as ``stratagen-in-domain``, so its FID can
 also be computed by ``torch_fidelity.calculate_metrics(..., feature_extractor="stratagen-in-domain",
@@ -68,9 +77,24 @@ class DomainClassifier(nn.Module):
     def feature_dim(self) -> int:
         return self.head.in_features
 
+    @property
+    def multiscale_dim(self) -> int:
+        return 2 * sum(width for width, _ in STAGES)
+
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.trunk(images).mean((2, 3))
         return features, self.head(features)
+
+    def multiscale(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, H, W]`` -> ``[B, multiscale_dim]``: the spatial mean and standard deviation of every
+        stage's activations. The early stages respond to edges, noise and texture that the
+        class-discriminative last stage averages away, so blur and noise move these features."""
+        parts, x = [], images
+        for layer in self.trunk:
+            x = layer(x)
+            if isinstance(layer, nn.ReLU):
+                parts += [x.mean((2, 3)), x.std((2, 3))]
+        return torch.cat(parts, 1)
 
 
 @torch.enable_grad()  # callers may evaluate under no_grad (e.g. rFID inside evaluate_tokenizer)
@@ -127,7 +151,8 @@ def load_classifier(url: str) -> DomainClassifier:
 
 class InDomainExtractor(FeatureExtractorBase):
     """torch-fidelity view of a :class:`DomainClassifier`: uint8 ``[B, 3, H, W]`` -> ``feat`` ``[B, 128]``
-    (FID, KID, PRC) and ``logits`` ``[B, C]`` (IS), in ``features_list`` order.
+    (the pooled last stage), ``multi`` ``[B, 672]`` (every stage's activation mean and standard
+    deviation: FID, KID, precision/recall) and ``logits`` ``[B, C]`` (IS), in ``features_list`` order.
 
     torch-fidelity builds it as ``cls(name, features_list, **calculate_metrics_kwargs)``; the
     classifier file comes in ``feature_extractor_weights_path``.
@@ -144,11 +169,11 @@ class InDomainExtractor(FeatureExtractorBase):
 
     @staticmethod
     def get_provided_features_list() -> tuple[str, ...]:
-        return "feat", "logits"
+        return "feat", "multi", "logits"
 
     @staticmethod
     def get_default_feature_layer_for_metric(metric: str) -> str:
-        return {"isc": "logits", "fid": "feat", "kid": "feat", "prc": "feat"}[metric]
+        return {"isc": "logits", "fid": "multi", "kid": "multi", "prc": "multi"}[metric]
 
     @staticmethod
     def can_be_compiled() -> bool:
@@ -161,8 +186,11 @@ class InDomainExtractor(FeatureExtractorBase):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"expected uint8 images [B, 3, H, W], got {images.dtype} {tuple(images.shape)}")
-        features, logits = self.classifier(images.float() / 127.5 - 1)
+        images = images.float() / 127.5 - 1
+        features, logits = self.classifier(images)
         named = {"feat": features, "logits": logits}
+        if "multi" in self.features_list:
+            named["multi"] = self.classifier.multiscale(images)
         return tuple(named[name] for name in self.features_list)
 
 
@@ -171,7 +199,8 @@ if IN_DOMAIN_EXTRACTOR not in FEATURE_EXTRACTORS_REGISTRY:
 
 
 class InDomainMetric(Metric):
-    """FID / IS / KID in the feature space of a classifier trained on the reference set, and ``class_accuracy``.
+    """FID / IS / KID / precision / recall in the feature space of a classifier trained on the reference
+    set, and ``class_accuracy``.
 
     The classifier is trained on the first :meth:`compute` against a reference set and cached
     there; later calls (any run, same reference data and settings) reuse it. Not comparable to
@@ -216,11 +245,11 @@ class InDomainMetric(Metric):
         if tuple(generated.shape[-2:]) != reference.resolution:
             raise StratagenError(f"in-domain metric: generated images are {tuple(generated.shape[-2:])} but the "
                                  f"reference images (and its classifier) are {reference.resolution}")
-        extractor = InDomainExtractor(IN_DOMAIN_EXTRACTOR, ["feat", "logits"],
+        extractor = InDomainExtractor(IN_DOMAIN_EXTRACTOR, ["multi", "logits"],
                                       feature_extractor_weights_path=self.classifier_path(reference))
         images = to_uint8(generated.cpu())
         features = extract_features(extractor, images.split(self.batch_size), self.device)
-        out = fidelity_scores(features, extractor, self.key, reference, ("fid", "isc", "kid"), self.batch_size,
+        out = fidelity_scores(features, extractor, self.key, reference, ("fid", "isc", "kid", "prc"), self.batch_size,
                               self.device, self.kid_subset_size)
         out["class_accuracy"] = (features["logits"].argmax(1) == labels.cpu()).float().mean().item()
         return out

@@ -158,6 +158,9 @@ class ReferenceSet:
 class Metric(ABC):
     """A sample-quality metric: generated images against a reference set."""
 
+    #: whether :meth:`compute` reports ``fid`` (the rFID of tokenizer reports uses the first such metric)
+    reports_fid = True
+
     @abstractmethod
     def compute(self, generated: torch.Tensor, labels: torch.Tensor, reference: ReferenceSet) -> dict[str, float]:
         """Score ``generated`` ``[N, 3, H, W]`` in [-1, 1], drawn for class ``labels`` ``[N]``."""
