@@ -189,3 +189,18 @@ def test_a_variant_needs_exactly_one_source(tmp_path, variant):
     path.write_text(yaml.safe_dump({"dir": str(tmp_path / "out"), "variants": {"a": variant}}))
     with pytest.raises(ConfigError, match="variants.a: give exactly one of 'config' or 'run'"):
         cfg.load_compare_config(str(path))
+
+
+def test_a_variant_may_bring_its_own_sweeps(tmp_path):
+    write_config(tmp_path / "m.yaml", tiny_config(tmp_path / "run", "maskgit"))
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"dir": str(tmp_path / "out"), "sweeps": {"steps": [[18, 6]]},
+                                    "variants": {"mg": {"config": "m.yaml", "sweeps": {"steps": [0]}}}}))
+    with pytest.raises(ConfigError, match=re.escape("variants.mg.sweeps: steps = 0")):
+        cfg.load_compare_config(str(path))
+    path.write_text(yaml.safe_dump({"dir": str(tmp_path / "out"), "sweeps": {"steps": [[18, 6]]},
+                                    "variants": {"mg": {"config": "m.yaml", "sweeps": {"steps": [5]}}}}))
+    runner = compare_module.CompareRunner(cfg.load_compare_config(str(path)))
+    config = runner._variant_config("mg", runner.config.variants["mg"])  # [18, 6] would not fit one stage
+    assert [label for _, label, _ in compare_module.sweep_points(config.sampler, runner.sweeps(
+        runner.config.variants["mg"]))] == ["-", "5"]

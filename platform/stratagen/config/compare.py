@@ -13,23 +13,9 @@ from .files import apply_overrides, load_raw, resolve_relative
 from .schema import ID_PATTERN, Strict, eval_settings_model
 
 
-class VariantEntry(Strict):
-    """One contender of a compare run: a run config or an existing run directory."""
-
-    config: str | None = Field(None, description="run config (relative to the compare file), trained if needed")
-    run: str | None = Field(None, description="an existing run directory")
-    set: list[str] = Field(default_factory=list, description="overrides, as --set KEY=VALUE")
-
-    @model_validator(mode="after")
-    def _one_source(self) -> "VariantEntry":
-        if (self.run is None) == (self.config is None):
-            raise ValueError("give exactly one of 'config' or 'run'")
-        return self
-
-
-def _check_sweeps(cls: type, sweeps: dict[str, list[Any]]) -> dict[str, list[Any]]:
+def _check_sweeps(cls: type, sweeps: dict[str, list[Any]] | None) -> dict[str, list[Any]] | None:
     """Every key a stage setting, every value valid for it (a list: one value per stage)."""
-    for setting, values in sweeps.items():
+    for setting, values in (sweeps or {}).items():
         if setting not in StageSettings.model_fields:
             raise ValueError(f"unknown sweep {setting!r}; stage settings: {', '.join(StageSettings.model_fields)}")
         try:
@@ -37,6 +23,25 @@ def _check_sweeps(cls: type, sweeps: dict[str, list[Any]]) -> dict[str, list[Any
         except ConfigError as exc:
             raise ValueError(str(exc)) from None
     return sweeps
+
+
+class VariantEntry(Strict):
+    """One contender of a compare run: a run config or an existing run directory."""
+
+    config: str | None = Field(None, description="run config (relative to the compare file), trained if needed")
+    run: str | None = Field(None, description="an existing run directory")
+    set: list[str] = Field(default_factory=list, description="overrides, as --set KEY=VALUE")
+    sweeps: dict[str, list[Any]] | None = Field(None, description="this variant's sweeps, instead of the "
+                                                "compare config's (e.g. none of the per-stage ones for a "
+                                                "one-stage sampler)")
+
+    _sweeps = field_validator("sweeps")(_check_sweeps)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "VariantEntry":
+        if (self.run is None) == (self.config is None):
+            raise ValueError("give exactly one of 'config' or 'run'")
+        return self
 
 
 @functools.cache

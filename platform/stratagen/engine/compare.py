@@ -97,6 +97,10 @@ class CompareRunner:
     def path(self, *parts: str) -> str:
         return os.path.join(self.dir, *parts)
 
+    def sweeps(self, variant: Any) -> dict[str, list[Any]]:
+        """The variant's own sweeps if it has any, else the compare config's."""
+        return self.config.sweeps if variant.sweeps is None else variant.sweeps
+
     @property
     def seeds(self) -> list[int]:
         return list(self.config.seeds or [self.config.eval.seed])
@@ -141,7 +145,7 @@ class CompareRunner:
             run_config = load_config(source, variant.set, self.registry)
             if run_config.sampler is None:
                 raise ConfigError("its run config names no sampler")
-            sweep_points(run_config.sampler, self.config.sweeps)
+            sweep_points(run_config.sampler, self.sweeps(variant))
         except StratagenError as exc:
             raise ConfigError(f"variant {name}: {exc}") from None
         update = {} if self.config.device == "auto" else {"device": self.config.device}
@@ -180,7 +184,8 @@ class CompareRunner:
                      result: CompareResult) -> None:
         """Every sweep point of one variant, sampled and scored with ``seed`` (cached per seed)."""
         labels = evaluate.sample_labels(pipe.model.num_classes, self.config.eval)
-        for sweep, value, sampler_config in sweep_points(run_config.sampler, self.config.sweeps):
+        sweeps = self.sweeps(self.config.variants[name])
+        for sweep, value, sampler_config in sweep_points(run_config.sampler, sweeps):
             sampler = pipe.sampler(sampler_config)
 
             def compute() -> dict[str, Any]:
