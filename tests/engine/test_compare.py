@@ -141,9 +141,10 @@ def test_per_seed_training_uses_the_seed_and_its_own_run_directory(compare_run):
     root, path, _ = compare_run
     runner = compare_module.CompareRunner(cfg.load_compare_config(
         str(path), [f"dir={root / 'out-train'}", "seeds=[3]", "train_per_seed=true"]))
-    trained = runner._run_config(runner.config.variants["tiny-strait"], 3)
+    trained = runner._variant_config("tiny-strait", runner.config.variants["tiny-strait"], 3)
     assert trained.run.seed == 3 and trained.run.dir == str(root / "runs/strait") + "-seed3"
-    assert runner._run_config(runner.config.variants["tiny-strait"], None).run.dir == str(root / "runs/strait")
+    assert runner._variant_config("tiny-strait", runner.config.variants["tiny-strait"]).run.dir == str(
+        root / "runs/strait")
 
 
 def test_steps_sweeps_give_one_value_per_stage(tmp_path):
