@@ -11,6 +11,8 @@ from PIL import Image
 
 from stratagen.data import ImageFolder, Key, Prefetched, StepBatches, StepSampler, image_loader
 from stratagen.data.loader import to_uint8
+from stratagen.data.photos import Photographs
+from stratagen.data.synthetic import SyntheticShapes
 
 
 def test_sampler_parts_are_disjoint_cover_each_epoch_and_reshuffle() -> None:
@@ -111,3 +113,16 @@ def test_prefetched_returns_each_step_and_reads_the_next_one_ahead() -> None:
     main = threading.current_thread().name
     assert [s for s, thread in calls if thread == main] == [3, 9]  # the others were read ahead
     assert {s for s, thread in calls if thread != main} - {11} == {4, 5, 6, 10}  # 11 may be under way
+
+
+@pytest.mark.parametrize("make", [
+    lambda: SyntheticShapes(num_classes=4, resolution=16, size=12, seed=0),
+    lambda: Photographs(["astronaut", "coffee"], 16, 12, "train", short_side=64, seed=0),
+], ids=["synthetic", "photos"])
+def test_fixed_sample_datasets_feed_the_training_loader(make) -> None:
+    """Training reads datasets by Key; a dataset whose samples do not change by epoch reads the same pixels."""
+    dataset = make()
+    batch = StepBatches(dataset, 4, seed=0, rank=0, world=1, workers=0, device=torch.device("cpu")).at(0)
+    samples = [dataset[i] for i in range(len(dataset))]
+    for image, label in zip(batch.images, batch.labels.tolist()):
+        assert any(torch.equal(image, to_uint8(x)) and label == y for x, y in samples)

@@ -21,6 +21,8 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from stratagen.data.sampling import Key, sample_index
+
 #: class name -> file in skimage/data (colour photographs, then grey ones converted to RGB)
 PHOTOGRAPHS: dict[str, str] = {
     "astronaut": "astronaut.png",
@@ -143,5 +145,7 @@ class Photographs(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+    def __getitem__(self, key: int | Key) -> tuple[Tensor, int]:
+        """Returns (image float32 [3, R, R] in [-1, 1], label); the same crop in every epoch."""
+        index = sample_index(key)
         return self.images[index].float() / 127.5 - 1.0, int(self.labels[index])

@@ -42,6 +42,11 @@ class Key:
     epoch: int | None
 
 
+def sample_index(key: int | Key) -> int:
+    """The dataset index a key reads, for datasets whose samples do not change with the epoch."""
+    return key.index if isinstance(key, Key) else int(key)
+
+
 class StepSampler:
     """Batches of :class:`Key` for steps ``start, start + 1, ...`` of one process (endless).
 

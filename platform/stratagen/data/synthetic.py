@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from stratagen.data.sampling import Key
+from stratagen.data.sampling import Key, sample_index
 
 # Signed distance (negative inside) of each shape, in units of the shape radius;
 # x points right and y points down, both centred on the shape.
@@ -224,5 +224,5 @@ class SyntheticShapes(Dataset):
     def __getitem__(self, key: int | Key) -> tuple[Tensor, int]:
         """Returns (image float32 [3, R, R] in [-1, 1], label); the same image in every epoch
         (generated data is not augmented)."""
-        index = key.index if isinstance(key, Key) else key
+        index = sample_index(key)
         return self.images[index].float() / 127.5 - 1.0, int(self.labels[index])
