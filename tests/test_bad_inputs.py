@@ -10,26 +10,44 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import yaml
 from PIL import Image
 
 from stratagen import api, cli
+from stratagen.io import checkpoint
+from stratagen.io.run import Run
 from stratagen.registry import manager
 from tinyconfigs import tiny_config, write_config
 from weightfiles import write_pickle_with_code
 
 
+def broken_run(run: Path, copy: Path, damage: Callable[[Path], object]) -> None:
+    """A copy of ``run`` (its config.yaml naming the copy) that ``damage(copy)`` then breaks."""
+    shutil.copytree(run, copy)
+    Run(str(copy)).save_config(api.load(str(copy)))
+    damage(copy)
+
+
+def other_shape_checkpoint(run: Path) -> None:
+    """The prior's checkpoint: one step before the end (so it is resumed), a weight of another shape."""
+    url = str(run / "priors/main/checkpoint.safetensors")
+    tensors, meta = checkpoint.load_tensors(url)
+    tensors["model.token_embedding.weight"] = tensors["model.token_embedding.weight"][:, :16].contiguous()
+    checkpoint.save_tensors(url, tensors, {**meta, "step": 1})
+
+
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory) -> Path:
+def workspace(tmp_path_factory, trained_run) -> Path:
     """A trained tiny run and the files the rows name (made once)."""
     root = tmp_path_factory.mktemp("bad-inputs")
-    config = tiny_config(root / "run")
-    config["tokenizers"]["vq"]["train"]["steps"] = 2
-    config["priors"]["main"]["train"]["steps"] = 2
-    api.train(api.load(str(write_config(root / "trained.yaml", config))))
+    broken_run(trained_run, root / "run", lambda run: None)
     write_config(root / "ok.yaml", tiny_config(root / "fresh-run"))
+    broken_run(root / "run", root / "other-shape-checkpoint", other_shape_checkpoint)
+    broken_run(root / "run", root / "garbage-weights", lambda run: (run / "priors/main/model.safetensors")
+               .write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not a header"))
     (root / "binary.yaml").write_bytes(b"\x00\xff\xfe\x00binary")
     (root / "latin1.yaml").write_bytes("run: {dir: caf\xe9}\n".encode("latin-1"))
     (root / "cfg").mkdir()
@@ -109,13 +127,18 @@ BAD_INPUTS = [
     # weights and runs
     ("weights-of-another-shape", ["sample", "{run}", "--set", "priors.main.model.width=64"], {},
      "weights do not fit the configured prior 'main'"),
-    ("weights-of-another-plugin", ["sample", "{run}", "--set", "priors.main.model.name=cmtm-top"], {},
+    ("weights-of-another-plugin", ["sample", "{run}", "--set", "priors.main.model={{name: cmtm-top, depth: 1, "
+                                   "width: 32, heads: 2, mlp_dim: 64, dropout: 0.0}}"], {},
      "holds the weights of prior plugin 'maskgit', but priors.main is configured as 'cmtm-top'"),
     ("resume-with-changed-tokenizer", ["train", "{run}", "--resume", "--set", "tokenizers.vq.model.codebook_size=64"],
      {}, "--resume with a changed config: tokenizers.vq.model.codebook_size was 32, now 64"),
     ("resume-with-changed-data", ["train", "{run}", "--resume", "--set", "data.train_size=64"], {},
      "--resume with a changed config: data.train_size"),
     ("retrain-without-resume", ["train", "{run}"], {}, "pass --resume"),
+    ("checkpoint-of-another-shape", ["train", "{root}/other-shape-checkpoint", "--resume"], {},
+     "checkpoint.safetensors: weights do not fit the configured component (other shapes (file vs config) "
+     "['token_embedding.weight [33, 16] vs [33, 32]']"),
+    ("weights-not-safetensors", ["sample", "{root}/garbage-weights"], {}, "not a readable safetensors file"),
     ("perceptual-weights-carry-code", ["train", "{root}/ok.yaml", "--set", "run.dir={fresh}", "--set",
                                        "tokenizers.vq.model.loss.perceptual_weights={root}/code.pth"], {},
      "not a weights file that loads as plain tensors"),

@@ -10,32 +10,21 @@ import yaml
 from stratagen import api, cli
 from stratagen.engine import logger
 from stratagen.registry import StratagenError
-from tinyconfigs import tiny_config, write_config
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("runs")
-    config = tiny_config(root / "run")
-    config["tokenizers"]["vq"]["train"]["steps"] = 2
-    config["priors"]["main"]["train"]["steps"] = 2
-    api.train(api.load(str(write_config(root / "c.yaml", config))))
-    return root / "run"
-
-
-def test_a_copied_run_directory_is_the_run(trained, tmp_path, capsys):
+def test_a_copied_run_directory_is_the_run(trained_run, tmp_path, capsys):
     copy = tmp_path / "copy"
-    shutil.copytree(trained, copy)
-    before = sorted(p.relative_to(trained) for p in trained.rglob("*"))
+    shutil.copytree(trained_run, copy)
+    before = sorted(p.relative_to(trained_run) for p in trained_run.rglob("*"))
     assert cli.main(["sample", str(copy), "--classes", "0", "--count", "2"]) == 0
     assert sorted(p.name for p in (copy / "samples").iterdir()) == ["class0_0000.png", "class0_0001.png", "grid.png"]
-    assert sorted(p.relative_to(trained) for p in trained.rglob("*")) == before  # the original is untouched
+    assert sorted(p.relative_to(trained_run) for p in trained_run.rglob("*")) == before  # the original is untouched
     assert api.load(str(copy)).run.dir == str(copy)
 
 
-def test_resume_accepts_changes_that_touch_no_trained_component(trained, tmp_path):
+def test_resume_accepts_changes_that_touch_no_trained_component(trained_run, tmp_path):
     copy = tmp_path / "copy"
-    shutil.copytree(trained, copy)
+    shutil.copytree(trained_run, copy)
     changes = ["sampler.stage.steps=5", "run.device=cpu", "priors.main.train.log_every=7", "eval.seed=3"]
     api.train(api.load(str(copy), changes), resume=True)
     stored = yaml.safe_load((copy / "config.yaml").read_text())
