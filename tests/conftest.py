@@ -14,3 +14,16 @@ def tiny(tmp_path):
     def make(variant: str = "maskgit", name: str = "config.yaml") -> Path:
         return write_config(tmp_path / name, tiny_config(tmp_path / f"run-{variant}", variant))
     return make
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """A tiny maskgit run trained once per session (2 steps each); copy it before changing it."""
+    from stratagen import api
+
+    root = tmp_path_factory.mktemp("trained")
+    config = tiny_config(root / "run")
+    config["tokenizers"]["vq"]["train"]["steps"] = 2
+    config["priors"]["main"]["train"]["steps"] = 2
+    api.train(api.load(str(write_config(root / "c.yaml", config))))
+    return root / "run"

@@ -86,7 +86,7 @@ ALLOWED = {
     "registry": set(),
     "config": {"registry"},
     "io": {"registry", "config"},
-    "nn": {"registry"},
+    "nn": {"registry", "io"},  # user weights files are read through io (DESIGN: nn -> io)
     "data": {"registry", "io"},
     "sampling": {"registry"},
     "eval": {"registry", "io", "nn", "data"},

@@ -115,8 +115,10 @@ def test_missing_plugin_of_a_checkpoint_is_named(tmp_path):
 
 
 def test_two_process_ddp_ranks_hold_identical_weights(tmp_path):
+    """Also the codebook and its usage counters, with dead codes restarted at every step."""
     config = tiny_config(tmp_path / "run")
     config["tokenizers"]["vq"]["train"]["steps"] = 3
+    config["tokenizers"]["vq"]["model"].update(restart_dead_codes=True, dead_code_steps=1)
     config["priors"]["main"]["train"]["steps"] = 3
     path = write_config(tmp_path / "c.yaml", config)
     script = tmp_path / "ddp.py"
@@ -140,8 +142,9 @@ def test_two_process_ddp_ranks_hold_identical_weights(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     from safetensors.torch import load_file
 
+    assert "quantizer.steps_since_use" in load_file(str(tmp_path / "vq-rank0.safetensors"))  # counters compared too
     for cid in ("vq", "main"):
         r0, r1 = load_file(str(tmp_path / f"{cid}-rank0.safetensors")), load_file(str(tmp_path / f"{cid}-rank1.safetensors"))
-        assert all(torch.equal(r0[k], r1[k]) for k in r0), cid
+        assert r0.keys() == r1.keys() and all(torch.equal(r0[k], r1[k]) for k in r0), cid
         initial = weights(tmp_path / "run", "prior" if cid == "main" else "tokenizer", cid)
         assert all(torch.equal(initial[k], r0[k]) for k in r0)  # rank 0 wrote the checkpoint

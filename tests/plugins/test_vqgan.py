@@ -115,3 +115,15 @@ def test_codebook_options_reach_both_paths(options):
         assert torch.allclose(tokenizer.decode(out.tokens), out.reconstruction, atol=1e-4)
     if "code_dim" in options:
         assert tokenizer.quantizer.codebook.weight.shape == (32, 4)
+
+
+@pytest.mark.parametrize("name", ["vqgan", "vqgan2-r"])
+def test_dead_code_steps_is_a_config_field_that_reaches_every_quantizer(name, tmp_path):
+    from stratagen import api
+    from tinyconfigs import tiny_config, write_config
+
+    config = tiny_config(tmp_path / "run", "maskgit" if name == "vqgan" else "strait")
+    config["tokenizers"]["vq"]["model"].update(restart_dead_codes=True, dead_code_steps=7)
+    tokenizer = api.build(api.load(str(write_config(tmp_path / "c.yaml", config)))).model.tokenizers["vq"]
+    quantizers = [m for m in tokenizer.modules() if type(m).__name__ == "VectorQuantizer"]
+    assert quantizers and all(q.restart_dead_codes and q.dead_code_steps == 7 for q in quantizers)

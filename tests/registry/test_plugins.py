@@ -239,3 +239,21 @@ def test_cli_lists_every_component_and_the_failure(broken):
     assert table == rows
     failed = [line for line in lines if line.startswith("FAILED")]
     assert any("'broken'" in line and "broken-plugin 0.3" in line and "needs libfoo" in line for line in failed)
+
+
+def test_ambiguous_name_in_a_config_is_reported_as_ambiguous_not_unknown(tmp_path):
+    from stratagen import config as cfg
+    from stratagen.plugins.vqgan import VQGANConfig
+    from tinyconfigs import tiny_config
+
+    class Twin:
+        @hookimpl
+        def stratagen_register_tokenizers(self, register):
+            register("vqgan", Schedule, VQGANConfig)
+
+    registry = Registry().load_entry_points(env={})
+    registry.register_plugin(Twin(), Provider("twin", "dist-twin", "9.9"))
+    with pytest.raises(StratagenError) as err:
+        cfg.validate(tiny_config(tmp_path / "run"), "c.yaml", registry)
+    line = str(err.value)
+    assert "c.yaml: tokenizers.vq.model" in line and "'vqgan' is ambiguous" in line and "dist-twin 9.9" in line

@@ -1,6 +1,7 @@
 """The ``stratagen`` command line: a thin layer over the Python API.
 
-Every user mistake (a :class:`StratagenError`) prints one ``error:`` line and exits 2.
+Every user mistake (a :class:`StratagenError`, a bad argument, a file operation the system
+refuses) prints one ``error:`` line and exits 2.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Sequence
 
 from stratagen.registry import StratagenError, get_registry
 
+from .arguments import Parser, os_error_line
 from .verbs import HANDLERS, verb
 
 
@@ -52,7 +54,7 @@ def _add_set(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="stratagen", description="Train, sample, evaluate and compare masked generative image models.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -84,6 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args) or 0
     except StratagenError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file the user named: permissions, a file where a folder belongs, ...
+        print(f"error: {os_error_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -8,6 +8,7 @@ import torch
 
 from stratagen import api
 
+from .arguments import Parser, class_ids, folder, positive_int
 from .verbs import verb
 
 
@@ -24,16 +25,16 @@ def add_parsers(sub: argparse._SubParsersAction, add_set: Callable[[argparse.Arg
                                    "grids as safetensors shards under <run>/tokens/.")
     p.add_argument("source", help="run directory or config")
     p.add_argument("--split", choices=["train", "eval"], default="train")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=64)
     add_set(p)
 
     p = sub.add_parser("sample", help="generate images from a trained run",
                        description="Write one PNG per image and one PNG grid.")
     p.add_argument("source", help="run directory or config")
-    p.add_argument("--classes", default="all", help="comma-separated class ids, or 'all' (default)")
-    p.add_argument("--count", type=int, default=1, help="images per class")
+    p.add_argument("--classes", type=class_ids, default=None, help="comma-separated class ids, or 'all' (default)")
+    p.add_argument("--count", type=positive_int, default=1, help="images per class")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="output folder (default: <run>/samples)")
+    p.add_argument("--out", type=folder, default=None, help="output folder (default: <run>/samples)")
     add_set(p)
 
     p = sub.add_parser("eval", help="evaluate a trained run: tokenizers (Table 1) and samples",
@@ -55,7 +56,7 @@ def add_parsers(sub: argparse._SubParsersAction, add_set: Callable[[argparse.Arg
                        description="Time one training step of every component (random tokens stand in for the "
                                    "token cache) and sampling per image, on the config's device.")
     p.add_argument("source", help="run config or run directory")
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=positive_int, default=5)
     add_set(p)
 
     p = sub.add_parser("info", help="print each component with its parameter count",
@@ -79,7 +80,7 @@ def add_parsers(sub: argparse._SubParsersAction, add_set: Callable[[argparse.Arg
                                        "'webdataset' dataset. FOLDER and OUT may be fsspec URLs.")
     pack.add_argument("folder")
     pack.add_argument("out")
-    pack.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
+    pack.add_argument("--shard-size", type=positive_int, default=1000, help="samples per shard (default 1000)")
 
 
 @verb("train")
@@ -110,8 +111,7 @@ def _sample(args: argparse.Namespace) -> int:
     from stratagen.engine.images import save_images
 
     pipe = api.Pipeline.from_run(args.source, args.set)
-    classes = (list(range(pipe.model.num_classes)) if args.classes == "all"
-               else [int(c) for c in args.classes.split(",") if c.strip()])
+    classes = list(range(pipe.model.num_classes)) if args.classes is None else args.classes
     labels = [c for c in classes for _ in range(args.count)]
     output = pipe.sample(labels, seed=args.seed)
     out = args.out or pipe.run.local_path("samples")
@@ -166,7 +166,7 @@ def _convert(args: argparse.Namespace) -> int:
                           f"{', '.join(registry.names('converter')) or 'none'}")
     model = registry.get("converter", args.converter).config
     fields = {k: f for k, f in model.model_fields.items() if k != "name"}
-    parser = argparse.ArgumentParser(prog=f"stratagen convert {args.converter}")
+    parser = Parser(prog=f"stratagen convert {args.converter}")
     for key, field in fields.items():
         parser.add_argument(f"--{key.replace('_', '-')}", dest=key, required=field.is_required(),
                             default=field.default, help=field.description)
@@ -231,8 +231,6 @@ def _data(args: argparse.Namespace) -> int:
     from stratagen.data.shards import pack_folder
     from stratagen.registry import StratagenError
 
-    if args.shard_size < 1:
-        raise StratagenError(f"--shard-size must be at least 1, got {args.shard_size}")
     for url in (args.folder, args.out):
         try:
             url_to_fs(url)

@@ -4,6 +4,7 @@ Every mistake is a :class:`ConfigError` of one line naming the file and what is 
 """
 from __future__ import annotations
 
+import posixpath
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -21,6 +22,10 @@ def read_yaml(url: str) -> dict[str, Any]:
             data = yaml.safe_load(f)
     except FileNotFoundError:
         raise ConfigError(f"{url}: config file not found") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{url}: not a text file (a config is UTF-8 YAML)") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{url}: is a directory, not a config file") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
@@ -36,7 +41,7 @@ def resolve_relative(base_url: str, ref: str) -> str:
     if "://" in ref or ref.startswith("/"):
         return ref
     protocol, sep, path = base_url.rpartition("://")
-    return f"{protocol}{sep}{PurePosixPath(path).parent / ref}"
+    return f"{protocol}{sep}{posixpath.normpath(PurePosixPath(path).parent / ref)}"
 
 
 def _same_schema(a: Any, b: Any) -> bool:

@@ -11,10 +11,11 @@ from __future__ import annotations
 import functools
 from typing import Annotated, Any, Literal, Union
 
+import fsspec
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
-from stratagen.registry import ConfigError, Registry, get_registry, split_stream_key
+from stratagen.registry import ConfigError, Registry, StratagenError, get_registry, split_stream_key
 from stratagen.registry.sampling import check_name
 
 from .errors import format_error
@@ -111,6 +112,19 @@ class RunSettings(Strict):
     attention: Literal["sdpa", "xformers"] = Field(
         "sdpa", description="attention kernel: torch SDPA, or xformers (optional extra, CUDA only)")
 
+    @field_validator("dir")
+    @classmethod
+    def _known_protocol(cls, value: str) -> str:
+        protocol = value.split("://", 1)[0] if "://" in value else "file"
+        try:
+            fsspec.get_filesystem_class(protocol)
+        except ValueError:
+            raise ValueError(f"unknown protocol {protocol!r}; a local path or an fsspec URL "
+                             f"(file://, memory://, s3://, gs://, ...)") from None
+        except ImportError as exc:  # fsspec names the package, e.g. "Install s3fs to access S3"
+            raise ValueError(f"{protocol}:// needs a package: {exc}") from None
+        return value
+
 
 def _union(registry: Registry, kind: str) -> Any:
     models = registry.config_models(kind)
@@ -176,9 +190,21 @@ def validate(data: dict[str, Any], source: str, registry: Registry | None = None
         return model.model_validate(data)
     except ValidationError as exc:
         tags = {c.name for c in registry.components()}
-        lines = [format_error(model, source, e, tags) for e in exc.errors()]
+        lines = [_ambiguous(registry, source, e) or format_error(model, source, e, tags) for e in exc.errors()]
         more = f"\n(and {len(lines) - 5} more)" if len(lines) > 5 else ""
         raise ConfigError("\n".join(lines[:5]) + more) from None
+
+
+def _ambiguous(registry: Registry, source: str, error: dict[str, Any]) -> str | None:
+    """The line for a component name two plugins provide (ambiguous, not unknown), else None."""
+    tag = error.get("ctx", {}).get("tag") if error["type"] == "union_tag_invalid" else None
+    for component in registry.components():
+        if component.name == tag and tag not in registry.names(component.kind):
+            try:
+                registry.get(component.kind, tag)
+            except StratagenError as ambiguous:
+                return f"{source}: {'.'.join(map(str, error['loc']))}: {ambiguous}"
+    return None
 
 
 def load_config(url: str, overrides: list[str] | None = None, registry: Registry | None = None) -> BaseModel:

@@ -104,6 +104,15 @@ def _level_spec(tokenizers: dict[str, Tokenizer], stream: str, resolutions: dict
     return specs[level]
 
 
+def _build(registry: Registry, kind: str, model: Any, where: str, **wiring: Any) -> Any:
+    """``registry.build``; a component refusing its settings (a ValueError: heads that do not
+    divide the width, a resolution its factor does not divide) is a ConfigError naming ``where``."""
+    try:
+        return registry.build(kind, model, **wiring)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
 def _build_model(config: Any, registry: Registry) -> GenerativeModel:
     resolution = config.data.resolution
     num_classes = config.data.num_classes
@@ -112,7 +121,8 @@ def _build_model(config: Any, registry: Registry) -> GenerativeModel:
     shared: dict[str, str] = {}
     for tid, entry in config.tokenizers.items():
         if entry.share is None:
-            tokenizers[tid] = registry.build("tokenizer", entry.model, resolution=resolutions[tid])
+            tokenizers[tid] = _build(registry, "tokenizer", entry.model, f"tokenizers.{tid}.model",
+                                     resolution=resolutions[tid])
         elif entry.share in tokenizers and entry.share not in shared:
             tokenizers[tid] = tokenizers[entry.share]
             shared[tid] = entry.share
@@ -126,7 +136,8 @@ def _build_model(config: Any, registry: Registry) -> GenerativeModel:
         conditions = [_level_spec(tokenizers, c, resolutions, f"{where}.conditions") for c in entry.conditions]
         if entry.target in entry.conditions:
             raise ConfigError(f"{where}.conditions: a prior cannot be conditioned on its own target {entry.target!r}")
-        prior = registry.build("prior", entry.model, target=target, conditions=conditions, num_classes=num_classes)
+        prior = _build(registry, "prior", entry.model, f"{where}.model", target=target, conditions=conditions,
+                       num_classes=num_classes)
         priors[pid] = PriorSlot(prior, entry.target, tuple(entry.conditions))
     critics = {}
     for cid, entry in config.critics.items():
@@ -134,7 +145,7 @@ def _build_model(config: Any, registry: Registry) -> GenerativeModel:
             raise ConfigError(f"critics.{cid}.prior: {entry.prior!r} is not a prior of this run; "
                               f"priors: {', '.join(priors) or 'none'}")
         slot = priors[entry.prior]
-        critic = registry.build("critic", entry.model, target=slot.prior.target, conditions=slot.prior.conditions,
-                                num_classes=num_classes, prior=slot.prior)
+        critic = _build(registry, "critic", entry.model, f"critics.{cid}.model", target=slot.prior.target,
+                        conditions=slot.prior.conditions, num_classes=num_classes, prior=slot.prior)
         critics[cid] = CriticSlot(critic, entry.prior, slot.target, slot.conditions)
     return GenerativeModel(tokenizers, priors, resolution, num_classes, resolutions, shared, critics)

@@ -15,6 +15,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from stratagen.registry import StratagenError
+
 
 @dataclass(frozen=True)
 class Processes:
@@ -29,10 +31,15 @@ class Processes:
         return self.rank == 0
 
 
+def launched_processes() -> int:
+    """How many training processes torchrun launched (1 without torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def setup_processes(device_setting: str) -> Processes:
     """Join the torchrun process group if launched by torchrun (gloo on CPU, nccl on CUDA)."""
     use_cuda = device_setting == "cuda" or (device_setting == "auto" and torch.cuda.is_available())
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = launched_processes()
     rank = int(os.environ.get("RANK", "0"))
     if use_cuda:
         local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -43,6 +50,15 @@ def setup_processes(device_setting: str) -> Processes:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
     return Processes(rank, world, device)
+
+
+def per_rank_batch(batch_size: int, world: int, key: str) -> int:
+    """Each of ``world`` processes' share of a global batch; refused unless it splits exactly
+    (no sample is lost and no process gets an empty batch)."""
+    if batch_size % world:
+        raise StratagenError(f"{key}.batch_size: {batch_size} does not split over {world} processes; "
+                             f"use a multiple of {world}")
+    return batch_size // world
 
 
 def step_seed(seed: int, step: int, stream: int) -> int:

@@ -120,6 +120,11 @@ def inpaint(pipe: Pipeline, images: torch.Tensor, pixel_mask: torch.Tensor, clas
     inside=False)``). Class-conditional editing (Figure 10: "turning lion into husky") is
     the same call with ``classes`` other than the image's own.
     """
+    _check_images(pipe, images, pixel_mask)
+    empty = [i for i, m in enumerate(pixel_mask) if not m.any()]
+    if empty:
+        raise StratagenError(f"nothing to edit: the mask of image {empty[0]} selects no pixel (white or a box "
+                             f"marks the region to regenerate)")
     sampler = sampler or pipe.sampler()
     canvas = token_canvas(pipe, images, pixel_mask, _streams(pipe, sampler))
     _check_classes(classes, images.shape[0])
@@ -151,6 +156,9 @@ def domain_transfer(pipe: Pipeline, images: torch.Tensor, new_classes: Sequence[
                              f"use the stratified or cascade sampler")
     if region is None:
         region = torch.zeros(images.shape[0], *images.shape[2:], dtype=torch.bool)
+    elif not region.any():
+        raise StratagenError("the transfer region selects no pixel: give a region to regenerate, or "
+                             "bottom_only=True (--bottom-only) to keep every top token")
     canvas = token_canvas(pipe, images, region, streams)
     for stream in streams[1:]:
         canvas[stream] = torch.full_like(canvas[stream], UNKNOWN)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from stratagen.io import checkpoint
-from stratagen.io.run import TRAIN_STATE, Run
+from stratagen.io.run import TRAIN_STATE, Run, load_state
 from stratagen.registry import Registry
 
 from .distributed import Processes, average_gradients, step_seed
@@ -49,6 +49,8 @@ def fit(*, run: Run, kind: str, cid: str, plugin: str, module: nn.Module, groups
     state_url = run.component_url(kind, cid, TRAIN_STATE)
     if resume and checkpoint.exists(state_url):
         start = _load_train_state(state_url, module, optimizers)
+        if start == settings.steps and procs.is_main:  # a final checkpoint whose weights were never written
+            run.save_weights(kind, cid, module, plugin, start, registry)
     tag = f"{kind}/{cid}"
     bar = progress(range(start, settings.steps), desc=tag, total=settings.steps, initial=start)
     for step in bar:
@@ -92,13 +94,16 @@ def _save_train_state(run: Run, kind: str, cid: str, plugin: str, module: nn.Mod
         state, optimizer_meta = checkpoint.optimizer_state(optimizer)
         tensors.update({f"optim.{name}.{k}": v for k, v in state.items()})
         meta["optimizers"][name] = optimizer_meta
-    checkpoint.save_tensors(run.component_url(kind, cid, TRAIN_STATE), tensors, meta)
+    # The weights first: a run stopped between the two files resumes from the older checkpoint
+    # and rewrites both, whereas final weights behind a final checkpoint would never be rewritten.
     run.save_weights(kind, cid, module, plugin, step, registry)
+    checkpoint.save_tensors(run.component_url(kind, cid, TRAIN_STATE), tensors, meta)
 
 
 def _load_train_state(url: str, module: nn.Module, optimizers: dict[str, torch.optim.Optimizer]) -> int:
     tensors, meta = checkpoint.load_tensors(url)
-    module.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    load_state(module, {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}, url,
+               "the configured component")
     for name, optimizer in optimizers.items():
         prefix = f"optim.{name}."
         state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}

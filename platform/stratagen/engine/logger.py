@@ -1,21 +1,60 @@
-"""One TensorBoard writer for every stage, and progress bars that stay quiet in CI."""
+"""One TensorBoard writer for every stage, and progress that a terminal or a log shows."""
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable
+import sys
+import time
+from typing import Any, Iterable, Iterator
 
 import torch
 
+#: seconds between two progress lines when the output is a log (not a terminal)
+LOG_EVERY_SECONDS = 30.0
 
-def progress(iterable: Iterable | None = None, **kwargs: Any):
-    """A tqdm progress bar; off when not attached to a terminal, in CI, or with STRATAGEN_PROGRESS=0."""
+
+def progress(iterable: Iterable, desc: str = "", total: int | None = None, initial: int = 0) -> Any:
+    """Progress over ``iterable``: a tqdm bar on a terminal; on a log (stdout is a file or a pipe,
+    e.g. ``make demo | tee log``) a line when the stage starts, one every
+    :data:`LOG_EVERY_SECONDS` and one when it ends; nothing with ``STRATAGEN_PROGRESS=0``."""
     from tqdm.auto import tqdm
 
-    setting = os.environ.get("STRATAGEN_PROGRESS")
-    disable = None if setting is None else setting in ("0", "false")
-    if setting is None and os.environ.get("CI"):
-        disable = True
-    return tqdm(iterable, disable=disable, dynamic_ncols=True, leave=False, **kwargs)
+    quiet = os.environ.get("STRATAGEN_PROGRESS", "") in ("0", "false")
+    if quiet or sys.stdout.isatty():
+        return tqdm(iterable, desc=desc, total=total, initial=initial, disable=quiet, dynamic_ncols=True, leave=False)
+    return LineProgress(iterable, desc, total, initial)
+
+
+class LineProgress:
+    """Progress as plain lines on stdout (the interface of tqdm that the engine uses)."""
+
+    def __init__(self, iterable: Iterable, desc: str, total: int | None, initial: int):
+        self.iterable = iterable
+        self.desc = desc
+        self.total = total if total is not None else len(iterable) if hasattr(iterable, "__len__") else None
+        self.n = initial
+        self.postfix = ""
+
+    def __iter__(self) -> Iterator[Any]:
+        start = last = time.monotonic()
+        self._line("started")
+        for item in self.iterable:
+            yield item
+            self.n += 1
+            now = time.monotonic()
+            if now - last >= LOG_EVERY_SECONDS:
+                last = now
+                self._line(f"{now - start:.0f} s")
+        self._line(f"done in {time.monotonic() - start:.0f} s")
+
+    def set_postfix(self, values: dict[str, Any]) -> None:
+        self.postfix = " " + " ".join(f"{k}={v}" for k, v in values.items())
+
+    def close(self) -> None:
+        """Nothing to clear (tqdm's interface)."""
+
+    def _line(self, note: str) -> None:
+        of = f"/{self.total}" if self.total is not None else ""
+        print(f"{self.desc}: {self.n}{of}{self.postfix} ({note})", flush=True)
 
 
 def image_grid(images: torch.Tensor, nrow: int) -> torch.Tensor:

@@ -18,10 +18,11 @@ from stratagen.registry import GenerativeModel, Registry, Sampler, SampleOutput,
 
 from . import train as training
 from .build import BuiltRun, build
-from .distributed import setup_processes
+from .distributed import launched_processes, per_rank_batch, setup_processes
 from .figures import loss_curves
 from .logger import RunLogger
 from .plan import training_plan
+from .resume import check_unchanged
 from .tokenize import tokenize
 
 
@@ -73,11 +74,11 @@ class Pipeline:
         model = built.model
         for tid, tokenizer in model.tokenizers.items():
             if model.owns_weights(tid):
-                run.load_weights("tokenizer", tid, tokenizer, built.registry)
+                run.load_weights("tokenizer", tid, tokenizer, config.tokenizers[tid].model.name, built.registry)
         for pid, slot in model.priors.items():
-            run.load_weights("prior", pid, slot.prior, built.registry)
+            run.load_weights("prior", pid, slot.prior, config.priors[pid].model.name, built.registry)
         for cid, slot in model.critics.items():
-            run.load_weights("critic", cid, slot.critic, built.registry)
+            run.load_weights("critic", cid, slot.critic, config.critics[cid].model.name, built.registry)
         return cls(built, run, resolve_device(device or config.run.device)).ready()
 
     def ready(self) -> "Pipeline":
@@ -108,14 +109,19 @@ def train(config: BaseModel, resume: bool = False, registry: Registry | None = N
     modules trained here: sampling needs no rebuild and no reload.
     """
     registry = registry or get_registry()
-    procs = setup_processes(config.run.device)
-    run = Run(config.run.dir)
     built = build(config, registry)  # refuses an incompatible sampler before any work
     model = built.model
-    if not resume and _has_checkpoints(run, model):
+    for key, settings in _train_settings(config, model):  # before any process joins a group
+        per_rank_batch(settings.batch_size, launched_processes(), key)
+    procs = setup_processes(config.run.device)
+    run = Run(config.run.dir)
+    trained = _trained(run, model)
+    if trained and not resume:
         raise StratagenError(f"{run.url} already holds checkpoints; pass --resume to continue it, "
                              f"or choose another run.dir")
+    check_unchanged(run, config, trained)
     if procs.is_main:
+        run.prepare()
         run.save_config(config)
     logger = RunLogger(run.local_path("tb") if procs.is_main and run.is_local else None)
     pipeline = Pipeline(built, run, procs.device)
@@ -143,8 +149,8 @@ def _run_stage(kind: str, cid: str, pipeline: Pipeline, procs: Any, logger: RunL
     entry = getattr(config, f"{kind}s")[cid]
     module = {"tokenizer": lambda: model.tokenizers[cid], "prior": lambda: model.priors[cid].prior,
               "critic": lambda: model.critics[cid].critic}[kind]().to(procs.device)
-    if run.trained_step(kind, cid) == entry.train.steps:
-        run.load_weights(kind, cid, module, built.registry)
+    if run.finished(kind, cid, entry.train.steps):
+        run.load_weights(kind, cid, module, entry.model.name, built.registry)
     elif kind == "tokenizer":
         training.train_tokenizer(run, config, cid, module, built.dataset("train"), procs, logger, resume,
                                  built.registry)
@@ -154,10 +160,20 @@ def _run_stage(kind: str, cid: str, pipeline: Pipeline, procs: Any, logger: RunL
     module.eval()
 
 
-def _has_checkpoints(run: Run, model: GenerativeModel) -> bool:
+def _components(model: GenerativeModel) -> list[tuple[str, str]]:
+    """(kind, id) of every component with weights of its own."""
     kinds = [("tokenizer", t) for t in model.tokenizers if model.owns_weights(t)]
-    kinds += [("prior", p) for p in model.priors] + [("critic", c) for c in model.critics]
-    return any(run.trained_step(kind, cid) is not None for kind, cid in kinds)
+    return kinds + [("prior", p) for p in model.priors] + [("critic", c) for c in model.critics]
+
+
+def _trained(run: Run, model: GenerativeModel) -> list[tuple[str, str]]:
+    """The components of which ``run`` holds weights (finished or not)."""
+    return [(kind, cid) for kind, cid in _components(model) if run.trained_step(kind, cid) is not None]
+
+
+def _train_settings(config: BaseModel, model: GenerativeModel) -> list[tuple[str, Any]]:
+    """(config key, training settings) of every component trained here."""
+    return [(f"{kind}s.{cid}.train", getattr(config, f"{kind}s")[cid].train) for kind, cid in _components(model)]
 
 
 def _sample_logger(pipeline: Pipeline, logger: RunLogger):

@@ -20,7 +20,7 @@ from stratagen.io.run import Run
 from stratagen.io.tokens import TokenCache
 from stratagen.registry import GenerativeModel, Prior, Registry, StratagenError, Tokenizer
 
-from .distributed import Processes, step_seed
+from .distributed import Processes, per_rank_batch, step_seed
 from .fit import fit
 from .logger import RunLogger
 
@@ -51,7 +51,7 @@ def train_tokenizer(run: Run, config: Any, tid: str, tokenizer: Tokenizer, datas
     entry = config.tokenizers[tid]
     settings = entry.train
     resolution = entry.resolution or config.data.resolution
-    per_rank = settings.batch_size // procs.world
+    per_rank = per_rank_batch(settings.batch_size, procs.world, f"tokenizers.{tid}.train")
     preview = stack_batch(dataset, torch.arange(min(8, len(dataset))), resolution)[0].to(procs.device)
     batches = StepBatches(dataset, per_rank, config.run.seed, procs.rank, procs.world, loader_workers(config.loader.workers, procs.device),
                           procs.device)
@@ -110,7 +110,7 @@ def train_on_tokens(run: Run, config: Any, kind: str, cid: str, model: Generativ
         objective = nn.parallel.DistributedDataParallel(objective, device_ids=None if procs.device.type == "cpu"
                                                         else [procs.device.index])
     settings = entry.train
-    per_rank = settings.batch_size // procs.world
+    per_rank = per_rank_batch(settings.batch_size, procs.world, f"{kind}s.{cid}.train")
     augmentation = getattr(entry, "condition_augmentation", 0.0)
     sources = [model.prior_for(c).prior for c in slot.conditions] if augmentation > 0 else []
     if any(source.conditions for source in sources):

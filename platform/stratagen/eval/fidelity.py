@@ -20,6 +20,7 @@ are local files, checked when the metric is built.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from abc import ABC, abstractmethod
 from functools import cached_property
@@ -258,10 +259,16 @@ class InceptionMetric(Metric):
         if name not in self._extractors:
             cls, path, metrics = self.groups[name]
             layers = list(dict.fromkeys(cls.get_default_feature_layer_for_metric(m) for m in metrics))
+            # torch-fidelity unpickles its weights file with weights_only=False; it gets, in memory, the
+            # tensors read here without running code, serialised again by us (plain tensors only).
+            plain = io.BytesIO()
+            torch.save(checkpoint.read_state_dict(path), plain)
+            plain.seek(0)
             try:
-                extractor = cls(name, layers, feature_extractor_weights_path=path, verbose=False)
-            except Exception as exc:  # a wrong or truncated file: say which
-                raise StratagenError(f"{path}: not a usable {name} state dict for torch-fidelity ({exc})") from None
+                extractor = cls(name, layers, feature_extractor_weights_path=plain, verbose=False)
+            except Exception as exc:  # a state dict of another network: say which file
+                first = str(exc).strip().splitlines()[0]
+                raise StratagenError(f"{path}: not a usable {name} state dict for torch-fidelity ({first})") from None
             self._extractors[name] = (extractor, f"{name}-{_file_key(path)}")
         return self._extractors[name]
 

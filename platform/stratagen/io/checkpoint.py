@@ -15,6 +15,8 @@ from safetensors.torch import save as save_safetensors
 
 from stratagen.registry import StratagenError
 
+TEMPORARY = ".tmp-"  # infix of the temporary files of atomic writes
+
 
 def _fs(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     return fsspec.core.url_to_fs(url)
@@ -26,15 +28,24 @@ def exists(url: str) -> bool:
 
 
 def write_bytes_atomic(url: str, data: bytes) -> None:
-    """Write to a temporary sibling, then move it over ``url``: a crash never leaves a torn file."""
+    """Write to a temporary sibling, then move it over ``url``: a crash never leaves a torn file.
+
+    An interrupted write removes its temporary file; those a killed process leaves behind are
+    removed by :meth:`stratagen.io.run.Run.prepare` when training starts.
+    """
     fs, path = _fs(url)
     parent = path.rsplit("/", 1)[0] if "/" in path else ""
     if parent:
         fs.makedirs(parent, exist_ok=True)
-    temporary = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    with fs.open(temporary, "wb") as f:
-        f.write(data)
-    fs.mv(temporary, path)
+    temporary = f"{path}{TEMPORARY}{uuid.uuid4().hex[:8]}"
+    try:
+        with fs.open(temporary, "wb") as f:
+            f.write(data)
+        fs.mv(temporary, path)
+    except BaseException:
+        if fs.exists(temporary):
+            fs.rm(temporary)
+        raise
 
 
 def read_bytes(url: str) -> bytes:
@@ -63,6 +74,34 @@ def load_tensors(url: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     except Exception as exc:
         raise StratagenError(f"{url}: not a readable safetensors file ({exc})") from None
     return tensors, json.loads(header.get("__metadata__", {}).get("json", "{}"))
+
+
+def read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """A user's weights file as a state dict, without running any code it may carry:
+    ``.safetensors``, or a PyTorch file read with ``torch.load(weights_only=True)``."""
+    try:
+        if path.endswith(".safetensors"):
+            return load_safetensors(read_bytes(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except StratagenError:
+        raise
+    except Exception as exc:  # a pickle that carries code, a truncated or foreign file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StratagenError(f"{path}: not a weights file that loads as plain tensors ({first})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise StratagenError(f"{path}: not a state dict (a mapping of names to tensors)")
+    return state
+
+
+def read_metadata(url: str) -> dict[str, Any]:
+    """The JSON metadata of a :func:`save_tensors` file, reading only its header."""
+    fs, path = _fs(url)
+    try:
+        with fs.open(path, "rb") as f:
+            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+        return json.loads(header.get("__metadata__", {}).get("json", "{}"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise StratagenError(f"{url}: not a readable safetensors file ({exc})") from None
 
 
 def write_json(url: str, value: Any) -> None:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import fsspec
+import torch
 from torch import nn
 
 from stratagen import config as cfg
@@ -53,10 +55,23 @@ class Run:
         checkpoint.write_bytes_atomic(self.path("config.yaml"), cfg.dump_config(config).encode())
 
     def load_config(self, overrides: list[str] | None = None, registry: Registry | None = None) -> Any:
+        """The run's config, with ``run.dir`` pointing here: a copied or moved run directory is
+        itself the run, whatever directory its ``config.yaml`` was written in."""
         url = self.path("config.yaml")
         if not checkpoint.exists(url):
             raise StratagenError(f"{self.url}: not a run directory (no config.yaml)")
-        return cfg.load_config(url, overrides, registry)
+        config = cfg.load_config(url, overrides, registry)
+        config.run.dir = self.url
+        return config
+
+    def prepare(self) -> None:
+        """Before training: refuse a run directory that is a file, and remove the temporary files
+        (``*.tmp-*``) of atomic writes that a killed process left behind."""
+        fs, path = fsspec.core.url_to_fs(self.url)
+        if fs.exists(path) and not fs.isdir(path):
+            raise StratagenError(f"run.dir: {self.url} is a file; give a directory (it is created if missing)")
+        for leftover in fs.glob(f"{path}/**/*{checkpoint.TEMPORARY}*"):
+            fs.rm(leftover)
 
     # ---------------------------------------------------------------- components
     def component_url(self, kind: str, cid: str, filename: str = WEIGHTS) -> str:
@@ -69,25 +84,48 @@ class Run:
                 "version": provider.version, "step": step}
         checkpoint.save_tensors(self.component_url(kind, cid), module.state_dict(), meta)
 
-    def load_weights(self, kind: str, cid: str, module: nn.Module, registry: Registry | None = None) -> dict:
-        """Load trained weights into ``module``; says which plugin to install if it is missing."""
+    def load_weights(self, kind: str, cid: str, module: nn.Module, plugin: str,
+                     registry: Registry | None = None) -> dict:
+        """Load trained weights into ``module``, the configured ``plugin``; says which plugin to
+        install if the one that wrote them is missing, and refuses weights of another plugin."""
         url = self.component_url(kind, cid)
         if not checkpoint.exists(url):
             raise StratagenError(f"{url}: {kind} {cid!r} has not been trained (run `stratagen train`)")
         tensors, meta = checkpoint.load_tensors(url)
         registry = registry or get_registry()
-        if meta.get("plugin") not in registry.names(kind):
+        written_by = meta.get("plugin")
+        if written_by not in registry.names(kind):
             raise StratagenError(
-                f"{url} was written by {kind} plugin {meta.get('plugin')!r} from "
+                f"{url} was written by {kind} plugin {written_by!r} from "
                 f"{meta.get('distribution')} {meta.get('version')}, which is not installed; install that distribution")
-        missing, unexpected = module.load_state_dict(tensors, strict=False)
-        if missing or unexpected:
-            raise StratagenError(f"{url}: weights do not fit the configured {kind} {cid!r} "
-                                 f"(missing {missing[:3]}, unexpected {unexpected[:3]}); was the config changed?")
+        if written_by != plugin:
+            raise StratagenError(f"{url} holds the weights of {kind} plugin {written_by!r}, but {kind}s.{cid} "
+                                 f"is configured as {plugin!r}; was the config changed?")
+        load_state(module, tensors, url, f"the configured {kind} {cid!r}")
         return meta
 
-    def trained_step(self, kind: str, cid: str) -> int | None:
-        url = self.component_url(kind, cid)
+    def trained_step(self, kind: str, cid: str, filename: str = WEIGHTS) -> int | None:
+        """The step of the component's weights (or of its ``TRAIN_STATE`` checkpoint); None if absent."""
+        url = self.component_url(kind, cid, filename)
         if not checkpoint.exists(url):
             return None
-        return checkpoint.load_tensors(url)[1].get("step")
+        return checkpoint.read_metadata(url).get("step")
+
+    def finished(self, kind: str, cid: str, steps: int) -> bool:
+        """Whether the component's final weights are written and its checkpoint, if it has one, is
+        not behind them (a run stopped between the two is resumed, and rewrites both)."""
+        return self.trained_step(kind, cid) == steps and self.trained_step(kind, cid, TRAIN_STATE) in (None, steps)
+
+
+def load_state(module: nn.Module, tensors: dict[str, torch.Tensor], url: str, what: str) -> None:
+    """``module.load_state_dict(tensors)``, or one line naming what does not fit (names, shapes)."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in tensors]
+    unexpected = [k for k in tensors if k not in own]
+    resized = [f"{k} {list(tensors[k].shape)} vs {list(v.shape)}" for k, v in own.items()
+               if k in tensors and tensors[k].shape != v.shape]
+    if missing or unexpected or resized:
+        found = [f"{label} {items[:3]}" for label, items in
+                 (("missing", missing), ("unexpected", unexpected), ("other shapes (file vs config)", resized)) if items]
+        raise StratagenError(f"{url}: weights do not fit {what} ({'; '.join(found)}); was the config changed?")
+    module.load_state_dict(tensors)

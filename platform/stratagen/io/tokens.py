@@ -151,9 +151,7 @@ class TokenCache:
         url = self.shard_url(index)
         if not checkpoint.exists(url):
             return False
-        with fsspec.open(url, "rb") as f:
-            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
-        meta = json.loads(header.get("__metadata__", {}).get("json", "{}"))
+        meta = checkpoint.read_metadata(url)
         return meta.get("fingerprint") == fingerprint.as_dict() and meta.get("shard") == index
 
     def prepare(self, shards: int, fingerprint: Fingerprint) -> None:
@@ -165,8 +163,9 @@ class TokenCache:
         if not fs.exists(path):
             return
         for name in fs.ls(path, detail=False):
-            stem = name.rsplit("/", 1)[-1].split(".", 1)[0]
-            keep = stem.isdigit() and int(stem) < shards and self.shard_is_done(int(stem), fingerprint)
+            stem, _, extension = name.rsplit("/", 1)[-1].partition(".")
+            keep = (extension == "safetensors" and stem.isdigit() and int(stem) < shards
+                    and self.shard_is_done(int(stem), fingerprint))
             if not keep:
                 fs.rm(name, recursive=True)
 

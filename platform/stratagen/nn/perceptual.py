@@ -6,6 +6,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from stratagen.io.checkpoint import read_state_dict
+
 _STAGES = [0, 1, 2, 3, 4]  # timm VGG taps: relu1_2, relu2_2, relu3_3, relu4_3, relu5_3
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -49,15 +51,14 @@ class PerceptualLoss(nn.Module):
                 "(timm 'vgg16.tv_in1k' or torchvision vgg16) there as .safetensors or .pth"
             )
         import timm  # imported on use: timm's import costs seconds
-        from timm.models import load_state_dict
 
         # Built on the meta device to skip randomly initialising 138M parameters that are about to
         # be overwritten; pruning drops the classifier and everything after relu5_3.
         self.vgg = timm.create_model("vgg16", pretrained=False, device="meta")
         self.vgg.prune_intermediate_layers(_STAGES, prune_head=True)
-        # timm's loader reads .safetensors directly and anything else with torch.load(weights_only=True).
+        # .safetensors, or anything else with torch.load(weights_only=True): no code in the file runs.
         # The "features.*" keys are named alike in timm and torchvision checkpoints.
-        state = load_state_dict(str(weights_path))
+        state = read_state_dict(str(weights_path))
         features = {k: v.float() for k, v in state.items() if k.startswith("features.")}
         self.vgg.load_state_dict(features, strict=True, assign=True)
         self.vgg.requires_grad_(False)

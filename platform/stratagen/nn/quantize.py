@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -85,9 +86,10 @@ class VectorQuantizer(nn.Module):
 
     With ``restart_dead_codes`` (training only), a code unused for
     ``dead_code_steps`` consecutive forward calls is replaced by an encoder
-    output drawn at random from the current batch. The draw uses the global
-    torch RNG of each process, so under DDP the owner must broadcast the
-    codebook afterwards to keep replicas identical.
+    output drawn at random from the current batch. Under torch.distributed the
+    code counts are summed over the processes (a code is dead when no process
+    used it) and the replacements are process 0's draw, so codebooks and usage
+    counters stay identical on every process.
     """
 
     def __init__(
@@ -164,10 +166,16 @@ class VectorQuantizer(nn.Module):
     @torch.no_grad()
     def _restart_dead_codes(self, counts: Tensor, flat: Tensor) -> None:
         """Reset codes unused for ``dead_code_steps`` calls to random rows of ``flat`` [N,code_dim]."""
+        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        if distributed:
+            counts = counts.clone()
+            dist.all_reduce(counts)
         self.steps_since_use.add_(1).masked_fill_(counts > 0, 0)
         dead = self.steps_since_use >= self.dead_code_steps
         # Drawing a candidate for every code avoids a host sync on the number of dead codes.
-        candidates = flat[torch.randint(0, flat.shape[0], (self.codebook_size,), device=flat.device)]
+        candidates = flat[torch.randint(0, flat.shape[0], (self.codebook_size,), device=flat.device)].contiguous()
+        if distributed:
+            dist.broadcast(candidates, src=0)
         weight = self.codebook.weight
         weight.copy_(torch.where(dead[:, None], candidates.to(weight.dtype), weight))
         self.steps_since_use.masked_fill_(dead, 0)

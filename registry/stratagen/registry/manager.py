@@ -7,6 +7,7 @@ to import is recorded (name, distribution, version, error) while the others load
 Environment variables:
     STRATAGEN_DISABLE_PLUGINS   comma-separated entry-point names not to load
     STRATAGEN_PLUGINS           comma-separated allow-list: load only these
+                                (a name no installed entry point has is an error in both)
     STRATAGEN_STRICT_PLUGINS=1  any load failure or duplicate name is fatal (for CI)
 """
 from __future__ import annotations
@@ -86,8 +87,14 @@ class Registry:
         blocked = _env_list(env, "STRATAGEN_DISABLE_PLUGINS") or set()
         allowed = _env_list(env, "STRATAGEN_PLUGINS")
         self.strict = env.get("STRATAGEN_STRICT_PLUGINS", "") not in ("", "0", "false")
+        found = sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)
+        for key, names in (("STRATAGEN_DISABLE_PLUGINS", blocked), ("STRATAGEN_PLUGINS", allowed or set())):
+            unknown = sorted(names - {ep.name for ep in found})
+            if unknown:
+                raise PluginLoadError(f"{key}: no installed plugin is named {', '.join(map(repr, unknown))}; "
+                                      f"installed: {', '.join(sorted({ep.name for ep in found}))}")
         seen: dict[str, Provider] = {}
-        for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        for ep in found:
             if ep.name in blocked or (allowed is not None and ep.name not in allowed):
                 continue
             dist = ep.dist

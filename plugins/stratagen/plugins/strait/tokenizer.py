@@ -68,12 +68,13 @@ class VQGAN2Tokenizer(VQTokenizer):
     def __init__(self, *, resolution: int, fusion: Literal["residual", "concat"], channels: int,
                  channel_mult: Sequence[int], num_res_blocks: int, codebook_size: int,
                  bottom_codebook_size: int | None, embedding_dim: int, commitment_cost: float,
-                 restart_dead_codes: bool, code_dim: int | None = None, l2_normalized_codes: bool = False,
+                 restart_dead_codes: bool, dead_code_steps: int = 100, code_dim: int | None = None, l2_normalized_codes: bool = False,
                  entropy_loss_weight: float = 0.0, entropy_temperature: float = 0.01, latent_blocks: int,
                  loss: VQGANLoss):
         super().__init__()
         self.fusion_kind = fusion
         self.factor = 2 ** (len(channel_mult) - 1)
+        self._check_size(resolution, resolution)
         self.encoder = Encoder(channels, channel_mult, num_res_blocks, embedding_dim)
         bottom_features = self.encoder.widths[-2]
         self.latent_conditional = nn.Sequential(
@@ -81,7 +82,7 @@ class VQGAN2Tokenizer(VQTokenizer):
         self.bottom_head = nn.Sequential(group_norm(bottom_features + embedding_dim), nn.SiLU(),
                                          nn.Conv2d(bottom_features + embedding_dim, embedding_dim, 3, padding=1))
         quantizer = partial(VectorQuantizer, dim=embedding_dim, commitment_cost=commitment_cost,
-                            restart_dead_codes=restart_dead_codes, code_dim=code_dim,
+                            restart_dead_codes=restart_dead_codes, dead_code_steps=dead_code_steps, code_dim=code_dim,
                             l2_normalize=l2_normalized_codes, entropy_loss_weight=entropy_loss_weight,
                             entropy_temperature=entropy_temperature)
         self.top_quantizer = quantizer(codebook_size)

@@ -36,6 +36,8 @@ class ConvVQConfig(ComponentConfig):
     embedding_dim: int = Field(32, ge=1)
     commitment_cost: float = Field(0.25, ge=0)
     restart_dead_codes: bool = False
+    dead_code_steps: int = Field(100, ge=1, description="with restart_dead_codes: a code unused for this many "
+                                 "training steps (on every process) is restarted from an encoder output")
     code_dim: int | None = Field(None, ge=1, description="factorized codes (ViT-VQGAN): look up in a linear "
                                  "projection of the latents to code_dim; none: in embedding_dim")
     l2_normalized_codes: bool = Field(False, description="ViT-VQGAN: l2-normalize latents and codes, nearest by cosine")

@@ -43,8 +43,13 @@ class VQTokenizer(Tokenizer):
         return losses, logs
 
     def _check_resolution(self, images: torch.Tensor) -> None:
-        if images.shape[-1] % self.factor or images.shape[-2] % self.factor:
-            raise ValueError(f"image size {tuple(images.shape[-2:])} is not divisible by the factor {self.factor}")
+        self._check_size(*images.shape[-2:])
+
+    def _check_size(self, height: int, width: int) -> None:
+        """ValueError unless images of ``height`` x ``width`` split into whole tokens."""
+        if height % self.factor or width % self.factor:
+            raise ValueError(f"image size {(height, width)} is not divisible by the factor {self.factor}; "
+                             f"use a resolution that is a multiple of {self.factor}")
 
 
 class VQGANTokenizer(VQTokenizer):
@@ -55,7 +60,8 @@ class VQGANTokenizer(VQTokenizer):
         channels, channel_mult, num_res_blocks: encoder/decoder widths (Table 11:
             128, [1, 1, 2, 2, 4] for f=16, 2).
         codebook_size, embedding_dim, commitment_cost: quantizer (8192, 32, 0.25).
-        restart_dead_codes: re-initialise unused codes from encoder outputs.
+        restart_dead_codes, dead_code_steps: re-initialise codes unused for ``dead_code_steps``
+            training steps from encoder outputs.
         code_dim, l2_normalized_codes, entropy_loss_weight, entropy_temperature: codebook
             options of :class:`stratagen.nn.VectorQuantizer` (ViT-VQGAN codes, MaskGIT's
             entropy loss).
@@ -69,14 +75,15 @@ class VQGANTokenizer(VQTokenizer):
 
     def __init__(self, *, resolution: int, channels: int, channel_mult: Sequence[int], num_res_blocks: int,
                  codebook_size: int, embedding_dim: int, commitment_cost: float, restart_dead_codes: bool,
-                 code_dim: int | None = None, l2_normalized_codes: bool = False, entropy_loss_weight: float = 0.0,
+                 dead_code_steps: int = 100, code_dim: int | None = None, l2_normalized_codes: bool = False, entropy_loss_weight: float = 0.0,
                  entropy_temperature: float = 0.01, loss: VQGANLoss):
         super().__init__()
         self.factor = 2 ** (len(channel_mult) - 1)
+        self._check_size(resolution, resolution)
         self.codebook_size = codebook_size
         self.encoder = self.encoder_class(channels, channel_mult, num_res_blocks, embedding_dim)
         self.quantizer = VectorQuantizer(codebook_size, embedding_dim, commitment_cost, restart_dead_codes,
-                                         code_dim=code_dim, l2_normalize=l2_normalized_codes,
+                                         dead_code_steps, code_dim=code_dim, l2_normalize=l2_normalized_codes,
                                          entropy_loss_weight=entropy_loss_weight,
                                          entropy_temperature=entropy_temperature)
         self.decoder = self.decoder_class(channels, channel_mult, num_res_blocks, embedding_dim)

@@ -1,0 +1,82 @@
+"""What a changed config would invalidate in a run being resumed (``stratagen train --resume``).
+
+A trained component depends on its own config section, on the sections of the components it
+was trained from (a prior on its tokenizers, a critic on its prior, an augmented prior on the
+priors of its conditions), on the data and on the run's seed. Resuming with any of those
+changed would keep weights and tokens made from the old values, so it is refused, naming the
+key and how to start over. Settings that change no weights (device, attention kernel, logging
+and checkpoint intervals, sampler, evaluation) may change freely, and so may sections of
+components that are not trained yet.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import yaml
+
+from stratagen import config as cfg
+from stratagen.io import checkpoint
+from stratagen.io.run import Run
+from stratagen.registry import ConfigError, StratagenError, split_stream_key
+
+#: keys (under any section) that change no weights
+FREE_KEYS = frozenset({"log_every", "checkpoint_every", "image_every"})
+#: what every component depends on; priors and critics also on the cached views
+SHARED = (("data",), ("run", "seed"))
+TOKEN_SHARED = SHARED + (("loader", "views"),)
+
+Key = tuple[str, ...]
+
+
+def _flatten(tree: Any, prefix: Key = ()) -> Iterator[tuple[Key, Any]]:
+    if isinstance(tree, dict) and tree:
+        for key, value in tree.items():
+            yield from _flatten(value, prefix + (str(key),))
+    else:
+        yield prefix, tree
+
+
+def _inputs(config: Any, kind: str, cid: str) -> list[Key]:
+    """The config sections component ``cid`` of ``kind`` was trained from (its own included)."""
+    if kind == "tokenizer":
+        owner = config.tokenizers[cid].share or cid
+        return [*SHARED, ("tokenizers", cid), ("tokenizers", owner)]
+    if kind == "critic":
+        return [("critics", cid), *_inputs(config, "prior", config.critics[cid].prior)]
+    entry = config.priors[cid]
+    keys: list[Key] = [*TOKEN_SHARED, ("priors", cid)]
+    for stream in [entry.target, *entry.conditions]:
+        keys += _inputs(config, "tokenizer", split_stream_key(stream)[0])
+    if entry.condition_augmentation > 0:
+        for pid, other in config.priors.items():
+            if other.target in entry.conditions:
+                keys += _inputs(config, "prior", pid)
+    return keys
+
+
+def _stored(run: Run) -> dict[str, Any]:
+    """The run's stored config with today's defaults filled in (as written, if it no longer validates)."""
+    url = run.path("config.yaml")
+    try:
+        return cfg.load_config(url).model_dump(mode="json")
+    except ConfigError:
+        return yaml.safe_load(checkpoint.read_bytes(url)) or {}
+
+
+def check_unchanged(run: Run, config: Any, trained: list[tuple[str, str]]) -> None:
+    """Refuse to resume ``run`` with ``config`` if a change reaches a ``trained`` (kind, id) component."""
+    if not run.exists() or not trained:
+        return
+    old, new = dict(_flatten(_stored(run))), dict(_flatten(config.model_dump(mode="json")))
+    changed = sorted(k for k in old.keys() | new.keys()
+                     if old.get(k) != new.get(k) and not (k and k[-1] in FREE_KEYS))
+    for kind, cid in trained:
+        inputs = _inputs(config, kind, cid)
+        hits = [k for k in changed if any(k[:len(prefix)] == prefix for prefix in inputs)]
+        if hits:
+            key = hits[0]
+            more = f" (and {len(hits) - 1} more)" if len(hits) > 1 else ""
+            raise StratagenError(
+                f"{run.url}: --resume with a changed config: {'.'.join(key)} was {old.get(key)!r}, now "
+                f"{new.get(key)!r}{more}, and {kind} {cid!r} was trained with the old value; start over in "
+                f"another run.dir, or delete {run.path(kind + 's', cid)} and what was trained from it")

@@ -1,0 +1,47 @@
+"""Run directories: a copy is itself the run; resuming with a changed config keeps what is valid;
+progress reaches a log."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import yaml
+
+from stratagen import api, cli
+from stratagen.engine import logger
+from stratagen.registry import StratagenError
+
+
+def test_a_copied_run_directory_is_the_run(trained_run, tmp_path, capsys):
+    copy = tmp_path / "copy"
+    shutil.copytree(trained_run, copy)
+    before = sorted(p.relative_to(trained_run) for p in trained_run.rglob("*"))
+    assert cli.main(["sample", str(copy), "--classes", "0", "--count", "2"]) == 0
+    assert sorted(p.name for p in (copy / "samples").iterdir()) == ["class0_0000.png", "class0_0001.png", "grid.png"]
+    assert sorted(p.relative_to(trained_run) for p in trained_run.rglob("*")) == before  # the original is untouched
+    assert api.load(str(copy)).run.dir == str(copy)
+
+
+def test_resume_accepts_changes_that_touch_no_trained_component(trained_run, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(trained_run, copy)
+    changes = ["sampler.stage.steps=5", "run.device=cpu", "priors.main.train.log_every=7", "eval.seed=3"]
+    api.train(api.load(str(copy), changes), resume=True)
+    stored = yaml.safe_load((copy / "config.yaml").read_text())
+    assert stored["sampler"]["stage"]["steps"] == 5 and stored["run"]["dir"] == str(copy)
+    with pytest.raises(StratagenError, match="priors.main.model.depth was 1, now 2.*prior 'main'"):
+        api.train(api.load(str(copy), ["priors.main.model.depth=2"]), resume=True)
+    assert yaml.safe_load((copy / "config.yaml").read_text()) == stored  # the refused config is not written
+
+
+def test_progress_prints_lines_when_output_is_a_log(capsys, monkeypatch):
+    monkeypatch.delenv("STRATAGEN_PROGRESS", raising=False)
+    monkeypatch.setattr(logger, "LOG_EVERY_SECONDS", 0.0)
+    bar = logger.progress(range(2, 4), desc="prior/main", total=4, initial=2)
+    for _ in bar:
+        bar.set_postfix({"loss/prior": "3.1"})
+    assert capsys.readouterr().out.splitlines() == [
+        "prior/main: 2/4 (started)", "prior/main: 3/4 loss/prior=3.1 (0 s)", "prior/main: 4/4 loss/prior=3.1 (0 s)",
+        "prior/main: 4/4 loss/prior=3.1 (done in 0 s)"]
+    monkeypatch.setenv("STRATAGEN_PROGRESS", "0")
+    assert list(logger.progress(range(3), desc="quiet")) == [0, 1, 2] and capsys.readouterr().out == ""

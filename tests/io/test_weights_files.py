@@ -1,0 +1,44 @@
+"""A weights file that carries code (a pickle whose ``__reduce__`` creates a file) is refused,
+never run, wherever a user passes a weights file."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import torch
+
+from stratagen.eval import InceptionMetric
+from stratagen.io import checkpoint
+from stratagen.nn.perceptual import PerceptualLoss
+from stratagen.plugins.maskgit_official.flax_msgpack import read_flax_checkpoint
+from stratagen.registry import StratagenError
+from weightfiles import write_pickle_with_code
+
+
+#: every place a user names a weights file: (id, load it)
+LOADERS: list[tuple[str, Callable[[Path], Any]]] = [
+    ("perceptual-vgg16", lambda p: PerceptualLoss(str(p))),
+    ("inception-metric", lambda p: InceptionMetric(weights=str(p), metrics=["fid"])._extractor("inception-v3-compat")),
+    ("inception-prc-vgg16", lambda p: InceptionMetric(weights=None, metrics=["prc"], vgg_weights=str(p))
+     ._extractor("vgg16")),
+    ("run-weights-and-checkpoints", lambda p: checkpoint.load_tensors(str(p))),
+    ("maskgit-official-checkpoint", lambda p: read_flax_checkpoint(p.read_bytes(), str(p))),
+]
+
+
+@pytest.mark.parametrize("load", [loader for _, loader in LOADERS], ids=[name for name, _ in LOADERS])
+def test_a_pickle_carrying_code_is_refused_and_never_run(tmp_path, load):
+    marker = tmp_path / "code-ran"
+    path = write_pickle_with_code(tmp_path / "weights.pth", marker)
+    with pytest.raises(StratagenError):
+        load(path)
+    assert not marker.exists()
+    torch.load(path, weights_only=False)  # the file does carry code: plain unpickling runs it
+    assert marker.exists()
+
+
+def test_plain_tensors_still_load(tmp_path):
+    path = tmp_path / "weights.pth"
+    torch.save({"w": torch.arange(3.0)}, path)
+    assert checkpoint.read_state_dict(str(path))["w"].tolist() == [0.0, 1.0, 2.0]
