@@ -178,7 +178,7 @@ def test_decode_order_contract(name, tmp_path):
 def tiny_models(tmp_path_factory):
     root = tmp_path_factory.mktemp("conformance")
     out = {}
-    for variant in ("maskgit", "strait", "cascade", "upsample"):
+    for variant in ("maskgit", "strait", "cascade", "upsample", "var"):
         config = api.load(str(write_config(root / f"{variant}.yaml", tiny_config(root / variant, variant))))
         built = api.build(config)
         for module in built.modules():

@@ -13,10 +13,12 @@ TINY_TRAIN = {"steps": 4, "batch_size": 8, "lr": 1e-3, "warmup_steps": 0, "log_e
 TINY_VQ = {"channels": 8, "channel_mult": [1, 2, 2], "num_res_blocks": 1, "codebook_size": 32,
            "embedding_dim": 8, "loss": {"gan_weight": 0.0, "perceptual_weights": None}}
 TINY_PRIOR = {"depth": 1, "width": 32, "heads": 2, "mlp_dim": 64, "dropout": 0.0}
+TINY_VAR = {"depth": 1, "width": 32, "heads": 2, "feature_dim": TINY_VQ["embedding_dim"]}
 
 
 def tiny_config(run_dir: Path, variant: str = "maskgit") -> dict[str, Any]:
-    """A run config dict for 16 px synthetic images: ``maskgit``, ``strait`` or ``cascade``."""
+    """A run config dict for 16 px synthetic images: ``maskgit``, ``strait``, ``cascade``, ``upsample``
+    (32 px) or ``var`` (three scales, 1, 2 and 4 tokens a side)."""
     config: dict[str, Any] = {
         "run": {"dir": str(run_dir), "seed": 0, "device": "cpu"},
         "data": {"name": "synthetic", "num_classes": 4, "resolution": 16, "train_size": 32, "eval_size": 16},
@@ -53,6 +55,12 @@ def tiny_config(run_dir: Path, variant: str = "maskgit") -> dict[str, Any]:
                                          "model": {"name": "upsampler", **TINY_PRIOR}, "train": dict(TINY_TRAIN)}
         config["sampler"] = {"name": "upsample", "top": {"steps": 2}, "bottom": {"steps": 2},
                              "up_top": {"steps": 2}, "up_bottom": {"steps": 2}}
+    elif variant == "var":
+        config["tokenizers"] = {"vq": {"model": {"name": "msvq", **TINY_VQ, "scales": [1, 2, 4]},
+                                       "train": dict(TINY_TRAIN)}}
+        config["priors"] = {"main": {"target": "vq.s3", "conditions": ["vq.s1", "vq.s2"],
+                                     "model": {"name": "var", **TINY_VAR}, "train": dict(TINY_TRAIN)}}
+        config["sampler"] = {"name": "next-scale"}
     else:
         raise ValueError(variant)
     return copy.deepcopy(config)  # callers edit nested sections freely

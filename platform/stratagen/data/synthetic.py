@@ -84,6 +84,14 @@ LAYOUTS: tuple[tuple[float, float, float], ...] = (
     (0.58, 0.57, 0.28),
 )
 
+# Words of the class captions (:func:`class_caption`), aligned with PALETTES' backgrounds,
+# TEXTURES and LAYOUTS.
+GROUNDS: tuple[str, ...] = ("teal", "navy", "plum", "maroon", "brown", "beige", "forest", "slate", "maroon",
+                            "navy", "teal", "peach")
+TEXTURE_WORDS: tuple[str, ...] = ("horizontal stripes", "checks", "vertical stripes", "dots", "diagonal stripes",
+                                  "noise", "a grid", "rings")
+PLACES: tuple[str, ...] = ("in the centre", "at the top left", "at the bottom right")
+
 MAX_CLASSES = math.lcm(len(SHAPES), len(PALETTES), len(TEXTURES))  # 120
 POSITION_JITTER = 0.06  # +- fraction of the image size
 SIZE_JITTER = 0.15  # radius scaled by a factor in [1 - j, 1 + j]
@@ -142,6 +150,16 @@ def _class_name(label: int) -> str:
     """Palette, shape and texture of a class, e.g. "red-disc-hstripes"."""
     palette = PALETTES[label % len(PALETTES)][0]
     return f"{palette}-{SHAPES[label % len(SHAPES)]}-{TEXTURES[label % len(TEXTURES)][0]}"
+
+
+def class_caption(label: int) -> str:
+    """What class ``label`` draws, in words (captions for text-to-image priors, STAR), e.g.
+    "a red disc with horizontal stripes in the centre on a teal ground"."""
+    palette = label % len(PALETTES)
+    colour = PALETTES[palette][0]
+    article = "an" if colour[0] in "aeiou" else "a"
+    return (f"{article} {colour} {SHAPES[label % len(SHAPES)]} with {TEXTURE_WORDS[label % len(TEXTURES)]} "
+            f"{PLACES[label % len(LAYOUTS)]} on a {GROUNDS[palette]} ground")
 
 
 def _grouped(ids: Tensor, fn: Callable[[int, Tensor], Tensor], res: int) -> Tensor:

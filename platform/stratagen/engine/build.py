@@ -15,8 +15,8 @@ import torch
 from pydantic import BaseModel
 
 from stratagen.nn import set_attention_backend
-from stratagen.registry import (ConfigError, CriticSlot, GenerativeModel, LevelSpec, MaskSchedule, PriorSlot,
-                                Registry, Sampler, Tokenizer, get_registry, split_stream_key)
+from stratagen.registry import (ConfigError, CriticSlot, GenerativeModel, IncompatibleComponentsError, LevelSpec,
+                                MaskSchedule, PriorSlot, Registry, Sampler, Tokenizer, get_registry, split_stream_key)
 
 
 @dataclass
@@ -138,6 +138,10 @@ def _build_model(config: Any, registry: Registry) -> GenerativeModel:
             raise ConfigError(f"{where}.conditions: a prior cannot be conditioned on its own target {entry.target!r}")
         prior = _build(registry, "prior", entry.model, f"{where}.model", target=target, conditions=conditions,
                        num_classes=num_classes)
+        try:
+            prior.use_tokenizer(tokenizers[split_stream_key(entry.target)[0]])
+        except IncompatibleComponentsError as exc:
+            raise IncompatibleComponentsError(f"{where}: {exc}") from None
         priors[pid] = PriorSlot(prior, entry.target, tuple(entry.conditions))
     critics = {}
     for cid, entry in config.critics.items():

@@ -1,6 +1,6 @@
 """Shared neural-network building blocks."""
 
-from stratagen.nn.attention import Attention, get_attention_backend, set_attention_backend
+from stratagen.nn.attention import Attention, KVCache, get_attention_backend, set_attention_backend
 from stratagen.nn.conv import Blur, BlurDownsample, BlurUpsample, ResBlock, ResStage, group_norm
 from stratagen.nn.discriminator import (
     DiscriminatorBlock,
@@ -11,15 +11,19 @@ from stratagen.nn.discriminator import (
     r1_penalty,
 )
 from stratagen.nn.perceptual import PerceptualLoss, lpips_vgg_heads
+from stratagen.nn.rope import NormalizedRope2D, grid_positions
 from stratagen.nn.quantize import QuantizerOutput, VectorQuantizer, codebook_stats, entropy_loss
-from stratagen.nn.transformer import PostNormBlock, TransformerBlock
+from stratagen.nn.transformer import AdaLNBlock, PostNormBlock, TransformerBlock
 
 __all__ = [
+    "AdaLNBlock",
     "Attention",
     "Blur",
     "BlurDownsample",
     "BlurUpsample",
     "DiscriminatorBlock",
+    "KVCache",
+    "NormalizedRope2D",
     "PerceptualLoss",
     "PostNormBlock",
     "QuantizerOutput",
@@ -33,6 +37,7 @@ __all__ = [
     "entropy_loss",
     "generator_adversarial_loss",
     "get_attention_backend",
+    "grid_positions",
     "group_norm",
     "lpips_vgg_heads",
     "r1_penalty",

@@ -1,5 +1,10 @@
 """Multi-head attention, the single attention implementation of stratagen.
 
+Self-attention optionally takes a boolean mask (VAR's block-causal attention), a
+:class:`KVCache` (keys and values of earlier calls, so an autoregressive model runs each
+new block of queries once) and a rotary position embedding applied to queries and keys
+(STAR's normalized 2D RoPE, :mod:`stratagen.nn.rope`).
+
 The kernel is ``torch.nn.functional.scaled_dot_product_attention`` ("sdpa",
 the default) or xformers' ``memory_efficient_attention`` ("xformers"),
 chosen process-wide with :func:`set_attention_backend`. xformers has no CPU
@@ -8,7 +13,9 @@ kernels, so with the "xformers" backend CPU tensors still go through SDPA.
 
 import importlib
 from types import ModuleType
+from typing import Callable
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -41,15 +48,42 @@ def get_attention_backend() -> str:
     return _backend
 
 
-def _attend(q: Tensor, k: Tensor, v: Tensor, dropout_p: float) -> Tensor:
-    """softmax(q k^T / sqrt(d)) v. q: [B,H,N,D], k/v: [B,H,M,D] -> [B,H,N,D]."""
-    if _backend == "xformers" and q.is_cuda:
+def _attend(q: Tensor, k: Tensor, v: Tensor, dropout_p: float, mask: Tensor | None = None) -> Tensor:
+    """softmax(q k^T / sqrt(d)) v. q: [B,H,N,D], k/v: [B,H,M,D] -> [B,H,N,D].
+
+    ``mask`` [N,M] bool (True: may attend) goes to SDPA; masked calls never use xformers.
+    """
+    if _backend == "xformers" and q.is_cuda and mask is None:
         # xformers expects [B, seq, heads, head_dim].
         out = _xformers_ops.memory_efficient_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), p=dropout_p
         )
         return out.transpose(1, 2)
-    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+
+
+class KVCache:
+    """Keys and values a self-attention layer has seen so far, each [B,heads,M,head_dim].
+
+    Each call of :meth:`Attention.forward` with this cache appends its keys and values and
+    attends over everything cached, so an autoregressive model feeds only its new tokens.
+    """
+
+    def __init__(self) -> None:
+        self.keys: Tensor | None = None
+        self.values: Tensor | None = None
+
+    def extend(self, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+        """Append ``keys``/``values`` [B,heads,N,head_dim]; returns all cached, [B,heads,M+N,head_dim]."""
+        if self.keys is not None:
+            keys, values = torch.cat([self.keys, keys], dim=2), torch.cat([self.values, values], dim=2)
+        self.keys, self.values = keys, values
+        return keys, values
+
+    @property
+    def length(self) -> int:
+        """Number of cached positions M."""
+        return 0 if self.keys is None else self.keys.shape[2]
 
 
 class Attention(nn.Module):
@@ -93,19 +127,32 @@ class Attention(nn.Module):
         x: Tensor,
         context: Tensor | None = None,
         kv: tuple[Tensor, Tensor] | None = None,
+        mask: Tensor | None = None,
+        cache: KVCache | None = None,
+        rotary: Callable[[Tensor], Tensor] | None = None,
     ) -> Tensor:
         """x: [B,N,dim] -> [B,N,dim].
 
         Cross-attention takes exactly one of ``context`` [B,M,context_dim] or
-        ``kv`` (the output of :meth:`project_kv`); self-attention takes neither.
+        ``kv`` (the output of :meth:`project_kv`); self-attention takes neither, and may take
+        ``mask`` [N,M] bool (True: may attend; M counts cached positions too), ``cache``
+        (its keys and values are appended, and the queries attend over all of them) and
+        ``rotary`` (maps queries and keys [B,heads,N,head_dim] of these N positions to
+        their rotated versions; cached keys are stored rotated).
         """
         if self.is_cross and (context is None) == (kv is None):
             raise ValueError("cross-attention needs exactly one of `context` or `kv`")
         if not self.is_cross and (context is not None or kv is not None):
             raise ValueError("self-attention takes neither `context` nor `kv`")
+        if self.is_cross and (mask is not None or cache is not None or rotary is not None):
+            raise ValueError("mask, cache and rotary apply to self-attention only")
         B, N, C = x.shape
         q = self.q(x).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)
         k, v = kv if kv is not None else self.project_kv(x if context is None else context)
-        out = _attend(q, k, v, self.attn_dropout if self.training else 0.0)
+        if rotary is not None:
+            q, k = rotary(q), rotary(k)
+        if cache is not None:
+            k, v = cache.extend(k, v)
+        out = _attend(q, k, v, self.attn_dropout if self.training else 0.0, mask)
         out = out.transpose(1, 2).reshape(B, N, C)
         return self.proj_drop(self.proj(out))

@@ -1,9 +1,12 @@
-"""Transformer blocks: pre-norm (with optional cross-attention) and BERT's post-norm."""
+"""Transformer blocks: pre-norm (with optional cross-attention), adaptive-layer-norm (VAR) and
+BERT's post-norm."""
+
+from typing import Callable
 
 from timm.layers import Mlp
 from torch import Tensor, nn
 
-from stratagen.nn.attention import Attention
+from stratagen.nn.attention import Attention, KVCache
 
 
 class TransformerBlock(nn.Module):
@@ -84,3 +87,53 @@ class PostNormBlock(nn.Module):
         """x: [B,N,dim] -> [B,N,dim]."""
         x = self.norm1(x + self.attn(x))
         return self.norm2(x + self.mlp(x))
+
+
+class AdaLNBlock(nn.Module):
+    """VAR's transformer block: self-attention and FFN under adaptive layer norm (VAR §3.2, the
+    class-conditional AdaLN of its ``AdaLNSelfAttn``), optionally with STAR's cross-attention.
+
+    A condition ``cond`` [B,cond_dim] gives six vectors per block (SiLU, linear):
+    gamma1, gamma2, scale1, scale2, shift1, shift2, and
+
+    x = x + gamma1 * attn(norm(x) * (1 + scale1) + shift1)      # norms without affine weights
+    x = x + xattn(norm_x(x), text)                              # only with context_dim (STAR)
+    x = x + gamma2 * mlp(norm(x) * (1 + scale2) + shift2)       # mlp: dim -> mlp_dim -> dim, GELU (tanh)
+
+    At width C and FFN 4C a block holds about 18 C^2 weights (4 attention, 8 FFN, 6 AdaLN),
+    which is what puts VAR-d16 at 310M parameters.
+    """
+
+    def __init__(self, dim: int, num_heads: int, mlp_dim: int, cond_dim: int, dropout: float = 0.0,
+                 context_dim: int | None = None) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6, elementwise_affine=False)
+        self.attn = Attention(dim, num_heads, attn_dropout=dropout, proj_dropout=dropout)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6, elementwise_affine=False)
+        self.mlp = Mlp(dim, hidden_features=mlp_dim, act_layer=lambda: nn.GELU(approximate="tanh"), drop=dropout)
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, 6 * dim))
+        if context_dim is None:
+            self.norm_x = self.xattn = None
+        else:
+            self.norm_x = nn.LayerNorm(dim, eps=1e-6)
+            self.xattn = Attention(dim, num_heads, context_dim=context_dim, attn_dropout=dropout,
+                                   proj_dropout=dropout)
+
+    def project_context(self, context: Tensor) -> tuple[Tensor, Tensor]:
+        """Cross-attention keys/values of ``context`` [B,M,context_dim], for reuse via ``context_kv``."""
+        if self.xattn is None:
+            raise ValueError("this block has no cross-attention (built with context_dim=None)")
+        return self.xattn.project_kv(context)
+
+    def forward(self, x: Tensor, cond: Tensor, mask: Tensor | None = None, cache: KVCache | None = None,
+                rotary: Callable[[Tensor], Tensor] | None = None,
+                context_kv: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """x: [B,N,dim], cond: [B,cond_dim] -> [B,N,dim]; ``mask``, ``cache``, ``rotary`` go to the
+        self-attention (see :meth:`Attention.forward`), ``context_kv`` to the cross-attention."""
+        gamma1, gamma2, scale1, scale2, shift1, shift2 = self.ada(cond)[:, None].chunk(6, dim=-1)
+        x = x + gamma1 * self.attn(self.norm1(x) * (1 + scale1) + shift1, mask=mask, cache=cache, rotary=rotary)
+        if self.xattn is not None:
+            x = x + self.xattn(self.norm_x(x), kv=context_kv)
+        elif context_kv is not None:
+            raise ValueError("this block has no cross-attention (built with context_dim=None)")
+        return x + gamma2 * self.mlp(self.norm2(x) * (1 + scale2) + shift2)

@@ -22,6 +22,8 @@ import torch
 from stratagen.registry import (UNKNOWN, DecodeOrder, DecodeState, GenerativeModel, MaskSchedule, Prior,
                                 StageSettings, get_registry)
 
+from .filtering import guide, sampling_probs
+
 
 @dataclass
 class DecodeResult:
@@ -61,7 +63,7 @@ def guided_logits(prior: Prior, tokens: torch.Tensor, labels: torch.Tensor, cont
     """
     null = torch.full_like(labels, prior.null_class)
     cond, uncond = prior(torch.cat([tokens, tokens]), torch.cat([labels, null]), context).float().chunk(2)
-    return cond + scale * (cond - uncond)
+    return guide(cond, uncond, scale)
 
 
 @torch.no_grad()
@@ -107,7 +109,7 @@ def iterative_decode(
             logits = guided_logits(prior, ids, labels, context, scale)
         else:
             logits = prior(ids, labels, context).float()
-        probs = torch.softmax(logits / settings.temperature, dim=-1)
+        probs = sampling_probs(logits, settings.temperature, settings.top_k, settings.top_p)
         sampled = torch.multinomial(probs.view(B * N, -1), 1, generator=generator).view(B, N)
         unknown = ids == mask_id
         sampled = torch.where(unknown, sampled, ids)

@@ -4,7 +4,7 @@ from .errors import (ConfigError, IncompatibleComponentsError, MissingWeightsErr
                      StratagenError, UnknownComponentError)
 from .hookspecs import hookimpl
 from .interfaces import (UNKNOWN, AutoencoderOutput, Critic, CriticSlot, DecodeOrder, DecodeState, GenerativeModel,
-                         MaskSchedule, Prior, PriorLoss, PriorSlot, Sampler, SampleOutput, Tokenizer)
+                         MaskSchedule, MultiScaleTokenizer, Prior, PriorLoss, PriorSlot, Sampler, SampleOutput, Tokenizer)
 from .manager import Component, PluginFailure, Provider, Registry, get_registry
 from .sampling import SamplerConfig, Stage, StageSettings, check_sweep_values, stage_settings_of
 from .tokens import LevelSpec, TokenGrids, split_stream_key, stream_key
@@ -12,7 +12,7 @@ from .tokens import LevelSpec, TokenGrids, split_stream_key, stream_key
 __all__ = [
     "UNKNOWN", "AutoencoderOutput", "Component", "ComponentConfig", "ConfigError", "Critic", "CriticSlot",
     "DecodeOrder", "DecodeState", "GenerativeModel", "IncompatibleComponentsError", "LevelSpec", "MaskSchedule",
-    "MissingWeightsError", "PluginFailure", "PluginLoadError", "Prior", "PriorLoss", "PriorSlot", "Provider",
+    "MissingWeightsError", "MultiScaleTokenizer", "PluginFailure", "PluginLoadError", "Prior", "PriorLoss", "PriorSlot", "Provider",
     "Registry", "SampleOutput", "Sampler", "SamplerConfig", "Stage", "StageSettings", "StratagenError",
     "TokenGrids", "Tokenizer", "UnknownComponentError", "check_sweep_values", "get_registry", "hookimpl",
     "split_stream_key", "stage_settings_of", "stream_key",

@@ -80,6 +80,26 @@ class Tokenizer(nn.Module, ABC):
         return levels == set(self.level_names)
 
 
+class MultiScaleTokenizer(Tokenizer):
+    """A tokenizer whose levels are K scales of one feature map, each coding what the coarser
+    scales left of it (VAR Alg. 1 and 2: residual quantization at growing resolutions).
+
+    Decoding sums the scales' contributions into one feature map f_hat at the finest grid;
+    a next-scale prior reads its teacher-forcing inputs, the cumulative f_hat of the coarser
+    scales, through :meth:`accumulate` (it never imports the tokenizer plugin).
+    """
+
+    @property
+    @abstractmethod
+    def feature_dim(self) -> int:
+        """Channels C of the feature map f_hat."""
+
+    @abstractmethod
+    def accumulate(self, features: torch.Tensor | None, scale: int, tokens: torch.Tensor) -> torch.Tensor:
+        """f_hat ``[B, C, H, W]`` (finest grid) after adding the contribution of scale ``scale``
+        (0-based) with tokens ``[B, h, w]`` to ``features`` (None: the empty map), VAR Alg. 2 line 8."""
+
+
 # ----------------------------------------------------------------------------- prior
 @dataclass
 class PriorLoss:
@@ -105,6 +125,12 @@ class Prior(nn.Module, ABC):
     @property
     def mask_token_id(self) -> int:
         return self.target.codebook_size
+
+    def use_tokenizer(self, tokenizer: Tokenizer) -> None:
+        """Called once by the builder with the tokenizer of the target stream. A prior that embeds
+        tokens through that tokenizer (a next-scale prior reads its codebook features) keeps a
+        reference, not a submodule, so its weights stay the tokenizer's; by default nothing.
+        Raise IncompatibleComponentsError if the prior cannot work with ``tokenizer``."""
 
     @property
     def null_class(self) -> int:

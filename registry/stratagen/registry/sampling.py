@@ -37,6 +37,9 @@ class StageSettings(ComponentConfig):
     temperature: float = Field(1.0, gt=0, description="softmax temperature of token sampling")
     choice_temperature: float = Field(4.5, ge=0, description="scale of the annealed Gumbel noise on the "
                                                              "order's scores (MaskGIT's quality knob)")
+    top_k: int = Field(0, ge=0, description="sample among the k most likely tokens only (0: all)")
+    top_p: float = Field(1.0, gt=0, le=1, description="sample within the smallest set of tokens whose "
+                                                      "probability reaches p (nucleus; 1: all)")
     guidance_scale: float = Field(0.0, ge=0, description="classifier-free guidance scale (0: off)")
     guidance_schedule: Literal["constant", "linear"] = Field(
         "constant", description="constant scale, or ramped linearly from 0 to the scale over the steps")

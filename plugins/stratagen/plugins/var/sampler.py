@@ -1,0 +1,104 @@
+"""The ``next-scale`` sampler: VAR's coarse-to-fine sampling, one forward per scale (VAR §3.2;
+STAR slides "VAR: Auto-regressive sampling": K forward passes with top-k / top-p)."""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch
+
+from stratagen.registry import (UNKNOWN, GenerativeModel, IncompatibleComponentsError, Sampler, SampleOutput, Stage,
+                                StageSettings, split_stream_key, stream_key)
+from stratagen.sampling import guide, sampling_probs
+
+from .prior import NextScaleTransformer
+
+
+class NextScaleSampler(Sampler):
+    """Scales 1 .. K of a multi-scale tokenizer, each sampled at once from the next-scale prior
+    given the coarser ones, then decoded by that tokenizer.
+
+    Every scale is a stage of one step. Tokens are drawn with ``temperature``, ``top_k`` and
+    ``top_p``; classifier-free guidance runs the conditional and null-class rows as one batch,
+    with VAR's schedule when ``guidance_schedule`` is ``linear`` (scale k of K gets
+    ``guidance_scale * k / K``). ``use_cache: false`` recomputes every prefix instead of the
+    KV cache (same tokens, more compute; for checks and timing).
+
+    Args:
+        scales: settings shared by every scale (``steps`` must be 1; schedule, order and
+            choice temperature are MaskGIT's and do not apply).
+        tokenizer: id of the multi-scale tokenizer; default: the one the next-scale prior generates.
+    """
+
+    def __init__(self, scales: StageSettings = StageSettings(steps=1), tokenizer: str | None = None,
+                 use_cache: bool = True):
+        self.settings, self.tokenizer, self.use_cache = scales, tokenizer, use_cache
+
+    def _prior(self, model: GenerativeModel) -> tuple[str, NextScaleTransformer]:
+        """The tokenizer id and the next-scale prior generating its finest scale."""
+        found = [(split_stream_key(s.target)[0], s.prior) for s in model.priors.values()
+                 if isinstance(s.prior, NextScaleTransformer)
+                 and self.tokenizer in (None, split_stream_key(s.target)[0])]
+        if len(found) != 1:
+            raise IncompatibleComponentsError(
+                "the next-scale sampler needs exactly one next-scale prior (var) "
+                + (f"on tokenizer {self.tokenizer!r}" if self.tokenizer else "") + "; the model has: "
+                + ", ".join(f"{s.target} ({type(s.prior).__name__})" for s in model.priors.values()))
+        return found[0]
+
+    def check(self, model: GenerativeModel) -> None:
+        if self.settings.steps != 1:
+            raise IncompatibleComponentsError(f"next-scale prediction samples each scale in one step; "
+                                              f"sampler.scales.steps is {self.settings.steps}")
+        self._prior(model)
+
+    def stages(self, model: GenerativeModel) -> list[Stage]:
+        tid, prior = self._prior(model)
+        return [Stage(stream_key(tid, s.name), self.settings) for s in prior.scales]
+
+    def output_tokenizer(self, model: GenerativeModel) -> str:
+        return self._prior(model)[0]
+
+    def describe(self, model: GenerativeModel) -> dict[str, object]:
+        """Table columns; the one prior counts once (it generates every scale)."""
+        tid, prior = self._prior(model)
+        tokenizer = model.tokenizers[tid]
+        params = sum(p.numel() for p in tokenizer.parameter_groups()["generator"]) + \
+            sum(p.numel() for p in prior.parameters())
+        stages = self.stages(model)
+        return {"tokens": " + ".join(f"{s.height}x{s.width}" for s in prior.scales),
+                "steps": "+".join("1" for _ in stages), "order": "next-scale", "params": params}
+
+    @torch.no_grad()
+    def sample(self, model: GenerativeModel, labels: torch.Tensor, generator: torch.Generator,
+               canvas: Mapping[str, torch.Tensor] | None = None, captions: Sequence[str] | None = None
+               ) -> SampleOutput:
+        """Known tokens of ``canvas`` (per scale stream, :data:`UNKNOWN` elsewhere) are kept.
+        ``captions`` (one per row; text-conditioned priors only) replace the classes' captions."""
+        self.check(model)
+        tid, prior = self._prior(model)
+        settings = self.settings
+        guided = settings.guidance_scale > 0
+        null = torch.full_like(labels, prior.null_class)
+        rows = torch.cat([labels, null]) if guided else labels
+        ids = None
+        if captions is not None:
+            ids = prior.caption_tokens(captions)
+            ids = torch.cat([ids, prior.caption_ids[null]]) if guided else ids
+        state = prior.begin(rows, use_cache=self.use_cache, captions=ids)
+        generated: dict[str, torch.Tensor] = {}
+        for k, spec in enumerate(prior.scales):
+            logits = prior.scale_logits(state).float()
+            if guided:
+                weight = (k + 1) / len(prior.scales) if settings.guidance_schedule == "linear" else 1.0
+                logits = guide(*logits.chunk(2), settings.guidance_scale * weight)
+            probs = sampling_probs(logits, settings.temperature, settings.top_k, settings.top_p)
+            B, N, V = probs.shape
+            tokens = torch.multinomial(probs.view(B * N, V), 1, generator=generator).view(B, spec.height, spec.width)
+            stream = stream_key(tid, spec.name)
+            known = None if canvas is None else canvas.get(stream)
+            if known is not None:
+                tokens = torch.where(known == UNKNOWN, tokens, known)
+            generated[stream] = tokens
+            prior.advance(state, torch.cat([tokens, tokens]) if guided else tokens)
+        images = model.tokenizers[tid].decode({split_stream_key(s)[1]: t for s, t in generated.items()})
+        return SampleOutput(images=images, tokens=generated, steps=len(prior.scales))
