@@ -50,7 +50,8 @@ class MultiScaleVQTokenizer(VQTokenizer, MultiScaleTokenizer):
 
     def __init__(self, *, resolution: int, scales: Sequence[int], phi_ratio: float, channels: int,
                  channel_mult: Sequence[int], num_res_blocks: int, codebook_size: int, embedding_dim: int,
-                 commitment_cost: float, restart_dead_codes: bool, code_dim: int | None = None,
+                 commitment_cost: float, restart_dead_codes: bool, dead_code_steps: int = 100,
+                 code_dim: int | None = None,
                  l2_normalized_codes: bool = False, entropy_loss_weight: float = 0.0,
                  entropy_temperature: float = 0.01, loss: VQGANLoss):
         super().__init__()
@@ -63,7 +64,7 @@ class MultiScaleVQTokenizer(VQTokenizer, MultiScaleTokenizer):
         self.embedding_dim = embedding_dim
         self.encoder = Encoder(channels, channel_mult, num_res_blocks, embedding_dim)
         self.quantizer = VectorQuantizer(codebook_size, embedding_dim, commitment_cost, restart_dead_codes,
-                                         code_dim=code_dim, l2_normalize=l2_normalized_codes,
+                                         dead_code_steps, code_dim=code_dim, l2_normalize=l2_normalized_codes,
                                          entropy_loss_weight=entropy_loss_weight,
                                          entropy_temperature=entropy_temperature)
         self.phis = nn.ModuleList(Phi(embedding_dim, phi_ratio) for _ in scales)
