@@ -5,9 +5,10 @@ Plugins build their samplers from these (MaskGIT, StraIT's stratified, cascade a
 upsample samplers, third-party samplers); what a sampler must offer is in the contract,
 :class:`stratagen.registry.Sampler`.
 """
-from stratagen.sampling.decode import DecodeResult, annealed_gumbel, guided_logits, iterative_decode, masked_counts
+from stratagen.sampling.decode import (DecodeResult, annealed_gumbel, count_plan, guided_logits, iterative_decode,
+                                      masked_counts, sample_tokens)
 from stratagen.sampling.masking import schedule_mask
 from stratagen.sampling.staged import StagedSampler
 
-__all__ = ["DecodeResult", "StagedSampler", "annealed_gumbel", "guided_logits", "iterative_decode", "masked_counts",
-           "schedule_mask"]
+__all__ = ["DecodeResult", "StagedSampler", "annealed_gumbel", "count_plan", "guided_logits", "iterative_decode",
+           "masked_counts", "sample_tokens", "schedule_mask"]
