@@ -31,13 +31,13 @@ fi
 
 OUT="${OUT:-gpu_results}"
 mkdir -p "$OUT"
-if [[ -d .whl ]]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+PY="${PYTHON:-python3}"
+if ! "$PY" -c "import stratagen.cli" 2>/dev/null; then  # the GPU image: install the carried wheels
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     export PYTHONPATH=/tmp/site
 fi
-PY="${PYTHON:-python3}"
 export PYTHONUNBUFFERED=1
-BENCH=("$PY" -m stratagen.cli bench --json --repeats 3)
+BENCH=("$PY" -m stratagen.cli bench --json --repeats 3)  # python -m: torchrun's way too
 
 if [[ "${SCALE:-paper}" == demo ]]; then
     STRAIT=configs/demo/strait_r.yaml MASKGIT=configs/demo/maskgit_f16.yaml BATCHES=1,8 TRAIN_BATCH=8

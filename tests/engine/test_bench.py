@@ -1,9 +1,13 @@
 """`stratagen bench`: FLOPs per row are the model's, MFU is achieved over the peak measured in the run."""
+import json
+import subprocess
+import sys
+
 import pytest
 
 from stratagen.config.schema import validate
 from stratagen.engine.bench import benchmark, count_flops
-from tinyconfigs import tiny_config
+from tinyconfigs import tiny_config, write_config
 
 
 def test_bench_rows_count_model_flops_and_divide_by_the_measured_peak(tmp_path):
@@ -43,3 +47,12 @@ def test_guidance_doubles_the_counted_prior_flops(tmp_path):
     tokens = torch.zeros(2, 4, 4, dtype=torch.long)
     decode = count_flops(lambda: pipe.model.tokenizers["vq"].decode({"tokens": tokens}))
     assert 0 < decode < plain and guided - decode == 2 * (plain - decode)
+
+
+def test_the_cli_runs_as_a_module_as_torchrun_launches_it(tmp_path):
+    config = write_config(tmp_path / "c.yaml", tiny_config(tmp_path / "run"))
+    result = subprocess.run([sys.executable, "-m", "stratagen.cli", "bench", str(config), "--parts", "sample",
+                             "--batches", "1", "--repeats", "1", "--json"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = json.loads(result.stdout)["rows"]
+    assert [(r["what"], r["batch"]) for r in rows] == [("sample", 1), ("sample, guidance 0.2", 1)]
