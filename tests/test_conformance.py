@@ -101,6 +101,9 @@ def test_prior_contract(name):
     with torch.no_grad():
         logits = prior(tokens, labels, prior.encode_conditions(conditions, labels))
         assert tuple(logits.shape) == (3, TARGET.length, TARGET.codebook_size) and torch.isfinite(logits).all()
+        positions = torch.stack([torch.randperm(TARGET.length, generator=generator)[:5] for _ in range(3)])
+        at = prior(tokens, labels, prior.encode_conditions(conditions, labels), positions)
+        assert torch.allclose(at, logits.gather(1, positions[..., None].expand(-1, -1, logits.shape[-1])), atol=1e-5)
         loaded = round_trip(prior, build_prior(name, seed=1)).eval()
         assert torch.equal(logits, loaded(tokens, labels, loaded.encode_conditions(conditions, labels)))
     schedule = REGISTRY.build("schedule", "cosine")

@@ -52,11 +52,18 @@ def add_parsers(sub: argparse._SubParsersAction, add_set: Callable[[argparse.Arg
     p.add_argument("source", help="compare config")
     add_set(p)
 
-    p = sub.add_parser("bench", help="measure seconds per training step and per sampled image",
+    p = sub.add_parser("bench", help="measure seconds, FLOPs and MFU of training steps and sampling",
                        description="Time one training step of every component (random tokens stand in for the "
-                                   "token cache) and sampling per image, on the config's device.")
+                                   "token cache) and the sampler at several batch sizes with and without "
+                                   "guidance, on the config's device; count model FLOPs (FlopCounterMode) and "
+                                   "divide the achieved FLOP/s by a dense matmul peak measured in the same run. "
+                                   "Sampling runs in run.inference_dtype (--set run.inference_dtype=float32).")
     p.add_argument("source", help="run config or run directory")
-    p.add_argument("--repeats", type=positive_int, default=5)
+    p.add_argument("--repeats", type=positive_int, default=3, help="timed calls per row (at least 0.5 s of them)")
+    p.add_argument("--batches", default="1,8,32,128", help="sampling batch sizes, comma-separated")
+    p.add_argument("--parts", default="tokenizers,priors,sample",
+                   help="rows to measure, comma-separated: tokenizers, priors (train steps), sample")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     add_set(p)
 
     p = sub.add_parser("info", help="print each component with its parameter count",
@@ -185,11 +192,24 @@ def _convert(args: argparse.Namespace) -> int:
 
 @verb("bench")
 def _bench(args: argparse.Namespace) -> int:
+    import json
+
     from stratagen.engine.bench import benchmark
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    for row in benchmark(api.load(args.source, args.set), args.repeats):
-        print(f"{row['component']:<24} {row['what']:<26} {row['seconds'] * 1000:10.1f} ms")
+    result = benchmark(api.load(args.source, args.set), args.repeats, [int(b) for b in args.batches.split(",")],
+                       args.parts.split(","))
+    if args.json:
+        print(json.dumps(result, indent=1))
+        return 0
+    peaks = ", ".join(f"{d} {p['start'] / 1e9:.0f} / {p['end'] / 1e9:.0f}" for d, p in result["peaks"].items())
+    print(f"{result['device']}, torch {result['torch']}, {result['threads']} threads; "
+          f"matmul peak GFLOP/s (start / end): {peaks}")
+    print(f"{'component':<20} {'what':<22} {'batch':>5} {'dtype':<8} {'s/call':>9} {'s/image':>9} "
+          f"{'GFLOP/image':>11} {'GFLOP/s':>8} {'MFU':>6}")
+    for r in result["rows"]:
+        print(f"{r['component']:<20} {r['what']:<22} {r['batch']:>5} {r['dtype']:<8} {r['seconds']:>9.4f} "
+              f"{r['seconds_per_image']:>9.4f} {r['flops_per_image'] / 1e9:>11.3f} {r['achieved_flops'] / 1e9:>8.1f} "
+              f"{r['mfu']:>6.1%}")
     return 0
 
 

@@ -111,6 +111,9 @@ class RunSettings(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     attention: Literal["sdpa", "xformers"] = Field(
         "sdpa", description="attention kernel: torch SDPA, or xformers (optional extra, CUDA only)")
+    inference_dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="floating-point type of sampling and evaluation: bf16 autocast where the device "
+                            "multiplies bf16 natively (auto), or always float32 / bfloat16")
 
     @field_validator("dir")
     @classmethod

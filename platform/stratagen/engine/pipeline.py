@@ -22,6 +22,7 @@ from .distributed import launched_processes, per_rank_batch, setup_processes
 from .figures import loss_curves
 from .logger import RunLogger
 from .plan import training_plan
+from .precision import autocast, inference_dtype
 from .resume import check_unchanged
 from .tokenize import tokenize
 
@@ -46,6 +47,8 @@ class Pipeline:
         self.built = built
         self.run = run
         self.device = device
+        #: what sampling computes in (``run.inference_dtype`` on this device)
+        self.dtype = inference_dtype(built.config.run.inference_dtype, device)
 
     @property
     def config(self) -> BaseModel:
@@ -98,7 +101,10 @@ class Pipeline:
         if labels.numel() and (labels.min() < 0 or labels.max() >= self.model.num_classes):
             raise StratagenError(f"classes must be in [0, {self.model.num_classes}), got {list(classes)}")
         generator = torch.Generator(self.device).manual_seed(seed)
-        return (sampler or self.sampler()).sample(self.model, labels, generator, canvas)
+        with autocast(self.device, self.dtype):
+            output = (sampler or self.sampler()).sample(self.model, labels, generator, canvas)
+        output.images = output.images.float()
+        return output
 
 
 def train(config: BaseModel, resume: bool = False, registry: Registry | None = None) -> Pipeline:

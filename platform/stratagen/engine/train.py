@@ -20,6 +20,7 @@ from stratagen.io.run import Run
 from stratagen.io.tokens import TokenCache
 from stratagen.registry import GenerativeModel, Prior, Registry, StratagenError, Tokenizer
 
+from . import precision
 from .distributed import Processes, per_rank_batch, step_seed
 from .fit import fit
 from .logger import RunLogger
@@ -42,8 +43,8 @@ def count_skipped(batches: StepBatches, procs: Processes) -> float:
 
 
 def autocast(procs: Processes):
-    """bf16 autocast on CUDA; fp32 on CPU (bf16 is slower than fp32 on this kind of CPU)."""
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=procs.device.type == "cuda")
+    """Training computes in bf16 autocast on CUDA, float32 on the CPU."""
+    return precision.autocast(procs.device, torch.bfloat16 if procs.device.type == "cuda" else torch.float32)
 
 
 def train_tokenizer(run: Run, config: Any, tid: str, tokenizer: Tokenizer, dataset: Any, procs: Processes,

@@ -11,6 +11,14 @@ every sampled token.
 The arithmetic follows the official JAX loop: the ratio is a double, the schedule is
 evaluated in double precision with each row's N0 (log and exp use it), the result is
 cast to float32 and multiplied by N0 in float32 before the floor.
+
+How the loop is kept fast: every step's masked counts are known before the first step
+(:func:`count_plan`), so each step's shapes are fixed in advance and the loop itself never
+reads a value back to the host (it could be captured by CUDA graphs or ``torch.compile``
+with static shapes). The prior computes its output head only at the positions still masked
+(a known token stays known, its logits are never used); tokens are drawn there by
+:func:`sample_tokens` (Gumbel-max), and the positions to mask again are chosen with one
+``topk``.
 """
 from __future__ import annotations
 
@@ -47,6 +55,17 @@ def masked_counts(schedule: MaskSchedule, step: int, steps: int, unknown_at_star
     return torch.where(num_unknown > 0, keep, 0)
 
 
+def count_plan(schedule: MaskSchedule, steps: int, unknown_at_start: torch.Tensor) -> torch.Tensor:
+    """``[steps + 1, B]``: row ``t`` is the number of positions masked before step ``t`` (row 0:
+    ``unknown_at_start``; the last row: 0). Each step leaves exactly :func:`masked_counts` masked,
+    so the whole plan is known before decoding starts."""
+    rows = [unknown_at_start]
+    for step in range(steps - 1):
+        rows.append(masked_counts(schedule, step, steps, unknown_at_start, rows[-1]))
+    rows.append(torch.zeros_like(unknown_at_start))
+    return torch.stack(rows)
+
+
 def annealed_gumbel(state: DecodeState) -> torch.Tensor:
     """``[B, N]`` Gumbel noise scaled by ``choice_temperature * (1 - ratio)`` (official MaskGIT)."""
     shape = state.sampled.shape
@@ -54,15 +73,54 @@ def annealed_gumbel(state: DecodeState) -> torch.Tensor:
     return state.choice_temperature * (1 - state.ratio) * -torch.log(-torch.log(uniform))
 
 
+def sample_tokens(logits: torch.Tensor, temperature: float, generator: torch.Generator, top_k: int = 0,
+                  top_p: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token per row of ``logits`` ``[..., V]`` drawn from ``softmax(logits / temperature)``
+    (restricted to the top ``k`` and top ``p``: :func:`~.filtering.sampling_probs`), and its
+    log-probability; both ``[...]``.
+
+    Gumbel-max in its exponential-race form: with ``E_v ~ Exp(1)`` independent,
+    ``argmax_v p_v / E_v = argmax_v (log p_v + G_v)`` where ``G_v = -log E_v`` is standard Gumbel,
+    and it equals ``v`` with probability exactly ``p_v``. This is the algorithm
+    ``torch.multinomial`` runs for one sample (same generator, same rows: the same tokens), without
+    its validity checks, which read values back to the host at every call.
+    """
+    probs = sampling_probs(logits.float(), temperature, top_k, top_p)
+    race = torch.empty_like(probs).exponential_(generator=generator)
+    tokens = torch.div(probs, race, out=race).argmax(dim=-1)
+    log_probs = torch.log(probs.gather(-1, tokens[..., None]).squeeze(-1).clamp_min(1e-30))
+    return tokens, log_probs
+
+
+def masked_positions(unknown: torch.Tensor, width: int) -> torch.Tensor:
+    """``[B, width]`` positions: each row's unknown positions in increasing order, then (when the
+    row has fewer than ``width``) its known positions in increasing order, as padding."""
+    slots = torch.arange(unknown.shape[1], device=unknown.device)
+    key = torch.where(unknown, slots, slots + unknown.shape[1])
+    return key.topk(width, dim=1, largest=False, sorted=True).indices
+
+
+def remask(sampled: torch.Tensor, scores: torch.Tensor, counts: torch.Tensor, width: int,
+           mask_id: int) -> torch.Tensor:
+    """``sampled`` ``[B, N]`` with the ``counts[b]`` lowest-scored positions of row ``b`` set to
+    ``mask_id``; ``width`` is at least ``counts.max()`` (one ``topk`` instead of two argsorts)."""
+    lowest = scores.topk(width, dim=1, largest=False, sorted=True).indices
+    chosen = torch.arange(width, device=scores.device) < counts[:, None]
+    remasked = torch.zeros_like(sampled, dtype=torch.bool).scatter_(1, lowest, chosen)
+    return torch.where(remasked, mask_id, sampled)
+
+
 def guided_logits(prior: Prior, tokens: torch.Tensor, labels: torch.Tensor, context: object,
-                  scale: float) -> torch.Tensor:
-    """Classifier-free guided logits ``[B, N, V]`` = cond + scale * (cond - uncond).
+                  scale: float, positions: torch.Tensor | None = None) -> torch.Tensor:
+    """Classifier-free guided logits ``[B, M, V]`` = cond + scale * (cond - uncond), at
+    ``positions`` ``[B, M]`` (default: every position, ``M = N``).
 
     The conditional and unconditional passes run as one batched forward of ``2B`` rows;
     ``context`` must be encoded for ``cat([labels, null class])``.
     """
     null = torch.full_like(labels, prior.null_class)
-    cond, uncond = prior(torch.cat([tokens, tokens]), torch.cat([labels, null]), context).float().chunk(2)
+    both = None if positions is None else torch.cat([positions, positions])
+    cond, uncond = prior(torch.cat([tokens, tokens]), torch.cat([labels, null]), context, both).float().chunk(2)
     return guide(cond, uncond, scale)
 
 
@@ -95,7 +153,8 @@ def iterative_decode(
     order = order or get_registry().build("order", settings.order)
     mask_id = prior.mask_token_id
     ids = torch.where(canvas == UNKNOWN, mask_id, canvas)
-    unknown_at_start = (ids == mask_id).sum(dim=1)
+    plan = count_plan(schedule, settings.steps, (ids == mask_id).sum(dim=1))
+    widths = plan.amax(dim=1).tolist()  # the one read-back: every step's static shapes
     guided = settings.guidance_scale > 0
     batch_labels = torch.cat([labels, torch.full_like(labels, prior.null_class)]) if guided else labels
     batch_conditions = [torch.cat([c, c]) if guided else c for c in conditions]
@@ -105,25 +164,24 @@ def iterative_decode(
     for step in range(settings.steps):
         ratio = (step + 1) / settings.steps
         scale = settings.guidance_scale * (ratio if settings.guidance_schedule == "linear" else 1.0)
-        if guided:
-            logits = guided_logits(prior, ids, labels, context, scale)
-        else:
-            logits = prior(ids, labels, context).float()
-        probs = sampling_probs(logits, settings.temperature, settings.top_k, settings.top_p)
-        sampled = torch.multinomial(probs.view(B * N, -1), 1, generator=generator).view(B, N)
         unknown = ids == mask_id
-        sampled = torch.where(unknown, sampled, ids)
+        positions = masked_positions(unknown, widths[step])
+        if guided:
+            logits = guided_logits(prior, ids, labels, context, scale, positions)
+        else:
+            logits = prior(ids, labels, context, positions)
+        drawn, drawn_log_probs = sample_tokens(logits, settings.temperature, generator, settings.top_k, settings.top_p)
+        valid = torch.arange(widths[step], device=ids.device) < plan[step][:, None]  # not padding
+        sampled = ids.scatter(1, positions, torch.where(valid, drawn, ids.gather(1, positions)))
         if step == settings.steps - 1:
             ids = sampled
             trace.append(torch.zeros(B, dtype=torch.long, device=ids.device))
             break
-        log_probs = torch.log(probs.gather(-1, sampled[..., None]).squeeze(-1).clamp_min(1e-30))
+        log_probs = torch.zeros(B, N, device=ids.device).scatter(1, positions, torch.where(valid, drawn_log_probs, 0))
         state = DecodeState(step, settings.steps, sampled, log_probs, unknown, labels, conditions,
                             prior.target.height, prior.target.width, settings.choice_temperature, generator)
         scores = torch.where(unknown, order.scores(state, order_context).float(), torch.inf)
-        keep_masked = masked_counts(schedule, step, settings.steps, unknown_at_start, unknown.sum(dim=1))
-        ranks = scores.argsort(dim=1).argsort(dim=1)
-        ids = torch.where(ranks < keep_masked[:, None], mask_id, sampled)
+        ids = remask(sampled, scores, plan[step + 1], widths[step + 1], mask_id)
         trace.append((ids == mask_id).sum(dim=1))
     return DecodeResult(ids, trace)
 

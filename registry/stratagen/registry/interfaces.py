@@ -144,9 +144,12 @@ class Prior(nn.Module, ABC):
         at every decoding step."""
 
     @abstractmethod
-    def forward(self, tokens: torch.Tensor, labels: torch.Tensor, context: object = None) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, labels: torch.Tensor, context: object = None,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
         """``tokens`` ``[B, N]`` (``mask_token_id`` where masked), ``labels`` ``[B]`` ->
-        logits ``[B, N, codebook_size]``."""
+        logits ``[B, N, codebook_size]``; with ``positions`` ``[B, M]`` (LongTensor), the logits
+        at those positions only, ``[B, M, codebook_size]`` (decoding needs them where tokens are
+        still masked; a prior computes its output head there alone)."""
 
     @abstractmethod
     def loss(
@@ -184,7 +187,8 @@ class DecodeState:
     Attributes:
         step, steps: this step ``t`` (0-based) of ``T``; ``ratio = (t + 1) / T``.
         sampled: ``[B, N]`` the canvas with every unknown position filled by a sampled token.
-        log_probs: ``[B, N]`` float32 log-probability of each sampled token under the prior.
+        log_probs: ``[B, N]`` float32 log-probability of each sampled token under the prior
+            (0 where the token was known before this step: its logits are not computed).
         unknown: ``[B, N]`` bool, True where the token was unknown before this step.
         labels: ``[B]`` classes; ``conditions``: the condition grids ``[B, h_i, w_i]``.
         height, width: the grid (``N = height * width``, row-major).

@@ -10,7 +10,7 @@ from torch import nn
 from stratagen.nn import TransformerBlock
 from stratagen.plugins.maskgit.prior import ConditionEmbedding
 from stratagen.registry import Critic, LevelSpec, MaskSchedule, Prior, PriorLoss
-from stratagen.sampling import schedule_mask
+from stratagen.sampling import sample_tokens, schedule_mask
 
 
 class TokenCritic(Critic):
@@ -82,7 +82,7 @@ class TokenCritic(Critic):
             prior_context = self.prior.encode_conditions(conditions, labels)
             logits = self.prior(torch.where(mask, self.prior.mask_token_id, real), labels, prior_context).float()
             self.prior.train(was_training)
-            drawn = torch.multinomial(torch.softmax(logits, -1).view(B * N, -1), 1, generator=generator).view(B, N)
+            drawn = sample_tokens(logits, 1.0, generator)[0]
         filled = torch.where(mask, drawn, real)
         scores = self(filled, labels, self.encode_conditions(conditions, labels))
         loss = F.binary_cross_entropy_with_logits(scores, mask.float())

@@ -138,8 +138,10 @@ class MaskedTokenTransformer(MaskedTokenModeling):
             return embedded
         return [block.project_context(embedded) for block in self.blocks]
 
-    def forward(self, tokens: torch.Tensor, labels: torch.Tensor, context: object = None) -> torch.Tensor:
-        """``tokens`` ``[B, N]`` (``mask_token_id`` = masked), ``labels`` ``[B]`` -> ``[B, N, V]``."""
+    def forward(self, tokens: torch.Tensor, labels: torch.Tensor, context: object = None,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
+        """``tokens`` ``[B, N]`` (``mask_token_id`` = masked), ``labels`` ``[B]`` -> ``[B, N, V]``,
+        or ``[B, M, V]`` at ``positions`` ``[B, M]`` (the head runs there only)."""
         x = torch.cat([self.class_embedding(labels)[:, None], self.token_embedding(tokens)], dim=1)
         x = self.embed_drop(self.embed_norm(x + self.position))
         for i, block in enumerate(self.blocks):
@@ -149,8 +151,15 @@ class MaskedTokenTransformer(MaskedTokenModeling):
                 x = block(x, context=context)
             else:
                 x = block(x, context_kv=context[i])
-        h = self.head(self.norm(x[:, 1:]))
+        h = self.head(self.norm(at_positions(x[:, 1:], positions)))
         return h @ self.token_embedding.weight[: self.target.codebook_size].T + self.head_bias
+
+
+def at_positions(x: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+    """Rows ``positions`` ``[B, M]`` of ``x`` ``[B, N, C]`` -> ``[B, M, C]`` (all of ``x`` when None)."""
+    if positions is None:
+        return x
+    return x.gather(1, positions[..., None].expand(-1, -1, x.shape[-1]))
 
 
 def init_bert_weights(module: nn.Module) -> None:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from stratagen.nn import PostNormBlock
-from stratagen.plugins.maskgit.prior import MaskedTokenModeling, init_bert_weights
+from stratagen.plugins.maskgit.prior import MaskedTokenModeling, at_positions, init_bert_weights
 from stratagen.registry import LevelSpec
 
 LAYER_NORM_EPS = 1e-12
@@ -70,15 +70,22 @@ class BertMaskedTokenTransformer(MaskedTokenModeling):
         tokens = torch.where(tokens == self.mask_token_id, self.vocab_size - 1, tokens)
         return torch.cat([(labels + codebook)[:, None], tokens], dim=1)
 
-    def vocabulary_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Official ``input_ids`` ``[B, 1 + N]`` -> logits over the whole vocabulary ``[B, 1 + N, V]``."""
+    def vocabulary_logits(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Official ``input_ids`` ``[B, 1 + N]`` -> logits over the whole vocabulary ``[B, 1 + N, V]``,
+        or ``[B, M, V]`` at sequence ``positions`` ``[B, M]`` (the head runs there only)."""
         x = self.embed_drop(self.embed_norm(self.word_embedding(input_ids) + self.position))
         for block in self.blocks:
             x = block(x)
-        return self.head(x) @ self.word_embedding.weight.T + self.head_bias
+        return self.head(at_positions(x, positions)) @ self.word_embedding.weight.T + self.head_bias
 
-    def forward(self, tokens: torch.Tensor, labels: torch.Tensor, context: object = None) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, labels: torch.Tensor, context: object = None,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
         """``tokens`` ``[B, N]``, ``labels`` ``[B]`` -> ``[B, N, codebook_size]`` (what official
-        inference keeps: ``logits[..., :codebook_size]`` of the image positions)."""
-        logits = self.vocabulary_logits(self.input_ids(tokens, labels))
-        return logits[:, 1:, : self.target.codebook_size]
+        inference keeps: ``logits[..., :codebook_size]`` of the image positions), or ``[B, M, ...]``
+        at image ``positions`` ``[B, M]``."""
+        if positions is None:
+            positions = torch.arange(1, tokens.shape[1] + 1, device=tokens.device).expand(tokens.shape[0], -1)
+        else:
+            positions = positions + 1  # after the class token
+        logits = self.vocabulary_logits(self.input_ids(tokens, labels), positions)
+        return logits[..., : self.target.codebook_size]

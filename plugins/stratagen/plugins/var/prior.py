@@ -227,10 +227,15 @@ class NextScaleTransformer(Prior):
             raise ValueError(f"expected {len(self.conditions)} coarser scales, got {len(conditions)}")
         return self.teacher_inputs(conditions)
 
-    def forward(self, tokens: torch.Tensor, labels: torch.Tensor, context: object = None) -> torch.Tensor:
-        """Logits ``[B, N, V]`` of the finest scale given the coarser ones (in ``context``). Next-scale
-        prediction generates a whole scale at once, so no token of ``tokens`` ``[B, N]`` is visible."""
-        return self.logits(context, labels)[:, -tokens.shape[1]:]
+    def forward(self, tokens: torch.Tensor, labels: torch.Tensor, context: object = None,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``[B, N, V]`` of the finest scale given the coarser ones (in ``context``), or
+        ``[B, M, V]`` at ``positions`` ``[B, M]``. Next-scale prediction generates a whole scale at
+        once, so no token of ``tokens`` ``[B, N]`` is visible."""
+        logits = self.logits(context, labels)[:, -tokens.shape[1]:]
+        if positions is None:
+            return logits
+        return logits.gather(1, positions[..., None].expand(-1, -1, logits.shape[-1]))
 
     def loss(self, tokens: torch.Tensor, labels: torch.Tensor, conditions: Sequence[torch.Tensor],
              schedule: MaskSchedule, generator: torch.Generator) -> PriorLoss:

@@ -8,7 +8,7 @@ import torch
 
 from stratagen.registry import (UNKNOWN, GenerativeModel, IncompatibleComponentsError, Sampler, SampleOutput, Stage,
                                 StageSettings, split_stream_key, stream_key)
-from stratagen.sampling import guide, sampling_probs
+from stratagen.sampling import guide, sample_tokens
 
 from .prior import NextScaleTransformer
 
@@ -91,9 +91,8 @@ class NextScaleSampler(Sampler):
             if guided:
                 weight = (k + 1) / len(prior.scales) if settings.guidance_schedule == "linear" else 1.0
                 logits = guide(*logits.chunk(2), settings.guidance_scale * weight)
-            probs = sampling_probs(logits, settings.temperature, settings.top_k, settings.top_p)
-            B, N, V = probs.shape
-            tokens = torch.multinomial(probs.view(B * N, V), 1, generator=generator).view(B, spec.height, spec.width)
+            tokens = sample_tokens(logits, settings.temperature, generator, settings.top_k, settings.top_p)[0]
+            tokens = tokens.view(-1, spec.height, spec.width)
             stream = stream_key(tid, spec.name)
             known = None if canvas is None else canvas.get(stream)
             if known is not None:
