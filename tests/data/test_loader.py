@@ -1,4 +1,4 @@
-"""Loaders: every process reads its own part, epochs reshuffle, workers change nothing, bad files are counted."""
+"""Loaders: processes split each global batch, epochs reshuffle, workers change nothing, bad files are counted."""
 import os
 import subprocess
 import sys
@@ -15,16 +15,18 @@ from stratagen.data.photos import Photographs
 from stratagen.data.synthetic import SyntheticShapes
 
 
-def test_sampler_parts_are_disjoint_cover_each_epoch_and_reshuffle() -> None:
+def test_sampler_ranks_split_the_global_batch_cover_each_epoch_and_reshuffle() -> None:
     size, batch, world = 10, 3, 2
     samplers = [StepSampler(size, batch, seed=4, rank=r, world=world) for r in range(world)]
-    parts = [set(s.part.tolist()) for s in samplers]
-    assert not parts[0] & parts[1] and parts[0] | parts[1] == set(range(size))
+    # the global batch of a step is the same whatever the number of processes
+    whole = StepSampler(size, batch * world, seed=4)
+    for step in range(10):
+        assert samplers[0].keys(step) + samplers[1].keys(step) == whole.keys(step)
+    stream = [k for step in range(10) for k in whole.keys(step)]  # 60 positions: 6 epochs of 10
+    epochs = [[k.index for k in stream if k.epoch == e] for e in range(6)]
+    assert all(sorted(e) == list(range(size)) for e in epochs)
+    assert len({tuple(e) for e in epochs}) > 1  # a new epoch, a new order
     for s in samplers:
-        keys = [k for step in range(10) for k in s.keys(step)]  # 30 positions: 6 epochs of a 5-sample part
-        epochs = [[k.index for k in keys if k.epoch == e] for e in range(6)]
-        assert all(sorted(e) == sorted(s.part.tolist()) for e in epochs)
-        assert len({tuple(e) for e in epochs}) > 1  # a new epoch, a new order
         # the batch of a step is a pure function of (seed, step): a sampler started there agrees
         resumed = StepSampler(size, batch, seed=4, rank=s.rank, world=world, start=7)
         assert next(iter(resumed)) == s.keys(7)
@@ -92,10 +94,11 @@ def test_two_processes_read_disjoint_samples_covering_each_epoch(tmp_path: Path)
                             capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     seen = torch.load(out, weights_only=True)  # [rank, 24]
-    for epoch in range(3):
-        r0, r1 = (set(seen[r, epoch * 8: (epoch + 1) * 8].tolist()) for r in range(2))
-        assert len(r0) == len(r1) == 8 and not r0 & r1 and r0 | r1 == set(range(16))
-    assert seen[0, :8].tolist() != seen[0, 8:16].tolist()  # the next epoch reshuffles
+    stream = seen.view(2, 8, 3).transpose(0, 1).flatten()  # step by step, rank 0's share then rank 1's
+    epochs = stream.view(3, 16)
+    for epoch in epochs:
+        assert sorted(epoch.tolist()) == list(range(16))  # disjoint reads that cover the epoch
+    assert epochs[0].tolist() != epochs[1].tolist()  # the next epoch reshuffles
 
 
 def test_prefetched_returns_each_step_and_reads_the_next_one_ahead() -> None:

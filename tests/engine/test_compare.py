@@ -56,9 +56,9 @@ def test_identical_labels_and_seeds_for_every_variant(compare_run, monkeypatch):
     calls = []
     real = evaluate.generate
 
-    def spy(pipe, labels, seed, batch_size, sampler=None, desc=""):
+    def spy(pipe, labels, seed, batch_size, sampler=None, **options):
         calls.append((tuple(labels), seed, batch_size))
-        return real(pipe, labels, seed, batch_size, sampler, desc)
+        return real(pipe, labels, seed, batch_size, sampler, **options)
 
     monkeypatch.setattr(evaluate, "generate", spy)
     out = root / "out2"
@@ -112,9 +112,9 @@ def test_seeds_give_mean_std_per_seed_caches_and_claims(compare_run, monkeypatch
     seeds = []
     real = evaluate.generate
 
-    def spy(pipe, labels, seed, batch_size, sampler=None, desc=""):
+    def spy(pipe, labels, seed, batch_size, sampler=None, **options):
         seeds.append(seed)
-        return real(pipe, labels, seed, batch_size, sampler, desc)
+        return real(pipe, labels, seed, batch_size, sampler, **options)
 
     monkeypatch.setattr(evaluate, "generate", spy)
     result = compare_module.compare(str(path), overrides)

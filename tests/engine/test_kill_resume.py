@@ -38,10 +38,10 @@ def kill_in_fit(kind: str, at_step: int) -> Callable[[pytest.MonkeyPatch], None]
             if kwargs["kind"] == kind:
                 real_step = kwargs["loss_step"]
 
-                def loss_step(step):
-                    if step == at_step:
+                def loss_step(micro):
+                    if micro.step == at_step:
                         raise Killed
-                    return real_step(step)
+                    return real_step(micro)
                 kwargs["loss_step"] = loss_step
             return real_fit(**kwargs)
         monkeypatch.setattr(train_module, "fit", fit)

@@ -25,7 +25,10 @@ def test_a_copied_run_directory_is_the_run(trained_run, tmp_path, capsys):
 def test_resume_accepts_changes_that_touch_no_trained_component(trained_run, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(trained_run, copy)
-    changes = ["sampler.stage.steps=5", "run.device=cpu", "priors.main.train.log_every=7", "eval.seed=3"]
+    changes = ["sampler.stage.steps=5", "run.device=cpu", "priors.main.train.log_every=7", "eval.seed=3",
+               # how a step is computed: another number of processes needs these
+               "priors.main.train.accumulate=2", "priors.main.train.parallel=fsdp",
+               "tokenizers.vq.train.checkpoint_activations=true", "priors.main.train.compile=true"]
     api.train(api.load(str(copy), changes), resume=True)
     stored = yaml.safe_load((copy / "config.yaml").read_text())
     assert stored["sampler"]["stage"]["steps"] == 5 and stored["run"]["dir"] == str(copy)
@@ -45,3 +48,16 @@ def test_progress_prints_lines_when_output_is_a_log(capsys, monkeypatch):
         "prior/main: 4/4 loss/prior=3.1 (done in 0 s)"]
     monkeypatch.setenv("STRATAGEN_PROGRESS", "0")
     assert list(logger.progress(range(3), desc="quiet")) == [0, 1, 2] and capsys.readouterr().out == ""
+
+
+def test_only_components_still_to_train_must_split_over_the_processes(trained_run):
+    """A finished run is sampled and compared on any number of processes, whatever its batch."""
+    from stratagen.engine.pipeline import _train_settings
+    from stratagen.io.run import Run
+
+    def to_train(changes: list[str]) -> list[str]:
+        config = api.load(str(trained_run), changes)
+        return [key for key, _ in _train_settings(config, api.build(config).model, Run(str(trained_run)))]
+
+    assert to_train([]) == []
+    assert to_train(["priors.main.train.steps=9"]) == ["priors.main.train"]

@@ -38,10 +38,10 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, monkeypatc
         if calls["n"] == 2:  # the prior: stop after its step-2 checkpoint
             real_step = kwargs["loss_step"]
 
-            def loss_step(step):
-                if step == 3:
+            def loss_step(micro):
+                if micro.step == 3:
                     raise KeyboardInterrupt
-                return real_step(step)
+                return real_step(micro)
             kwargs["loss_step"] = loss_step
         return real_fit(**kwargs)
 
@@ -130,7 +130,7 @@ def test_two_process_ddp_ranks_hold_identical_weights(tmp_path):
         "real = t.fit\n"
         "def fit(**kw):\n"
         "    real(**kw)\n"
-        "    state = {k: v.contiguous() for k, v in kw['module'].state_dict().items()}\n"
+        "    state = {k: v.contiguous() for k, v in kw['replica'].module.state_dict().items()}\n"
         "    save_file(state, sys.argv[2] + f\"/{kw['cid']}-rank{os.environ['RANK']}.safetensors\")\n"
         "t.fit = fit\n"
         "from stratagen import api\n"

@@ -1,14 +1,18 @@
 """VAR / STAR plugins: the multi-scale tokenizer, the next-scale prior and its sampler."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from stratagen import api
+from stratagen import api, cli
 from stratagen.data.synthetic import SyntheticShapes
 from stratagen.io.tokens import TokenCache
 from stratagen.plugins.var import MultiScaleVQTokenizer, NextScaleSampler, NextScaleTransformer
+from stratagen.plugins.var.text import CaptionError
 from stratagen.data.synthetic import class_caption
 from stratagen.registry import (ConfigError, IncompatibleComponentsError, LevelSpec, MissingWeightsError, StageSettings,
                                 get_registry)
@@ -132,6 +136,8 @@ def test_train_run_reports_every_scale_and_prior_loss_falls(tmp_path):
     assert {f"tokenizer/vq/perplexity/s{k}" for k in (1, 2, 3)} <= set(events.Tags()["scalars"])
     out = pipe.sample([0, 3], seed=1)
     assert out.images.shape == (2, 3, 16, 16) and set(out.tokens) == {"vq.s1", "vq.s2", "vq.s3"}
+    reloaded = api.Pipeline.from_run(str(tmp_path / "run"))  # the run's own config.yaml validates again
+    assert torch.equal(reloaded.sample([0, 3], seed=1).images, out.images)
 
 
 def test_paper_configs_count_vars_published_sizes():
@@ -169,7 +175,7 @@ def test_mismatched_components_are_refused_in_one_line(tmp_path):
 def star_config(tmp_path, num_classes: int = 4) -> dict:
     config = tiny_config(tmp_path / "star", "var")
     config["data"]["num_classes"] = num_classes
-    config["priors"]["main"]["model"].update(position="rope", text_depth=1,
+    config["priors"]["main"]["model"].update(position="rope", text_encoder={"name": "small", "depth": 1},
                                              captions=[class_caption(c) for c in range(num_classes)])
     return config
 
@@ -194,16 +200,77 @@ def test_text_conditioning_changes_samples_and_class_captions_are_the_default(tm
                            captions=[class_caption(c) for c in (3, 2, 1, 0)])
     assert all(torch.equal(by_class.tokens[s], own.tokens[s]) for s in own.tokens)
     assert any(not torch.equal(own.tokens[s], other.tokens[s]) for s in own.tokens)
-    with pytest.raises(ValueError, match="outside the vocabulary"):
+    with pytest.raises(CaptionError, match="outside the vocabulary: golden, unicorn; .* words of the prior's "
+                                           r"captions \(model.captions\): a an at bottom ") as error:
         sampler.sample(model, labels[:1], torch.Generator(), captions=["a golden unicorn"])
+    assert "\n" not in str(error.value)
 
 
 def test_missing_text_encoder_weights_stop_the_build_in_one_line(tmp_path):
     config = star_config(tmp_path)
-    config["priors"]["main"]["model"]["text_weights"] = str(tmp_path / "clip_text.safetensors")
-    with pytest.raises(MissingWeightsError, match="clip_text.safetensors: no such file") as error:
+    config["priors"]["main"]["model"]["text_encoder"]["weights"] = str(tmp_path / "text.safetensors")
+    with pytest.raises(MissingWeightsError, match="text.safetensors: no such file") as error:
         api.build(api.load(str(write_config(tmp_path / "s.yaml", config))))
     assert "\n" not in str(error.value)
+
+
+@pytest.fixture(scope="module")
+def star_run(tmp_path_factory) -> Path:
+    """A tiny STAR run (small text encoder), trained two steps per component."""
+    root = tmp_path_factory.mktemp("star")
+    config = star_config(root)
+    config["tokenizers"]["vq"]["train"]["steps"] = 2
+    config["priors"]["main"]["train"]["steps"] = 2
+    api.train(api.load(str(write_config(root / "c.yaml", config))))
+    return root / "star"
+
+
+def pngs(folder: Path) -> dict[str, np.ndarray]:
+    return {p.name: np.asarray(Image.open(p)) for p in sorted(folder.glob("*.png"))}
+
+
+def test_sample_cli_draws_for_captions(star_run, tmp_path, capsys):
+    """``stratagen sample RUN --caption TEXT --count N``: a PNG per image (named by caption) and a grid;
+    same seed, same images; another caption, other images (the same noise: one caption per call)."""
+    new, other = "a red ring at the top left on a plum ground", "a yellow square with dots in the centre on a teal ground"
+    argv = ["sample", str(star_run), "--caption", new, "--caption", other, "--count", "2", "--seed", "5"]
+    assert cli.main([*argv, "--out", str(tmp_path / "a")]) == 0
+    assert f"caption0: {new}\ncaption1: {other}\n4 images in" in capsys.readouterr().out
+    first = pngs(tmp_path / "a")
+    assert sorted(first) == ["caption0_0000.png", "caption0_0001.png", "caption1_0002.png", "caption1_0003.png",
+                             "grid.png"]
+    assert cli.main([*argv, "--out", str(tmp_path / "b")]) == 0
+    assert all(np.array_equal(first[name], image) for name, image in pngs(tmp_path / "b").items())
+    for name, caption in (("new", new), ("other", other)):
+        assert cli.main(["sample", str(star_run), "--caption", caption, "--count", "2", "--seed", "5",
+                         "--out", str(tmp_path / name)]) == 0
+    assert not np.array_equal(pngs(tmp_path / "new")["grid.png"], pngs(tmp_path / "other")["grid.png"])
+
+
+def test_sample_cli_names_unknown_words_and_refuses_captions_for_classes(star_run, tmp_path, capsys):
+    assert cli.main(["sample", str(star_run), "--caption", "a golden unicorn", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: caption 'a golden unicorn': words outside the vocabulary: golden, unicorn; ")
+    assert "the prior's captions (model.captions): a an at bottom" in err and len(err.strip().splitlines()) == 1
+    model = tiny_model(tmp_path)
+    with pytest.raises(IncompatibleComponentsError, match="next-scale prior is class-conditioned"):
+        NextScaleSampler().check_captions(model)
+
+
+def test_info_says_what_each_sampler_does(tmp_path, capsys):
+    """Next-scale: the scales with their token counts and the conditioning (no decode order: there is
+    none); masked samplers: steps and decode order per stage."""
+    for name, config in (("var", tiny_config(tmp_path / "var", "var")), ("star", star_config(tmp_path)),
+                         ("maskgit", tiny_config(tmp_path / "maskgit"))):
+        assert cli.main(["info", str(write_config(tmp_path / f"{name}.yaml", config))]) == 0
+        line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("sampler"))
+        if name == "maskgit":
+            assert line.endswith("(compatible; vq.tokens: 3 steps, confidence order)"), line
+            continue
+        assert ("next-scale over 3 scales of vq, one forward each (KV cache): s1 1x1 (1), s2 2x2 (4), s3 4x4 (16), "
+                f"21 tokens; {'text' if name == 'star' else 'class'}-conditioned; temperature 1, top-k off, "
+                "top-p off, guidance off)") in line, line
+        assert "order" not in line
 
 
 def colour_classifier(num_classes: int, resolution: int):

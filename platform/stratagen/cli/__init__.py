@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Sequence
 
@@ -85,14 +86,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args) or 0
     except StratagenError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _error(str(exc))
         return 2
     except OSError as exc:  # a file the user named: permissions, a file where a folder belongs, ...
-        print(f"error: {os_error_line(exc)}", file=sys.stderr)
+        _error(os_error_line(exc))
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _error(message: str) -> None:
+    """Print the one error line; under torchrun every process meets the same error, process 0 says it."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"error: {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from typing import Callable
 import torch
 
 from stratagen import api
+from stratagen.registry import StratagenError
 
 from .arguments import Parser, class_ids, folder, positive_int
 from .verbs import verb
@@ -32,7 +33,9 @@ def add_parsers(sub: argparse._SubParsersAction, add_set: Callable[[argparse.Arg
                        description="Write one PNG per image and one PNG grid.")
     p.add_argument("source", help="run directory or config")
     p.add_argument("--classes", type=class_ids, default=None, help="comma-separated class ids, or 'all' (default)")
-    p.add_argument("--count", type=positive_int, default=1, help="images per class")
+    p.add_argument("--caption", action="append", default=None, metavar="TEXT",
+                   help="sample for this caption instead of classes (text-conditioned runs, e.g. STAR; repeatable)")
+    p.add_argument("--count", type=positive_int, default=1, help="images per class (or per caption)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=folder, default=None, help="output folder (default: <run>/samples)")
     add_set(p)
@@ -40,7 +43,9 @@ def add_parsers(sub: argparse._SubParsersAction, add_set: Callable[[argparse.Arg
     p = sub.add_parser("eval", help="evaluate a trained run: tokenizers (Table 1) and samples",
                        description="Reconstruction PSNR, rFID, per-level perplexity and codebook usage of each "
                                    "tokenizer, and the configured metrics of the sampler's images, written to "
-                                   "<run>/eval.json. In-domain metrics are not comparable to Inception FIDs.")
+                                   "<run>/eval.json. In-domain metrics are not comparable to Inception FIDs. "
+                                   "Under torchrun the sampling is split over the processes (same images as one "
+                                   "process) and rank 0 scores and writes.")
     p.add_argument("source", help="run directory or config")
     p.add_argument("--tokenizers-only", action="store_true", help="skip sampling")
     add_set(p)
@@ -117,13 +122,24 @@ def _tokenize(args: argparse.Namespace) -> int:
 def _sample(args: argparse.Namespace) -> int:
     from stratagen.engine.images import save_images
 
+    if args.caption is not None and args.classes is not None:
+        raise StratagenError("sample: give --classes or --caption, not both")
     pipe = api.Pipeline.from_run(args.source, args.set)
-    classes = list(range(pipe.model.num_classes)) if args.classes is None else args.classes
-    labels = [c for c in classes for _ in range(args.count)]
-    output = pipe.sample(labels, seed=args.seed)
     out = args.out or pipe.run.local_path("samples")
-    grid = save_images(output.images, labels, out, nrow=args.count if args.count > 1 else len(classes))
-    print(f"{len(labels)} images in {out}; grid: {grid}")
+    if args.caption is None:
+        classes = list(range(pipe.model.num_classes)) if args.classes is None else args.classes
+        labels = [c for c in classes for _ in range(args.count)]
+        output = pipe.sample(labels, seed=args.seed)
+        grid = save_images(output.images, labels, out, nrow=args.count if args.count > 1 else len(classes))
+    else:
+        groups = [i for i in range(len(args.caption)) for _ in range(args.count)]
+        # with captions the class is not read: class 0 fills the label of every image
+        output = pipe.sample([0] * len(groups), seed=args.seed, captions=[args.caption[i] for i in groups])
+        grid = save_images(output.images, groups, out, nrow=args.count if args.count > 1 else len(args.caption),
+                           stem="caption")
+        for i, caption in enumerate(args.caption):
+            print(f"caption{i}: {caption}")
+    print(f"{len(output.images)} images in {out}; grid: {grid}")
     return 0
 
 
@@ -131,27 +147,25 @@ def _sample(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     import json
 
-    from stratagen.engine import evaluate
+    from stratagen.engine.distributed import setup_processes
+    from stratagen.engine.evaluate import evaluate_run
     from stratagen.io import checkpoint
 
-    pipe = api.Pipeline.from_run(args.source, args.set)
-    settings = pipe.config.eval
-    metrics = api.build_metrics(settings)
-    reference = evaluate.reference_set(pipe.built, pipe.run.local_path("eval_cache"))
-    report: dict = {"tokenizers": evaluate.tokenizer_report(pipe, reference, metrics)}
-    if not args.tokenizers_only and pipe.config.sampler is not None:
-        labels = evaluate.sample_labels(pipe.model.num_classes, settings)
-        generated = evaluate.generate(pipe, labels, settings.seed, settings.batch_size)
-        report["samples"] = {**evaluate.score(generated, metrics, reference),
-                             "sec_per_image": generated.seconds_per_image, "count": len(labels)}
-    checkpoint.write_json(pipe.run.path("eval.json"), report)
-    print(json.dumps(report, indent=2))
+    config = api.load(args.source, args.set)
+    procs = setup_processes(config.run.device)  # under torchrun: joins the group, picks this process's GPU
+    pipe = api.Pipeline.from_config(config)
+    report = evaluate_run(pipe, procs, samples=not args.tokenizers_only)
+    if procs.is_main:
+        checkpoint.write_json(pipe.run.path("eval.json"), report)
+        print(json.dumps(report, indent=2))
     return 0
 
 
 @verb("compare")
 def _compare(args: argparse.Namespace) -> int:
     result = api.compare(args.source, args.set)
+    if not result.written:  # a torchrun process other than rank 0
+        return 1 if result.failures else 0
     with open(f"{result.dir}/results.md") as f:
         print(f.read())
     print(f"figures: {result.dir}/figures/")
@@ -235,8 +249,7 @@ def _info(args: argparse.Namespace) -> int:
     for kind, cid, plugin, count, details in rows:
         print(f"{kind:<10} {cid:<14} {plugin:<12} {count:>14,}  {details}")
     if built.sampler is not None:
-        orders = ", ".join(f"{s.stream}: {s.settings.order}" for s in built.sampler.stages(model))
-        print(f"sampler    {built.config.sampler.name} (compatible; decode orders {orders})")
+        print(f"sampler    {built.config.sampler.name} (compatible; {built.sampler.summary(model)})")
     return 0
 
 
@@ -249,7 +262,6 @@ def _data(args: argparse.Namespace) -> int:
     from fsspec.core import url_to_fs
 
     from stratagen.data.shards import pack_folder
-    from stratagen.registry import StratagenError
 
     for url in (args.folder, args.out):
         try:

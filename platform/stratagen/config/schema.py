@@ -34,7 +34,17 @@ class TrainSettings(Strict):
     """Optimisation of one component (StraIT Table 12 defaults for the priors)."""
 
     steps: int = Field(1000, ge=0, description="optimizer steps")
-    batch_size: int = Field(32, ge=1, description="global batch size (split across processes)")
+    batch_size: int = Field(32, ge=1, description="global batch size (split across processes and micro-batches)")
+    accumulate: int = Field(1, ge=1, description="micro-batches per process per step (gradient accumulation): "
+                                                 "each process computes batch_size / (processes x accumulate) "
+                                                 "samples at a time")
+    parallel: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="under torchrun: ddp (whole model per process) or fsdp (FSDP2, sharded per block; "
+                           "priors and critics)")
+    checkpoint_activations: bool = Field(False, description="recompute each block's activations in the backward "
+                                                            "pass instead of storing them (less memory, ~1/3 more "
+                                                            "compute)")
+    compile: bool = Field(False, description="torch.compile each block for training")
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
     lr: float = Field(1e-4, gt=0)
     betas: tuple[float, float] = (0.9, 0.96)
@@ -61,6 +71,13 @@ class TokenizerEntry(Strict):
         return self
     train: TrainSettings = TrainSettings(optimizer="adam", lr=1e-4, betas=(0.5, 0.9), weight_decay=0.0,
                                          warmup_steps=0, lr_schedule="constant", grad_clip=None)
+
+    @field_validator("train")
+    @classmethod
+    def _replicated(cls, train: TrainSettings) -> TrainSettings:
+        if train.parallel == "fsdp":
+            raise ValueError("parallel: fsdp shards priors and critics; tokenizers train with ddp")
+        return train
 
 
 class LoaderSettings(Strict):

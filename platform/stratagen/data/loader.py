@@ -2,7 +2,8 @@
 
 A map-style dataset (ImageFolder, SyntheticShapes) is read through a :class:`StepSampler`, so
 the batch of step ``s`` is a pure function of (seed, s, process, number of processes), whatever
-the number of workers. Tar shards (:mod:`stratagen.data.shards`) stream, dealt out by process
+the number of workers, and the processes' batches together are the same global batch whatever
+their number. Tar shards (:mod:`stratagen.data.shards`) stream, dealt out by process
 and worker. Either way a sample whose file cannot be decoded is passed over and its path is
 reported with the batch (:attr:`Batch.skipped`), so a few corrupt files in a million neither
 stop training nor pass unnoticed. Images travel between processes as uint8.
@@ -126,15 +127,19 @@ def view_loader(dataset: Any, indices: range, epochs: list[int | None], batch: i
 
 class Prefetched(Generic[T]):
     """``at(step)`` returns ``fetch(step)`` and starts ``fetch(step + 1)`` in a background thread, so
-    reading the next step (e.g. token-cache rows from disk) overlaps this step's training.
-    ``fetch`` must be a pure function of the step."""
+    reading the next step (e.g. token-cache rows from disk) overlaps this step's training; asked
+    again for the same step (its micro-batches), it returns the same result. ``fetch`` must be a
+    pure function of the step."""
 
     def __init__(self, fetch: Callable[[int], T]):
         self.fetch = fetch
         self._pool = ThreadPoolExecutor(1)
         self._ahead: tuple[int, Future] | None = None
+        self._last: tuple[int, T] | None = None
 
     def at(self, step: int) -> T:
+        if self._last is not None and self._last[0] == step:
+            return self._last[1]
         ahead, self._ahead = self._ahead, None
         if ahead is not None and ahead[0] == step:
             result = ahead[1].result()
@@ -143,13 +148,14 @@ class Prefetched(Generic[T]):
                 ahead[1].result()  # a jump: let the stale read finish before reading again
             result = self.fetch(step)
         self._ahead = (step + 1, self._pool.submit(self.fetch, step + 1))
+        self._last = (step, result)
         return result
 
 
 class StepBatches:
-    """``at(step)``: the batch of ``step``; steps are expected in order, and a jump (a resumed
-    run starts at its checkpoint) restarts the loader there. Remembers (and logs once) every
-    skipped file."""
+    """``at(step)``: the batch of ``step``; steps are expected in order (the same step again returns
+    the same batch), and a jump (a resumed run starts at its checkpoint) restarts the loader there.
+    Remembers (and logs once) every skipped file."""
 
     def __init__(self, dataset: Any, batch: int, seed: int, rank: int, world: int, workers: int,
                  device: torch.device):
@@ -158,8 +164,11 @@ class StepBatches:
         self.skipped: set[str] = set()
         self._next: int | None = None
         self._batches: Iterator[Batch] | None = None
+        self._last: tuple[int, Batch] | None = None
 
     def at(self, step: int) -> Batch:
+        if self._last is not None and self._last[0] == step:
+            return self._last[1]
         if self._batches is None or step != self._next:
             self._batches = iter(image_loader(self.dataset, self.batch, self.seed, self.rank, self.world, step,
                                               self.workers, self.device))
@@ -168,4 +177,5 @@ class StepBatches:
         for path in sorted(set(batch.skipped) - self.skipped):
             log.warning("skipped a file that is not a readable image: %s", path)
         self.skipped.update(batch.skipped)
+        self._last = (step, batch)
         return batch

@@ -1,12 +1,13 @@
 """Which samples each training process reads at each step: a pure function of (seed, step).
 
-Every process owns a fixed part of the dataset (a seeded permutation of all indices, dealt
-out round-robin over the processes), so the parts are disjoint, cover the dataset, and each
-process only ever touches its own files or token-cache rows. A process walks through its part
-in a fresh seeded order each epoch; its epoch is ``position // len(part)``, so the epoch
-advances by itself and a resumed run starts mid-epoch at exactly the sample an
-uninterrupted run would have read (:class:`StepSampler` is told the first step, never
-the epoch).
+Every epoch is a seeded permutation of the whole dataset, read as one stream: step ``s`` takes
+the global batch at positions ``[s * G, (s + 1) * G)`` of it, and process ``rank`` of ``world``
+reads the ``rank``-th of its ``world`` equal slices. The processes' reads of an epoch are
+therefore disjoint and cover it, and the global batch of a step is the same whatever the number
+of processes, so a run on 8 GPUs sees exactly the batches of a run on one (with gradient
+accumulation over the same micro-batches, :mod:`stratagen.engine.fit`). The epoch of a position
+is ``position // len(dataset)``, so a resumed run starts mid-epoch at exactly the sample an
+uninterrupted run would have read (:class:`StepSampler` is told the first step, never the epoch).
 """
 from __future__ import annotations
 
@@ -22,15 +23,7 @@ def derive_seed(*parts: int) -> int:
 
 
 #: streams of :func:`derive_seed` (distinct first parts keep the uses independent)
-PARTITION, EPOCH_ORDER, AUGMENT, VIEW, SHUFFLE = 11, 12, 13, 14, 15
-
-
-def rank_part(size: int, seed: int, rank: int, world: int) -> np.ndarray:
-    """The dataset indices process ``rank`` of ``world`` owns (sorted, int64)."""
-    if size < world:
-        raise ValueError(f"{size} samples cannot be shared by {world} processes")
-    order = np.random.default_rng(derive_seed(PARTITION, seed)).permutation(size)
-    return np.sort(order[rank::world])
+EPOCH_ORDER, AUGMENT, VIEW, SHUFFLE = 12, 13, 14, 15
 
 
 @dataclass(frozen=True)
@@ -50,30 +43,30 @@ def sample_index(key: int | Key) -> int:
 class StepSampler:
     """Batches of :class:`Key` for steps ``start, start + 1, ...`` of one process (endless).
 
-    Step ``s`` of process ``rank`` reads positions ``[s * batch, (s + 1) * batch)`` of the
-    process's stream; position ``p`` is element ``p % n`` of epoch ``p // n``'s permutation of
-    its part (``n`` samples). Used as a DataLoader ``batch_sampler``.
+    Step ``s`` of process ``rank`` reads stream positions ``[s * G + rank * batch, s * G + (rank + 1)
+    * batch)`` with ``G = world * batch``; position ``p`` is element ``p % n`` of epoch ``p // n``'s
+    permutation of the ``n`` samples. Used as a DataLoader ``batch_sampler``.
     """
 
     def __init__(self, size: int, batch: int, seed: int, rank: int = 0, world: int = 1, start: int = 0):
-        self.part = rank_part(size, seed, rank, world)
-        self.batch, self.seed, self.rank, self.start = batch, seed, rank, start
+        if size < world:
+            raise ValueError(f"{size} samples cannot be shared by {world} processes")
+        self.size, self.batch, self.seed, self.rank, self.world, self.start = size, batch, seed, rank, world, start
         self._order: tuple[int, np.ndarray] | None = None  # the last epoch's order, reused
 
     def epoch_order(self, epoch: int) -> np.ndarray:
-        """This process's indices in the order it reads them in ``epoch``."""
+        """The dataset indices in the order the processes read them in ``epoch``."""
         order = self._order  # read once: a prefetching thread may replace it meanwhile
         if order is None or order[0] != epoch:
-            rng = np.random.default_rng(derive_seed(EPOCH_ORDER, self.seed, self.rank, epoch))
-            order = self._order = (epoch, self.part[rng.permutation(len(self.part))])
+            rng = np.random.default_rng(derive_seed(EPOCH_ORDER, self.seed, epoch))
+            order = self._order = (epoch, rng.permutation(self.size))
         return order[1]
 
     def keys(self, step: int) -> list[Key]:
-        n = len(self.part)
         keys: list[Key] = []
-        position = step * self.batch
+        position = (step * self.world + self.rank) * self.batch
         while len(keys) < self.batch:
-            epoch, offset = divmod(position + len(keys), n)
+            epoch, offset = divmod(position + len(keys), self.size)
             take = self.epoch_order(epoch)[offset: offset + self.batch - len(keys)]
             keys.extend(Key(int(i), epoch) for i in take)
         return keys

@@ -23,7 +23,7 @@ from stratagen.registry import StratagenError
 
 from .build import BuiltRun, build
 from .pipeline import Pipeline
-from .precision import inference_dtype
+from .precision import inference_dtype, onednn_linear_flops, onednn_linear_supported
 from .distributed import Processes
 from .train import autocast as train_autocast
 from .train import stack_batch
@@ -50,17 +50,23 @@ def seconds_per_call(fn: Callable[[], Any], device: torch.device, repeats: int, 
 
 
 def count_flops(fn: Callable[[], Any]) -> int:
-    """Model FLOPs of one call of ``fn`` (matmuls, convolutions, attention; FlopCounterMode)."""
-    with FlopCounterMode(display=False) as counter:
+    """Model FLOPs of one call of ``fn`` (matmuls, convolutions, attention, oneDNN linears; FlopCounterMode)."""
+    onednn = {torch.ops.mkldnn._linear_pointwise: onednn_linear_flops} if torch.backends.mkldnn.is_available() else {}
+    with FlopCounterMode(display=False, custom_mapping=onednn) as counter:
         fn()
     return counter.get_total_flops()
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype, repeats: int = 3) -> float:
-    """FLOP/s of a dense square ``dtype`` matmul (4096 on CUDA, 2048 on the CPU) on ``device``."""
+    """FLOP/s of a dense square ``dtype`` matmul (4096 on CUDA, 2048 on the CPU) on ``device``: the
+    faster of ``torch.matmul`` and, where the inference copies use it, oneDNN's linear
+    (:class:`~.precision.OneDNNLinear`; in fp32 on AMD CPUs it beats the default GEMM)."""
     n = 4096 if device.type == "cuda" else 2048
     a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
-    return 2 * n**3 / seconds_per_call(lambda: a @ b, device, repeats, min_seconds=0.3)
+    kernels = [lambda: a @ b]
+    if onednn_linear_supported(device, dtype):
+        kernels.append(lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], ""))
+    return max(2 * n**3 / seconds_per_call(k, device, repeats, min_seconds=0.3) for k in kernels)
 
 
 def training_rows(built: BuiltRun, device: torch.device, repeats: int, tokenizers: bool = True,

@@ -25,28 +25,35 @@ Output, under the compare directory::
     cache/<variant>/seed<s>/     finished sweep points (re-running skips them); metric caches in cache/
 
 Re-running skips finished work; a variant that fails is reported and the others finish.
+
+Under torchrun every process trains the variants together (DDP, as ``stratagen train``), and each
+sweep point's samples are split over the processes by batch and gathered on rank 0
+(:func:`.evaluate.generate`), the same images as one process samples; rank 0 alone scores them,
+evaluates the tokenizers and writes every file above (:func:`.gather.on_main`).
 """
 from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import os
 import traceback
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from pydantic import BaseModel
 
 from stratagen import config as cfg
+from stratagen.eval import from_uint8
 from stratagen.io import checkpoint
 from stratagen.io.run import Run
 from stratagen.registry import ConfigError, Registry, SamplerConfig, StratagenError, get_registry
 
 from . import evaluate, figures
 from .build import build_metrics
+from .distributed import Processes, setup_processes
+from .gather import on_main
 from .pipeline import Pipeline, load_config, train
 
 log = logging.getLogger("stratagen")
@@ -63,6 +70,8 @@ class CompareResult:
     failures: dict[str, str] = field(default_factory=dict)
     grids: dict[str, torch.Tensor] = field(default_factory=dict)
     class_names: list[str] = field(default_factory=list)
+    #: whether this process wrote the outputs (rank 0 under torchrun; the other ranks hold no grids)
+    written: bool = True
 
 
 # ----------------------------------------------------------------------------- sweeps
@@ -92,7 +101,7 @@ class CompareRunner:
         self.config = config
         self.registry = registry or get_registry()
         self.dir = config.dir
-        os.makedirs(self.dir, exist_ok=True)
+        self.procs = Processes()
 
     def path(self, *parts: str) -> str:
         return os.path.join(self.dir, *parts)
@@ -108,19 +117,22 @@ class CompareRunner:
     def run(self) -> CompareResult:
         from .aggregate import aggregate
 
-        result = CompareResult(self.dir)
         run_configs = self._check_variants()
         metrics = build_metrics(self.config.eval, self.registry)
+        self.procs = setup_processes(self.config.device)  # after the checks: a config error stops no group
+        result = CompareResult(self.dir, written=self.procs.is_main)
         for name, variant in self.config.variants.items():
             try:
                 self._run_variant(name, variant, run_configs[name], metrics, result)
             except Exception as exc:  # a crashed variant is reported; the others still run
                 message = str(exc) if isinstance(exc, StratagenError) else f"{type(exc).__name__}: {exc}"
                 result.failures[name] = message
-                log.error("variant %s failed: %s", name, message)
-                log.debug("%s", traceback.format_exc())
+                if self.procs.is_main:
+                    log.error("variant %s failed: %s", name, message)
+                    log.debug("%s", traceback.format_exc())
         result.rows = aggregate(result.seed_rows)
-        self._write_outputs(result)
+        if self.procs.is_main:
+            self._write_outputs(result)
         return result
 
     def _check_variants(self) -> dict[str, BaseModel | None]:
@@ -172,13 +184,14 @@ class CompareRunner:
                 result.class_names = list(getattr(reference.dataset, "class_names", []))
                 where = f"{name}/seed{seed}" if per_seed_training else name
                 reports.append(self._cached(f"{where}/tokenizers.json",
-                                            lambda: evaluate.tokenizer_report(pipe, reference, metrics)))
+                                            lambda _: evaluate.tokenizer_report(pipe, reference, metrics)))
             self._sample_seed(name, seed, pipe, run_config, reference, metrics, result)
         kinds = {tid: _tokenizer_kind(run_config, tid) for tid in reports[0]}
         result.tokenizers[name] = {tid: {"kind": kinds[tid], **values}
                                    for tid, values in _mean_reports(reports).items()}
-        first = self.path("cache", name, f"seed{self.seeds[0]}", "grid.safetensors")
-        result.grids[name] = checkpoint.load_tensors(first)[0]["images"]
+        if self.procs.is_main:
+            first = self.path("cache", name, f"seed{self.seeds[0]}", "grid.safetensors")
+            result.grids[name] = checkpoint.load_tensors(first)[0]["images"]
 
     def _sample_seed(self, name: str, seed: int, pipe: Any, run_config: BaseModel, reference: Any, metrics: list,
                      result: CompareResult) -> None:
@@ -188,11 +201,13 @@ class CompareRunner:
         for sweep, value, sampler_config in sweep_points(run_config.sampler, sweeps):
             sampler = pipe.sampler(sampler_config)
 
-            def compute() -> dict[str, Any]:
-                generated = evaluate.generate(pipe, labels, seed, self.config.eval.batch_size, sampler,
-                                              desc=f"{name} {sweep}={value} seed {seed}")
+            def generate() -> evaluate.Generated | None:
+                return evaluate.generate(pipe, labels, seed, self.config.eval.batch_size, sampler,
+                                         desc=f"{name} {sweep}={value} seed {seed}", procs=self.procs)
+
+            def compute(generated: evaluate.Generated) -> dict[str, Any]:
                 if sweep == "default":
-                    firsts = generated.images[:: self.config.eval.samples_per_class]
+                    firsts = from_uint8(generated.images[:: self.config.eval.samples_per_class])
                     checkpoint.save_tensors(self.path("cache", name, f"seed{seed}", "grid.safetensors"),
                                             {"images": firsts})
                 output = sampler.output_tokenizer(pipe.model)
@@ -202,19 +217,31 @@ class CompareRunner:
                 row.update({k: round(v, 4) for k, v in evaluate.score(generated, metrics, reference).items()})
                 return row
 
-            result.seed_rows.append(self._cached(f"{name}/seed{seed}/{sweep}-{value}.json", compute))
+            result.seed_rows.append(self._cached(f"{name}/seed{seed}/{sweep}-{value}.json", compute, generate))
 
-    def _cached(self, relative: str, compute) -> Any:
+    def _cached(self, relative: str, compute: Callable[[Any], Any], generate: Callable[[], Any] = lambda: None) -> Any:
+        """The JSON value cached at ``cache/<relative>``, else ``compute(generate())``, cached.
+
+        ``generate`` runs on every process (sampling is split over them under torchrun); rank 0 alone
+        reads the cache, computes (given what ``generate`` returned on it) and writes; every process
+        returns rank 0's value.
+        """
         path = self.path("cache", relative)
-        if os.path.exists(path):
-            with open(path) as f:
-                return json.load(f)
-        value = compute()
-        checkpoint.write_json(path, value)
-        return value
+        cached = on_main(self.procs, lambda: checkpoint.read_json(path) if os.path.exists(path) else None)
+        if cached is not None:
+            return cached
+        made = generate()
+
+        def compute_and_write() -> Any:
+            value = compute(made)
+            checkpoint.write_json(path, value)
+            return value
+
+        return on_main(self.procs, compute_and_write)
 
     # ------------------------------------------------------------------------- outputs
     def _write_outputs(self, result: CompareResult) -> None:
+        os.makedirs(self.dir, exist_ok=True)
         for filename, rows in (("results.csv", result.rows), ("results_per_seed.csv", result.seed_rows)):
             with open(self.path(filename), "w", newline="") as f:
                 writer = csv.DictWriter(f, _columns(rows))

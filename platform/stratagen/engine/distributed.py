@@ -1,15 +1,15 @@
 """Where this process stands among the training processes (torchrun), and seeds per step.
 
-Under ``torchrun`` each process takes its share of the global batch (from its own part of the
-data, :mod:`stratagen.data.sampling`); only rank 0 logs and writes checkpoints. Every step draws
-its batch, masks and dropout from seeds derived from ``(run.seed, step)``, so a resumed run
-reproduces an uninterrupted one exactly.
+Under ``torchrun`` each process takes its slice of the global batch
+(:mod:`stratagen.data.sampling`); only rank 0 logs and writes checkpoints. Every micro-batch draws
+its masks and dropout from seeds derived from ``(run.seed, step, slot)`` (:class:`stratagen.engine.fit.MicroBatch`),
+so a resumed run reproduces an uninterrupted one exactly.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.distributed as dist
@@ -52,13 +52,17 @@ def setup_processes(device_setting: str) -> Processes:
     return Processes(rank, world, device)
 
 
-def per_rank_batch(batch_size: int, world: int, key: str) -> int:
-    """Each of ``world`` processes' share of a global batch; refused unless it splits exactly
-    (no sample is lost and no process gets an empty batch)."""
-    if batch_size % world:
-        raise StratagenError(f"{key}.batch_size: {batch_size} does not split over {world} processes; "
-                             f"use a multiple of {world}")
-    return batch_size // world
+def per_rank_batch(settings: Any, world: int, key: str) -> int:
+    """Each of ``world`` processes' share of the global batch ``settings.batch_size``; refused unless
+    it splits exactly into ``settings.accumulate`` equal micro-batches per process (no sample is
+    lost, no micro-batch is empty, and every sample weighs the same in the step's gradient)."""
+    parts = world * settings.accumulate
+    if settings.batch_size % parts:
+        processes = f"{world} process{'es' if world > 1 else ''}"
+        split = f"{processes} x {settings.accumulate} micro-batches" if settings.accumulate > 1 else processes
+        raise StratagenError(f"{key}.batch_size: {settings.batch_size} does not split over {split}; "
+                             f"use a multiple of {parts}")
+    return settings.batch_size // world
 
 
 def step_seed(seed: int, step: int, stream: int) -> int:

@@ -12,11 +12,12 @@ from typing import Any, Sequence
 
 import torch
 
-from stratagen.eval import ReferenceSet, evaluate_tokenizer
+from stratagen.eval import ReferenceSet, evaluate_tokenizer, from_uint8, to_uint8
 from stratagen.registry import Sampler
 
-from .build import BuiltRun
-from .logger import progress
+from .build import BuiltRun, build_metrics
+from .distributed import Processes
+from .gather import gather_batches, on_main
 
 #: batch seeds of sampling seed ``s`` are ``s * SEED_STRIDE + batch index``
 SEED_STRIDE = 1_000_003
@@ -24,12 +25,23 @@ SEED_STRIDE = 1_000_003
 
 @dataclass
 class Generated:
-    """Images ``[N, 3, H, W]`` for ``labels`` ``[N]``, and the sampling cost."""
+    """uint8 images ``[N, 3, H, W]`` for ``labels`` ``[N]``, and the sampling cost.
+
+    Images are kept as :func:`stratagen.eval.to_uint8` gives them (what a PNG holds and what the
+    FID extractors read): a quarter of float32's bytes to gather from other processes and to hold
+    until they are scored (metrics take float images, :meth:`pixels`, so scoring makes a float copy).
+    Sampling under torchrun converts exactly as one process does, so both hold the same bytes.
+    ``seconds_per_image`` is the wall time of the whole generation (every batch, and the gathering
+    under torchrun) divided by the number of images.
+    """
 
     images: torch.Tensor
     labels: torch.Tensor
     seconds_per_image: float
-    steps: int
+
+    def pixels(self) -> torch.Tensor:
+        """The images as float ``[N, 3, H, W]`` in [-1, 1] (the uint8 values mapped back exactly)."""
+        return from_uint8(self.images)
 
 
 def sample_labels(num_classes: int, settings: Any) -> list[int]:
@@ -39,24 +51,36 @@ def sample_labels(num_classes: int, settings: Any) -> list[int]:
 
 
 def generate(pipe: Any, labels: Sequence[int], seed: int, batch_size: int, sampler: Sampler | None = None,
-             desc: str = "sample") -> Generated:
-    """Sample ``labels`` in batches; batch ``i`` uses seed ``seed * SEED_STRIDE + i``, so every model
-    given the same labels, seed and batch size is sampled under identical conditions, and nearby
-    seeds (a compare's ``seeds: [0, 1, 2]``) never share a batch."""
-    images, steps, start = [], 0, time.perf_counter()
-    batches = range(0, len(labels), batch_size)
-    for i, begin in enumerate(progress(batches, desc=desc)):
-        out = pipe.sample(labels[begin: begin + batch_size], seed=seed * SEED_STRIDE + i, sampler=sampler)
-        images.append(out.images.float().clamp(-1, 1).cpu())
-        steps = out.steps
+             desc: str = "sample", procs: Processes | None = None) -> Generated | None:
+    """Sample ``labels`` in batches of ``batch_size`` (the last may be smaller); batch ``i`` uses seed
+    ``seed * SEED_STRIDE + i``, so every model given the same labels, seed and batch size is sampled
+    under identical conditions, and nearby seeds (a compare's ``seeds: [0, 1, 2]``) never share a batch.
+
+    Under torchrun (``procs``) the batches are split over the processes and gathered on rank 0
+    (:func:`stratagen.engine.gather.gather_batches`): the same images, in the same order, as one
+    process samples. Returns the whole set on rank 0 and None on the other ranks.
+    """
+    procs = procs or Processes(device=pipe.device)
+    starts = range(0, len(labels), batch_size)
+    start = time.perf_counter()
+
+    def sample(i: int) -> torch.Tensor:
+        chunk = labels[starts[i]: starts[i] + batch_size]
+        return to_uint8(pipe.sample(chunk, seed=seed * SEED_STRIDE + i, sampler=sampler).images)
+
+    batches = gather_batches(sample, [min(batch_size, len(labels) - s) for s in starts], procs, desc)
+    if batches is None:
+        return None
     seconds = time.perf_counter() - start
-    return Generated(torch.cat(images), torch.tensor(list(labels)), seconds / max(1, len(labels)), steps)
+    return Generated(torch.cat(batches), torch.tensor(list(labels)), seconds / max(1, len(labels)))
 
 
 def score(generated: Generated, metrics: list[tuple[str, Any]], reference: ReferenceSet) -> dict[str, float]:
+    """Every metric's values for the generated images (one dict; metric names as keys)."""
+    images = generated.pixels()
     out: dict[str, float] = {}
     for _, metric in metrics:
-        out.update(metric.compute(generated.images, generated.labels, reference))
+        out.update(metric.compute(images, generated.labels, reference))
     return out
 
 
@@ -73,3 +97,25 @@ def tokenizer_report(pipe: Any, reference: ReferenceSet, metrics: list[tuple[str
     return {tid: evaluate_tokenizer(tokenizer, reference.dataset, batch_size, pipe.device, fid_metric,
                                     reference.cache_dir, model.resolution_of(tid))
             for tid, tokenizer in model.tokenizers.items() if model.owns_weights(tid)}
+
+
+def evaluate_run(pipe: Any, procs: Processes, samples: bool = True) -> dict[str, Any]:
+    """``stratagen eval``'s report: ``tokenizers`` (:func:`tokenizer_report`) and, with ``samples`` and a
+    sampler, ``samples``: the configured metrics of ``eval.samples_per_class`` images per class, their
+    wall time per image and count.
+
+    Under torchrun the sampling is split over the processes (:func:`generate`); the tokenizer report
+    and the metrics are computed on rank 0 alone, which reads the reference set. Every process
+    returns the same report.
+    """
+    settings = pipe.config.eval
+    metrics = build_metrics(settings, pipe.registry)
+    reference = reference_set(pipe.built, pipe.run.local_path("eval_cache"))
+    report: dict[str, Any] = {"tokenizers": on_main(procs, lambda: tokenizer_report(pipe, reference, metrics))}
+    if samples and pipe.config.sampler is not None:
+        labels = sample_labels(pipe.model.num_classes, settings)
+        generated = generate(pipe, labels, settings.seed, settings.batch_size, procs=procs)
+        report["samples"] = on_main(procs, lambda: {**score(generated, metrics, reference),
+                                                    "sec_per_image": generated.seconds_per_image,
+                                                    "count": len(labels)})
+    return report

@@ -22,7 +22,7 @@ from .distributed import launched_processes, per_rank_batch, setup_processes
 from .figures import loss_curves
 from .logger import RunLogger
 from .plan import training_plan
-from .precision import autocast, inference_dtype
+from .precision import InferenceNetworks, autocast, inference_dtype
 from .resume import check_unchanged
 from .tokenize import tokenize
 
@@ -49,6 +49,8 @@ class Pipeline:
         self.device = device
         #: what sampling computes in (``run.inference_dtype`` on this device)
         self.dtype = inference_dtype(built.config.run.inference_dtype, device)
+        #: the priors and critics sampling runs: copies in ``dtype``; the trained weights stay float32
+        self.networks = InferenceNetworks(self.dtype, device)
 
     @property
     def config(self) -> BaseModel:
@@ -85,9 +87,11 @@ class Pipeline:
         return cls(built, run, resolve_device(device or config.run.device)).ready()
 
     def ready(self) -> "Pipeline":
-        """Every module on the device, in evaluation mode."""
+        """Every module on the device, in evaluation mode, and the inference copies of the priors and
+        critics made (see :class:`~.precision.InferenceNetworks`)."""
         for module in self.built.modules():
             module.to(self.device).eval()
+        self.networks.model(self.model)
         return self
 
     def sampler(self, sampler_config: Any = None) -> Sampler:
@@ -95,14 +99,24 @@ class Pipeline:
         return self.built.sampler_for(sampler_config)
 
     def sample(self, classes: Sequence[int], seed: int = 0, sampler: Sampler | None = None,
-               canvas: Mapping[str, torch.Tensor] | None = None) -> SampleOutput:
-        """Generate one image per entry of ``classes``; same seed, same images."""
+               canvas: Mapping[str, torch.Tensor] | None = None, captions: Sequence[str] | None = None
+               ) -> SampleOutput:
+        """Generate one image per entry of ``classes``; same seed, same images. ``captions`` (one per
+        entry; text-conditioned runs only, e.g. STAR) condition the images instead of the classes'.
+        The priors and critics run as their inference copies (``self.networks``), without gradients."""
         labels = torch.as_tensor(list(classes), dtype=torch.long, device=self.device)
         if labels.numel() and (labels.min() < 0 or labels.max() >= self.model.num_classes):
             raise StratagenError(f"classes must be in [0, {self.model.num_classes}), got {list(classes)}")
+        sampler = sampler or self.sampler()
+        text = {}
+        if captions is not None:
+            if len(captions) != len(labels):
+                raise StratagenError(f"give one caption per image: {len(captions)} captions, {len(labels)} classes")
+            sampler.check_captions(self.model)
+            text = {"captions": list(captions)}
         generator = torch.Generator(self.device).manual_seed(seed)
-        with autocast(self.device, self.dtype):
-            output = (sampler or self.sampler()).sample(self.model, labels, generator, canvas)
+        with torch.no_grad(), autocast(self.device, self.dtype):
+            output = sampler.sample(self.networks.model(self.model), labels, generator, canvas, **text)
         output.images = output.images.float()
         return output
 
@@ -117,10 +131,10 @@ def train(config: BaseModel, resume: bool = False, registry: Registry | None = N
     registry = registry or get_registry()
     built = build(config, registry)  # refuses an incompatible sampler before any work
     model = built.model
-    for key, settings in _train_settings(config, model):  # before any process joins a group
-        per_rank_batch(settings.batch_size, launched_processes(), key)
-    procs = setup_processes(config.run.device)
     run = Run(config.run.dir)
+    for key, settings in _train_settings(config, model, run):  # before any process joins a group
+        per_rank_batch(settings, launched_processes(), key)
+    procs = setup_processes(config.run.device)
     trained = _trained(run, model)
     if trained and not resume:
         raise StratagenError(f"{run.url} already holds checkpoints; pass --resume to continue it, "
@@ -177,9 +191,11 @@ def _trained(run: Run, model: GenerativeModel) -> list[tuple[str, str]]:
     return [(kind, cid) for kind, cid in _components(model) if run.trained_step(kind, cid) is not None]
 
 
-def _train_settings(config: BaseModel, model: GenerativeModel) -> list[tuple[str, Any]]:
-    """(config key, training settings) of every component trained here."""
-    return [(f"{kind}s.{cid}.train", getattr(config, f"{kind}s")[cid].train) for kind, cid in _components(model)]
+def _train_settings(config: BaseModel, model: GenerativeModel, run: Run) -> list[tuple[str, Any]]:
+    """(config key, training settings) of every component still to train (finished ones are loaded)."""
+    settings = [(kind, cid, getattr(config, f"{kind}s")[cid].train) for kind, cid in _components(model)]
+    return [(f"{kind}s.{cid}.train", train) for kind, cid, train in settings
+            if not run.finished(kind, cid, train.steps)]
 
 
 def _sample_logger(pipeline: Pipeline, logger: RunLogger):

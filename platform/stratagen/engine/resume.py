@@ -6,7 +6,10 @@ priors of its conditions), on the data and on the run's seed. Resuming with any 
 changed would keep weights and tokens made from the old values, so it is refused, naming the
 key and how to start over. Settings that change no weights (device, attention kernel, logging
 and checkpoint intervals, sampler, evaluation) may change freely, and so may sections of
-components that are not trained yet.
+components that are not trained yet. So may the ways of computing a step (``parallel``,
+``accumulate``, ``checkpoint_activations``, ``compile``): the global batch and the objective stay,
+and the weights move as they would have, up to float rounding and, when ``accumulate`` or the
+number of processes changes, to the micro-batches' random draws.
 """
 from __future__ import annotations
 
@@ -19,8 +22,9 @@ from stratagen.io import checkpoint
 from stratagen.io.run import Run
 from stratagen.registry import ConfigError, StratagenError, split_stream_key
 
-#: keys (under any section) that change no weights
-FREE_KEYS = frozenset({"log_every", "checkpoint_every", "image_every"})
+#: keys (under any section) that change no weights, or only how a step is computed
+FREE_KEYS = frozenset({"log_every", "checkpoint_every", "image_every",
+                       "parallel", "accumulate", "checkpoint_activations", "compile"})
 #: what every component depends on; priors and critics also on the cached views
 SHARED = (("data",), ("run", "seed"))
 TOKEN_SHARED = SHARED + (("loader", "views"),)

@@ -22,7 +22,8 @@ from stratagen.registry import GenerativeModel, Prior, Registry, StratagenError,
 
 from . import precision
 from .distributed import Processes, per_rank_batch, step_seed
-from .fit import fit
+from .fit import MicroBatch, fit
+from .parallel import replicate
 from .logger import RunLogger
 
 
@@ -52,16 +53,15 @@ def train_tokenizer(run: Run, config: Any, tid: str, tokenizer: Tokenizer, datas
     entry = config.tokenizers[tid]
     settings = entry.train
     resolution = entry.resolution or config.data.resolution
-    per_rank = per_rank_batch(settings.batch_size, procs.world, f"tokenizers.{tid}.train")
+    per_rank = per_rank_batch(settings, procs.world, f"tokenizers.{tid}.train")
     preview = stack_batch(dataset, torch.arange(min(8, len(dataset))), resolution)[0].to(procs.device)
     batches = StepBatches(dataset, per_rank, config.run.seed, procs.rank, procs.world, loader_workers(config.loader.workers, procs.device),
                           procs.device)
 
-    def loss_step(step: int):
-        batch = batches.at(step)
-        images = resize_images(batch.float_images(procs.device), resolution)
+    def loss_step(micro: MicroBatch):
+        images = batches.at(micro.step).float_images(procs.device)[micro.rows(per_rank)]
         with autocast(procs):
-            losses, logs = tokenizer.losses(images, step)
+            losses, logs = tokenizer.losses(resize_images(images, resolution), micro.step)
         return losses, {**logs, "data/skipped_files": count_skipped(batches, procs)}
 
     def on_images(step: int):
@@ -73,9 +73,10 @@ def train_tokenizer(run: Run, config: Any, tid: str, tokenizer: Tokenizer, datas
                       nrow=len(preview))
 
     tokenizer.train()
-    fit(run=run, kind="tokenizer", cid=tid, plugin=entry.model.name, module=tokenizer,
-        groups=tokenizer.parameter_groups(), loss_step=loss_step, settings=settings, seed=config.run.seed,
-        procs=procs, logger=logger, sync_gradients=True, on_images=on_images, resume=resume, registry=registry)
+    with replicate(tokenizer, None, lambda module: module.parameter_groups(), settings, procs) as replica:
+        fit(run=run, kind="tokenizer", cid=tid, plugin=entry.model.name, replica=replica, loss_step=loss_step,
+            settings=settings, seed=config.run.seed, procs=procs, logger=logger, on_images=on_images,
+            resume=resume, registry=registry)
     tokenizer.eval()
 
 
@@ -106,12 +107,8 @@ def train_on_tokens(run: Run, config: Any, kind: str, cid: str, model: Generativ
         raise StratagenError(f"{kind}s.{cid}: the token caches of {', '.join(caches)} hold different numbers of "
                              f"images")
     size, views = sizes.pop(), min(c.views for c in caches.values())
-    objective: nn.Module = TokenObjective(module).to(procs.device)
-    if procs.world > 1:
-        objective = nn.parallel.DistributedDataParallel(objective, device_ids=None if procs.device.type == "cpu"
-                                                        else [procs.device.index])
     settings = entry.train
-    per_rank = per_rank_batch(settings.batch_size, procs.world, f"{kind}s.{cid}.train")
+    per_rank = per_rank_batch(settings, procs.world, f"{kind}s.{cid}.train")
     augmentation = getattr(entry, "condition_augmentation", 0.0)
     sources = [model.prior_for(c).prior for c in slot.conditions] if augmentation > 0 else []
     if any(source.conditions for source in sources):
@@ -135,23 +132,27 @@ def train_on_tokens(run: Run, config: Any, kind: str, cid: str, model: Generativ
 
     batches = Prefetched(read)
 
-    def loss_step(step: int):
-        grids, labels = batches.at(step)
-        generator = torch.Generator(procs.device).manual_seed(step_seed(config.run.seed, step, 100 + procs.rank))
-        tokens = grids[slot.target].to(procs.device)
-        labels = labels.to(procs.device)
-        conditions = [grids[c].to(procs.device) for c in slot.conditions]
-        if sources:
-            conditions = augment_conditions(conditions, sources, labels, augmentation, generator)
-        with autocast(procs):
-            loss, logs = objective(tokens, labels, conditions, schedule, generator)
-        return {kind: loss}, logs
-
     module.train()
-    fit(run=run, kind=kind, cid=cid, plugin=entry.model.name, module=module,
-        groups={kind: [p for p in module.parameters() if p.requires_grad]}, loss_step=loss_step,
-        settings=settings, seed=config.run.seed, procs=procs, logger=logger, sync_gradients=False,
-        on_images=on_images, resume=resume, registry=registry)
+    with replicate(module, TokenObjective, lambda m: {kind: [p for p in m.parameters() if p.requires_grad]},
+                   settings, procs) as replica:
+
+        def loss_step(micro: MicroBatch):
+            grids, labels = batches.at(micro.step)
+            rows = micro.rows(per_rank)
+            generator = torch.Generator(procs.device).manual_seed(step_seed(config.run.seed, micro.step,
+                                                                            100 + micro.slot))
+            tokens = grids[slot.target][rows].to(procs.device)
+            labels = labels[rows].to(procs.device)
+            conditions = [grids[c][rows].to(procs.device) for c in slot.conditions]
+            if sources:
+                conditions = augment_conditions(conditions, sources, labels, augmentation, generator)
+            with autocast(procs):
+                loss, logs = replica.step_module(tokens, labels, conditions, schedule, generator)
+            return {kind: loss}, logs
+
+        fit(run=run, kind=kind, cid=cid, plugin=entry.model.name, replica=replica, loss_step=loss_step,
+            settings=settings, seed=config.run.seed, procs=procs, logger=logger, on_images=on_images,
+            resume=resume, registry=registry)
     module.eval()
 
 

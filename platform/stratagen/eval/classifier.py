@@ -42,7 +42,7 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from stratagen.io import checkpoint
 from stratagen.registry import MissingWeightsError, StratagenError
 
-from .fidelity import Metric, ReferenceSet, extract_features, fidelity_scores, resolve_device, to_uint8
+from .fidelity import Metric, ReferenceSet, extract_features, fidelity_scores, from_uint8, resolve_device, to_uint8
 
 IN_DOMAIN_EXTRACTOR = "stratagen-in-domain"
 #: (output channels, stride) of the conv stages; 32 px in -> 4x4 at the end
@@ -121,7 +121,7 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor, steps: int, bat
     warmup = max(1, int(steps * WARMUP_FRACTION))
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / steps)))
-    data = images.to(device).float() / 127.5 - 1
+    data = from_uint8(images.to(device))
     targets = labels.to(device)
     model.train()
     for _ in range(steps):
@@ -186,7 +186,7 @@ class InDomainExtractor(FeatureExtractorBase):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"expected uint8 images [B, 3, H, W], got {images.dtype} {tuple(images.shape)}")
-        images = images.float() / 127.5 - 1
+        images = from_uint8(images)
         features, logits = self.classifier(images)
         named = {"feat": features, "logits": logits}
         if "multi" in self.features_list:

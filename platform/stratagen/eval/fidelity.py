@@ -52,6 +52,11 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return (images.clamp(-1, 1) * 0.5 + 0.5).mul(255).add(0.5).clamp(0, 255).to(torch.uint8)
 
 
+def from_uint8(images: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[..., 3, H, W]`` -> float32 in [-1, 1]; :func:`to_uint8` gives the same uint8 back."""
+    return images.float() / 127.5 - 1
+
+
 def resolve_device(setting: str) -> torch.device:
     """``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; an unusable device is a user error."""
     if setting == "auto":

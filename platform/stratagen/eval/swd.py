@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .fidelity import Metric, ReferenceSet
+from .fidelity import Metric, ReferenceSet, from_uint8
 
 PATCH = 7
 #: the 5-tap binomial filter of the paper's (and Burt & Adelson's) Gaussian pyramid
@@ -134,7 +134,7 @@ class SlicedWassersteinMetric(Metric):
     def compute(self, generated: torch.Tensor, labels: torch.Tensor, reference: ReferenceSet) -> dict[str, float]:
         """``generated`` ``[N, 3, H, W]`` in [-1, 1] drawn for ``labels`` ``[N]``, against the reference set."""
         batches = list(reference.batches(256))
-        real = torch.cat([images for images, _ in batches]).float() / 127.5 - 1
+        real = from_uint8(torch.cat([images for images, _ in batches]))
         return self.distance(generated.float().cpu(), labels.cpu(), real, torch.cat([b[1] for b in batches]))
 
     @torch.no_grad()

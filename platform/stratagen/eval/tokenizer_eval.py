@@ -21,7 +21,7 @@ from stratagen.data.transforms import resize_images
 from stratagen.nn import codebook_stats
 from stratagen.registry import StratagenError, Tokenizer
 
-from .fidelity import Metric, ReferenceSet, to_uint8
+from .fidelity import Metric, ReferenceSet, from_uint8, to_uint8
 
 MIN_MSE = 1e-10  # caps the PSNR of a perfect reconstruction at 100 dB
 
@@ -84,7 +84,7 @@ def evaluate_tokenizer(tokenizer: Tokenizer, dataset: Dataset, batch_size: int, 
         out[f"ppl_std_{level}"] = ppl.std(unbiased=False).item()
         out[f"ppl_dataset_{level}"], out[f"usage_{level}"] = codebook_stats(torch.cat(grids), codebook_sizes[level])
     if fid_metric is not None:
-        scores = fid_metric.compute(torch.cat(reconstructions).float() / 127.5 - 1, torch.cat(labels),
+        scores = fid_metric.compute(from_uint8(torch.cat(reconstructions)), torch.cat(labels),
                                     ReferenceSet(dataset, cache_dir))
         if "fid" not in scores:
             raise StratagenError("evaluate_tokenizer: the rFID metric reports no fid (enable fid in its metrics)")

@@ -17,7 +17,7 @@ so leftovers of an older, larger dataset cannot mix in.
 
 A training process reads exactly the rows of its batch (``os.pread`` at their offsets in the
 safetensors data section on a local disk; ranged requests through fsspec elsewhere), so it holds
-none of the cache in memory and fetches only its own part of it. (Memory-mapping the shards was
+none of the cache in memory and fetches only the rows it trains on. (Memory-mapping the shards was
 measured first: the kernel maps about ten times the bytes read around each random row, so a
 process's resident memory grew with the cache.)
 """

@@ -1,7 +1,7 @@
 """Transformer blocks: pre-norm (with optional cross-attention), adaptive-layer-norm (VAR) and
 BERT's post-norm."""
 
-from typing import Callable
+from typing import Callable, Type
 
 from timm.layers import Mlp
 from torch import Tensor, nn
@@ -10,7 +10,7 @@ from stratagen.nn.attention import Attention, KVCache
 
 
 class TransformerBlock(nn.Module):
-    """Bidirectional transformer block on tokens [B,N,dim].
+    """Pre-norm transformer block on tokens [B,N,dim] (bidirectional unless given a mask).
 
     x = x + attn(norm1(x))
     x = x + mlp(norm2(x))
@@ -20,7 +20,8 @@ class TransformerBlock(nn.Module):
     With ``context_dim`` a layer is a self-attention block and a cross-attention block,
     each with its FFN: the layout that gives StraIT's bottom transformer its 292M
     parameters (§4.1: 16 layers, width 768, FFN 4096). ``dropout`` applies to the
-    attention probabilities, the attention output projections and the MLPs.
+    attention probabilities, the attention output projections and the MLPs; ``eps`` is the
+    layer norms' and ``activation`` the MLPs' (CLIP's text tower: 1e-5 and QuickGELU).
     """
 
     def __init__(
@@ -30,21 +31,23 @@ class TransformerBlock(nn.Module):
         mlp_dim: int,
         dropout: float = 0.0,
         context_dim: int | None = None,
+        eps: float = 1e-6,
+        activation: Type[nn.Module] = nn.GELU,
     ) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.attn = Attention(dim, num_heads, attn_dropout=dropout, proj_dropout=dropout)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, hidden_features=mlp_dim, act_layer=nn.GELU, drop=dropout)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = Mlp(dim, hidden_features=mlp_dim, act_layer=activation, drop=dropout)
         if context_dim is None:
             self.norm_x = self.xattn = self.norm_x2 = self.mlp_x = None
         else:
-            self.norm_x = nn.LayerNorm(dim, eps=1e-6)
+            self.norm_x = nn.LayerNorm(dim, eps=eps)
             self.xattn = Attention(
                 dim, num_heads, context_dim=context_dim, attn_dropout=dropout, proj_dropout=dropout
             )
-            self.norm_x2 = nn.LayerNorm(dim, eps=1e-6)
-            self.mlp_x = Mlp(dim, hidden_features=mlp_dim, act_layer=nn.GELU, drop=dropout)
+            self.norm_x2 = nn.LayerNorm(dim, eps=eps)
+            self.mlp_x = Mlp(dim, hidden_features=mlp_dim, act_layer=activation, drop=dropout)
 
     def project_context(self, context: Tensor) -> tuple[Tensor, Tensor]:
         """Cross-attention keys/values of ``context`` [B,M,context_dim], for reuse via ``context_kv``."""
@@ -57,9 +60,11 @@ class TransformerBlock(nn.Module):
         x: Tensor,
         context: Tensor | None = None,
         context_kv: tuple[Tensor, Tensor] | None = None,
+        mask: Tensor | None = None,
     ) -> Tensor:
-        """x: [B,N,dim] -> [B,N,dim]. Blocks with cross-attention need ``context`` or ``context_kv``."""
-        x = x + self.attn(self.norm1(x))
+        """x: [B,N,dim] -> [B,N,dim]. Blocks with cross-attention need ``context`` or ``context_kv``;
+        ``mask`` [N,N] bool (True: may attend) restricts the self-attention (e.g. causal)."""
+        x = x + self.attn(self.norm1(x), mask=mask)
         x = x + self.mlp(self.norm2(x))
         if self.xattn is not None:
             x = x + self.xattn(self.norm_x(x), context=context, kv=context_kv)

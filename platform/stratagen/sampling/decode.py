@@ -169,7 +169,7 @@ def iterative_decode(
         if guided:
             logits = guided_logits(prior, ids, labels, context, scale, positions)
         else:
-            logits = prior(ids, labels, context, positions)
+            logits = prior(ids, labels, context, positions).float()  # a bf16 network's logits: decoding is fp32
         drawn, drawn_log_probs = sample_tokens(logits, settings.temperature, generator, settings.top_k, settings.top_p)
         valid = torch.arange(widths[step], device=ids.device) < plan[step][:, None]  # not padding
         sampled = ids.scatter(1, positions, torch.where(valid, drawn, ids.gather(1, positions)))

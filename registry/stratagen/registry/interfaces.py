@@ -393,6 +393,19 @@ class Sampler(ABC):
                 "steps": "+".join(str(stage.settings.steps) for stage in stages),
                 "order": "+".join(stage.settings.order for stage in stages), "params": params}
 
+    def summary(self, model: GenerativeModel) -> str:
+        """One line saying how this sampler generates ``model``'s images (``stratagen info``); by
+        default each stage's stream, steps and decode order."""
+        return "; ".join(f"{s.stream}: {s.settings.steps} steps, {s.settings.order} order" for s in self.stages(model))
+
+    def check_captions(self, model: GenerativeModel) -> None:
+        """Raise IncompatibleComponentsError, saying why, unless :meth:`sample` can condition ``model``
+        on captions (text prompts) instead of classes. A sampler that can overrides this and takes a
+        ``captions`` keyword in :meth:`sample`, one caption per label; callers pass it only after
+        this check, so samplers without text conditioning need neither."""
+        raise IncompatibleComponentsError(f"{type(self).__name__} generates by class and takes no captions; "
+                                          f"captions need a text-conditioned model (e.g. a var prior with captions)")
+
     @abstractmethod
     def sample(
         self,
@@ -405,5 +418,5 @@ class Sampler(ABC):
 
         ``canvas`` optionally gives, per stream, a partially known grid ``[B, h, w]`` with
         :data:`UNKNOWN` where tokens are to be generated (inpainting, editing); known tokens
-        are kept.
+        are kept. (Samplers whose :meth:`check_captions` passes also take ``captions``.)
         """

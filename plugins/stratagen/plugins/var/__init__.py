@@ -3,21 +3,24 @@
 - ``msvq``: the multi-scale residual VQ tokenizer (VAR Alg. 1 and 2), every scale a level;
 - ``var``: the next-scale prior, block-causal over the concatenated scales, class AdaLN,
   teacher forcing from the tokenizer's cumulative features; STAR's options: ``position: rope``
-  (normalized 2D RoPE) and ``captions`` (text conditioning by a text encoder trained with it);
+  (normalized 2D RoPE) and ``captions`` (text conditioning by ``text_encoder``: a small one
+  trained with the prior, or a local pretrained CLIP text tower);
 - ``next-scale``: the sampler, one forward per scale with a KV cache, top-k / top-p and
   classifier-free guidance.
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal, Sequence, Union
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from stratagen.plugins.vqgan import TINY_CONV_VQ, ConvVQConfig, build_loss
 from stratagen.registry import ComponentConfig, ConfigError, SamplerConfig, StageSettings, hookimpl
 
+from .clip import ClipTextEncoder
 from .prior import NextScaleTransformer
 from .sampler import NextScaleSampler
+from .text import CaptionEncoder, TextEncoder
 from .tokenizer import MultiScaleVQTokenizer
 
 
@@ -30,6 +33,35 @@ class MultiScaleVQConfig(ConvVQConfig):
     scales: tuple[int, ...] = Field((1, 2, 3, 4, 5, 6, 8, 10, 13, 16), min_length=1,
                                     description="token-grid sides, coarse to fine; the last is resolution / f")
     phi_ratio: float = Field(0.5, ge=0, le=1, description="residual ratio of each scale's conv phi_k (VAR: 0.5)")
+
+
+class SmallTextEncoderConfig(BaseModel):
+    """The small text encoder trained with the prior on the words of its captions (the demo's)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: Literal["small"] = "small"
+    depth: int = Field(2, ge=1, description="layers (width and heads: the prior's)")
+    weights: str | None = Field(None, description="local safetensors state dict of this encoder to start from; "
+                                                  "a missing file stops the run")
+
+
+class ClipTextEncoderConfig(BaseModel):
+    """A local pretrained CLIP text tower (Hugging Face CLIPTextModel layout) and its BPE tokenizer."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: Literal["clip"] = "clip"
+    weights: str = Field(description="safetensors file of the text tower (keys text_model.*; a full CLIPModel "
+                                     "file works too)")
+    tokenizer: str | None = Field(None, description="folder of vocab.json and merges.txt; default: the weights' folder")
+    heads: int | None = Field(None, ge=1, description="attention heads; default: num_attention_heads of the "
+                                                      "config.json beside the weights")
+    activation: Literal["quick_gelu", "gelu"] | None = Field(
+        None, description="the MLP's; default: hidden_act of that config.json, else quick_gelu (OpenAI)")
+    fine_tune: bool = Field(False, description="train the tower with the prior (default: frozen, and left out "
+                                               "of checkpoints); its projection to the prior's width always trains")
+
+
+TextEncoderConfig = Annotated[Union[SmallTextEncoderConfig, ClipTextEncoderConfig], Field(discriminator="name")]
 
 
 class NextScaleConfig(ComponentConfig):
@@ -47,11 +79,20 @@ class NextScaleConfig(ComponentConfig):
     class_dropout: float = Field(0.1, ge=0, le=1, description="null-class share in training (guidance)")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     captions: tuple[str, ...] | None = Field(
-        None, description="STAR: one caption per class; the prior then reads them with a text encoder trained "
-                          "with it (pooled feature for the start token and AdaLN, cross-attention in every block)")
-    text_depth: int = Field(2, ge=1, description="layers of the text encoder (with captions)")
-    text_weights: str | None = Field(None, description="local safetensors state dict of the text encoder to start "
-                                                       "from (with captions); a missing file stops the run")
+        None, description="STAR: one caption per class; the prior then reads them with its text_encoder "
+                          "(pooled feature for the start token and AdaLN, cross-attention in every block)")
+    text_encoder: TextEncoderConfig | None = Field(
+        None, description="reads the captions: small (trained with the prior; the default with captions) or "
+                          "clip (a local pretrained CLIP text tower)")
+
+    @model_validator(mode="after")
+    def _text_needs_captions(self) -> "NextScaleConfig":
+        if self.captions is None and self.text_encoder is not None:
+            raise ValueError("text_encoder reads captions: give model.captions (one per class), or leave "
+                             "text_encoder out for a class-conditioned prior")
+        if self.captions is not None and self.text_encoder is None:
+            self.text_encoder = SmallTextEncoderConfig()
+        return self
 
 
 class NextScaleSamplerConfig(SamplerConfig):
@@ -72,6 +113,22 @@ TINY_MSVQ = TINY_CONV_VQ | {"scales": [1, 2, 4]}
 TINY_VAR = {"depth": 1, "width": 32, "heads": 2, "feature_dim": TINY_CONV_VQ["embedding_dim"]}
 
 
+def build_text_encoder(config: SmallTextEncoderConfig | ClipTextEncoderConfig, captions: Sequence[str],
+                       width: int, heads: int) -> CaptionEncoder:
+    """The text encoder of a validated ``text_encoder`` section, for a prior of ``width`` and ``heads``."""
+    if isinstance(config, ClipTextEncoderConfig):
+        return ClipTextEncoder(width=width, weights=config.weights, tokenizer=config.tokenizer, heads=config.heads,
+                               activation=config.activation, fine_tune=config.fine_tune)
+    return TextEncoder(captions, width, config.depth, heads, config.weights)
+
+
+def build_var(*, captions: Sequence[str] | None, text_encoder: SmallTextEncoderConfig | ClipTextEncoderConfig | None,
+              width: int, heads: int, **fields) -> NextScaleTransformer:
+    """Registry factory: the validated ``NextScaleConfig`` fields, the text encoder built from its section."""
+    text = None if captions is None else build_text_encoder(text_encoder, captions, width, heads)
+    return NextScaleTransformer(captions=captions, text=text, width=width, heads=heads, **fields)
+
+
 def build_msvq(*, resolution: int, loss, **fields) -> MultiScaleVQTokenizer:
     try:
         return MultiScaleVQTokenizer(resolution=resolution, loss=build_loss(resolution, loss), **fields)
@@ -86,7 +143,7 @@ def stratagen_register_tokenizers(register):
 
 @hookimpl
 def stratagen_register_priors(register):
-    register("var", NextScaleTransformer, NextScaleConfig, tiny=TINY_VAR)
+    register("var", build_var, NextScaleConfig, tiny=TINY_VAR)
 
 
 @hookimpl
@@ -94,4 +151,5 @@ def stratagen_register_samplers(register):
     register("next-scale", NextScaleSampler, NextScaleSamplerConfig)
 
 
-__all__ = ["MultiScaleVQTokenizer", "NextScaleSampler", "NextScaleTransformer"]
+__all__ = ["ClipTextEncoder", "MultiScaleVQTokenizer", "NextScaleSampler", "NextScaleTransformer", "TextEncoder",
+           "build_var"]

@@ -10,9 +10,10 @@ VAR's (a learned level embedding plus learned absolute positions) or STAR's norm
 RoPE (with the level embedding, no absolute positions).
 
 With ``captions`` (one per class) the prior is STAR's text-to-image model: a text encoder
-trained with it reads the caption; its pooled feature replaces the class embedding (start
-token and AdaLN) and every block cross-attends to the caption's tokens. The null class is
-the empty caption (classifier-free guidance).
+(:mod:`.text`: a small one trained with it, or a local pretrained CLIP text tower) reads the
+caption; its pooled feature replaces the class embedding (start token and AdaLN) and every block
+cross-attends to the caption's tokens. The null class is the empty caption (classifier-free
+guidance).
 
 In a run the prior generates the finest scale (``target``) conditioned on all coarser ones
 (``conditions``, coarse to fine); its training loss covers every scale at once.
@@ -30,7 +31,7 @@ from stratagen.nn import AdaLNBlock, KVCache, NormalizedRope2D, grid_positions
 from stratagen.registry import (IncompatibleComponentsError, LevelSpec, MaskSchedule, MultiScaleTokenizer, Prior,
                                 PriorLoss, Tokenizer)
 
-from .text import CaptionVocabulary, TextEncoder
+from .text import CaptionEncoder
 
 
 @dataclass
@@ -66,15 +67,14 @@ class NextScaleTransformer(Prior):
         dropout: on attention and FFN; ``class_dropout``: share of null-class rows in training
             (enables classifier-free guidance); ``label_smoothing`` of the cross-entropy.
         captions: one caption per class (STAR's text conditioning); None: class conditioning.
-        text_depth, text_weights: the text encoder's depth and an optional local safetensors file
-            to initialise it from.
+        text: the text encoder reading them (given exactly when ``captions`` are); its features
+            have the prior's ``width``.
     """
 
     def __init__(self, *, target: LevelSpec, conditions: Sequence[LevelSpec] = (), num_classes: int, depth: int,
                  width: int, heads: int, mlp_ratio: float, feature_dim: int,
                  position: Literal["absolute", "rope"], dropout: float, class_dropout: float,
-                 label_smoothing: float, captions: Sequence[str] | None = None, text_depth: int = 2,
-                 text_weights: str | None = None):
+                 label_smoothing: float, captions: Sequence[str] | None = None, text: CaptionEncoder | None = None):
         super().__init__()
         self.target = target
         self.conditions = tuple(conditions)
@@ -89,14 +89,15 @@ class NextScaleTransformer(Prior):
         self.lengths = [s.length for s in self.scales]
         self.offsets = [sum(self.lengths[:k]) for k in range(len(self.scales) + 1)]
         self._tokenizer: tuple[MultiScaleTokenizer, ...] = ()
+        if (captions is None) != (text is None):
+            raise ValueError("a next-scale prior takes a text encoder exactly when it takes captions")
         if captions is None:
-            self.class_embedding, self.vocabulary, self.text = nn.Embedding(num_classes + 1, width), None, None
+            self.class_embedding = nn.Embedding(num_classes + 1, width)
         else:
             if len(captions) != num_classes:
                 raise IncompatibleComponentsError(f"captions: give one per class ({num_classes}), got {len(captions)}")
             self.class_embedding = None
-            self.vocabulary = CaptionVocabulary(captions)
-            self.register_buffer("caption_ids", self.vocabulary.encode([*captions, ""]), persistent=False)
+            self.register_buffer("caption_ids", text.tokenize([*captions, ""]), persistent=False)
         self.start_position = nn.Parameter(torch.zeros(1, self.lengths[0], width))
         self.level_embedding = nn.Embedding(len(self.scales), width)
         self.word_embedding = nn.Linear(feature_dim, width)
@@ -114,9 +115,7 @@ class NextScaleTransformer(Prior):
         self.head_ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
         self.head = nn.Linear(width, target.codebook_size)
         self.apply(_init_weights)
-        if captions is not None:  # after the init above, so that loaded weights stay as loaded
-            self.text = TextEncoder(len(self.vocabulary), self.vocabulary.length, width, text_depth, heads,
-                                    text_weights)
+        self.text = text  # after the init above, so that loaded weights stay as loaded
         for parameter in (self.start_position, self.position):
             if parameter is not None:
                 nn.init.trunc_normal_(parameter, std=0.02)
@@ -177,10 +176,12 @@ class NextScaleTransformer(Prior):
         return x
 
     def caption_tokens(self, captions: Sequence[str]) -> torch.Tensor:
-        """``[B, M]`` word ids of ``captions`` (text mode; ValueError outside the vocabulary)."""
-        if self.vocabulary is None:
-            raise ValueError("this next-scale prior is class-conditioned (no captions)")
-        return self.vocabulary.encode(captions).to(self.caption_ids.device)
+        """``[B, M]`` ids of ``captions`` by the text encoder (text mode; CaptionError for a caption
+        it cannot read, IncompatibleComponentsError for a class-conditioned prior)."""
+        if self.text is None:
+            raise IncompatibleComponentsError("the next-scale prior is class-conditioned (no captions in its "
+                                              "config); only a text-conditioned (STAR) prior takes captions")
+        return self.text.tokenize(captions).to(self.caption_ids.device)
 
     def _condition(self, labels: torch.Tensor, captions: torch.Tensor | None = None
                    ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]] | None]:

@@ -68,12 +68,34 @@ class NextScaleSampler(Sampler):
         return {"tokens": " + ".join(f"{s.height}x{s.width}" for s in prior.scales),
                 "steps": "+".join("1" for _ in stages), "order": "next-scale", "params": params}
 
+    def summary(self, model: GenerativeModel) -> str:
+        """The scales with their token counts, the conditioning and the sampling settings, e.g.
+        ``next-scale over 3 scales of vq, one forward each (KV cache): s1 1x1 (1), s2 2x2 (4), s3 4x4 (16),
+        21 tokens; class-conditioned; temperature 1.0, top-k off, top-p off, guidance off``."""
+        tid, prior = self._prior(model)
+        s = self.settings
+        scales = ", ".join(f"{spec.name} {spec.height}x{spec.width} ({spec.length})" for spec in prior.scales)
+        guidance = f"{s.guidance_scale:g} ({s.guidance_schedule})" if s.guidance_scale > 0 else "off"
+        return (f"next-scale over {len(prior.scales)} scales of {tid}, one forward each "
+                f"({'KV cache' if self.use_cache else 'no cache: every prefix recomputed'}): {scales}, "
+                f"{sum(prior.lengths)} tokens; {'text' if prior.text is not None else 'class'}-conditioned; "
+                f"temperature {s.temperature:g}, top-k {s.top_k or 'off'}, top-p {s.top_p if s.top_p < 1 else 'off'}, "
+                f"guidance {guidance}")
+
+    def check_captions(self, model: GenerativeModel) -> None:
+        """Refuse a class-conditioned next-scale prior (captions need STAR's text conditioning)."""
+        self.check(model)
+        if self._prior(model)[1].text is None:
+            raise IncompatibleComponentsError("this run's next-scale prior is class-conditioned (no captions in "
+                                              "its config): sample it by class, or train one with captions (STAR)")
+
     @torch.no_grad()
     def sample(self, model: GenerativeModel, labels: torch.Tensor, generator: torch.Generator,
                canvas: Mapping[str, torch.Tensor] | None = None, captions: Sequence[str] | None = None
                ) -> SampleOutput:
         """Known tokens of ``canvas`` (per scale stream, :data:`UNKNOWN` elsewhere) are kept.
-        ``captions`` (one per row; text-conditioned priors only) replace the classes' captions."""
+        ``captions`` (one per row; text-conditioned priors only, :meth:`check_captions`) replace the
+        classes' captions."""
         self.check(model)
         tid, prior = self._prior(model)
         settings = self.settings

@@ -1,23 +1,58 @@
-"""STAR's text conditioning at demo scale: a word vocabulary of the captions and a small text
-encoder trained with the prior (STAR slides, "Textual guidance": a pooled text feature for the
-start token and cross-attention to the text tokens in every block).
+"""STAR's text conditioning (STAR slides, "Textual guidance": a pooled text feature for the start
+token and AdaLN, cross-attention to the text tokens in every block).
 
-No pretrained encoder can be downloaded; a local one saved as safetensors (this architecture's
-state dict) can initialise it (``text_weights``).
+A :class:`CaptionEncoder` turns captions into ids and ids into features of the prior's width.
+Two are built in: the small encoder trained with the prior on a word vocabulary of its captions
+(:class:`TextEncoder`, the demo's: no pretrained encoder can be downloaded), and a local pretrained
+CLIP text tower (:class:`stratagen.plugins.var.clip.ClipTextEncoder`).
 """
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from abc import ABC, abstractmethod
+from typing import Mapping, Sequence
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
+from stratagen.io.checkpoint import read_state_dict
 from stratagen.nn import TransformerBlock
-from stratagen.registry import MissingWeightsError
+from stratagen.registry import MissingWeightsError, StratagenError
 
 PAD, START = 0, 1
+
+
+class CaptionError(StratagenError):
+    """A caption the text encoder cannot read (unknown words, too long)."""
+
+
+def check_tensors(path: str, expected: Mapping[str, Sequence[int]], found: Mapping[str, Sequence[int]],
+                  layout: str) -> None:
+    """StratagenError naming a few missing, unexpected and reshaped tensors unless the tensors ``found``
+    in the safetensors file ``path`` (name -> shape) are exactly the ``expected`` ones of ``layout``."""
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    reshaped = [f"{k} {list(found[k])} vs {list(shape)}" for k, shape in expected.items()
+                if k in found and list(found[k]) != list(shape)]
+    if missing or unexpected or reshaped:
+        parts = [f"{label} {len(keys)} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
+                 for label, keys in (("missing", missing), ("unexpected", unexpected),
+                                     ("other shapes (file vs expected)", reshaped)) if keys]
+        raise StratagenError(f"{path}: not {layout}: {'; '.join(parts)}")
+
+
+class CaptionEncoder(nn.Module, ABC):
+    """Captions -> ids ``[B, M]`` (:meth:`tokenize`) -> token features ``[B, M, width]`` and a pooled
+    feature ``[B, width]`` (:meth:`forward`), ``width`` being the prior's. The empty caption is the
+    null caption (classifier-free guidance)."""
+
+    @abstractmethod
+    def tokenize(self, captions: Sequence[str]) -> torch.Tensor:
+        """``[B, M]`` ids of ``captions`` (on the CPU); :class:`CaptionError` for one it cannot read."""
+
+    @abstractmethod
+    def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ids ``[B, M]`` -> token features ``[B, M, width]`` and the pooled feature ``[B, width]``."""
 
 
 class CaptionVocabulary:
@@ -33,40 +68,54 @@ class CaptionVocabulary:
 
     def encode(self, captions: Sequence[str]) -> torch.Tensor:
         """``[B, length]`` ids: START, the words, PAD; an empty caption is START alone (the null caption).
-        ValueError for a word outside the vocabulary or a caption longer than ``length - 1`` words."""
+        CaptionError for words outside the vocabulary (naming them and the accepted words) or a
+        caption longer than ``length - 1`` words."""
         rows = []
         for caption in captions:
             words = caption.lower().split()
             unknown = [w for w in words if w not in self.ids]
-            if unknown or len(words) >= self.length:
-                raise ValueError(f"caption {caption!r}: " + (f"words outside the vocabulary: {unknown}" if unknown
-                                                              else f"longer than {self.length - 1} words"))
+            if unknown:
+                raise CaptionError(f"caption {caption!r}: words outside the vocabulary: {', '.join(unknown)}; "
+                                   f"the text encoder knows only the {len(self.ids)} words of the prior's "
+                                   f"captions (model.captions): {' '.join(self.ids)}")
+            if len(words) >= self.length:
+                raise CaptionError(f"caption {caption!r}: {len(words)} words; the text encoder reads at most "
+                                   f"{self.length - 1} (the longest of the prior's captions)")
             rows.append([START] + [self.ids[w] for w in words] + [PAD] * (self.length - 1 - len(words)))
         return torch.tensor(rows, dtype=torch.long)
 
 
-class TextEncoder(nn.Module):
-    """Caption ids ``[B, M]`` -> token features ``[B, M, width]`` and the pooled feature ``[B, width]``
-    (the START position's). Bidirectional pre-norm blocks with learned positions.
+class TextEncoder(CaptionEncoder):
+    """The small encoder trained with the prior: word ids of :class:`CaptionVocabulary` ``[B, M]``
+    -> token features ``[B, M, width]`` and the pooled feature ``[B, width]`` (the START position's).
+    Bidirectional pre-norm blocks with learned positions.
 
     Args:
-        vocab_size, length: of the :class:`CaptionVocabulary`.
+        captions: the captions whose words make the vocabulary.
         width, depth, heads: transformer size (FFN 4 x width).
         weights: a local safetensors state dict of this module to start from (None: random init);
             a missing file is a one-line MissingWeightsError.
     """
 
-    def __init__(self, vocab_size: int, length: int, width: int, depth: int, heads: int, weights: str | None = None):
+    def __init__(self, captions: Sequence[str], width: int, depth: int, heads: int, weights: str | None = None):
         super().__init__()
-        self.embedding = nn.Embedding(vocab_size, width)
-        self.position = nn.Parameter(torch.zeros(1, length, width))
+        self.vocabulary = CaptionVocabulary(captions)
+        self.embedding = nn.Embedding(len(self.vocabulary), width)
+        self.position = nn.Parameter(torch.zeros(1, self.vocabulary.length, width))
         nn.init.trunc_normal_(self.position, std=0.02)
         self.blocks = nn.ModuleList(TransformerBlock(width, heads, 4 * width) for _ in range(depth))
         self.norm = nn.LayerNorm(width, eps=1e-6)
         if weights is not None:
             if not os.path.isfile(weights):
-                raise MissingWeightsError(f"text encoder weights {weights}: no such file")
-            self.load_state_dict(load_file(weights))
+                raise MissingWeightsError(f"text encoder weights {weights}: no such file (expected a safetensors "
+                                          f"state dict of the small text encoder)")
+            tensors = read_state_dict(weights)
+            check_tensors(weights, {k: v.shape for k, v in self.state_dict().items()},
+                          {k: v.shape for k, v in tensors.items()}, "a state dict of this small text encoder")
+            self.load_state_dict(tensors)
+
+    def tokenize(self, captions: Sequence[str]) -> torch.Tensor:
+        return self.vocabulary.encode(captions)
 
     def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.embedding(ids) + self.position[:, : ids.shape[1]]
