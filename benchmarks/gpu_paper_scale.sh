@@ -4,7 +4,9 @@
 #   - top- and bottom-prior training steps, StraIT-R (configs/strait_r.yaml: 48 x 768 top prior,
 #     16 x 768 bottom prior), bf16 autocast, one process (DDP/FSDP add communication on top);
 #   - full StraIT 18+6 sampling at batch 32, 64, 128, without and with guidance (scale 0.2);
-#   - MaskGIT-f16 12-step sampling (configs/maskgit_f16.yaml with 12 steps) at the same batches.
+#   - MaskGIT-f16 12-step sampling (configs/maskgit_f16.yaml with 12 steps) at the same batches;
+#   - the prior training steps again with compiled blocks and with activation checkpointing;
+#   - a short demo StraIT-R run under torchrun with FSDP2 priors (nccl), sampled afterwards.
 # Every row: seconds per call and per image, model FLOPs (FlopCounterMode), and MFU against a
 # bf16 matmul peak measured in the same run (see README "Speed").
 #
@@ -54,11 +56,31 @@ fi
 "${BENCH[@]}" "$STRAIT" "${DEVICE[@]}" --parts priors \
     --set priors.top.train.batch_size=$TRAIN_BATCH --set priors.bottom.train.batch_size=$TRAIN_BATCH \
     > "$OUT/strait_priors_train.json"
+# the same steps with each transformer block compiled (train.compile), and recomputing activations
+"${BENCH[@]}" "$STRAIT" "${DEVICE[@]}" --parts priors \
+    --set priors.top.train.batch_size=$TRAIN_BATCH --set priors.bottom.train.batch_size=$TRAIN_BATCH \
+    --set priors.top.train.compile=true --set priors.bottom.train.compile=true \
+    > "$OUT/strait_priors_train_compiled.json"
+"${BENCH[@]}" "$STRAIT" "${DEVICE[@]}" --parts priors \
+    --set priors.top.train.batch_size=$TRAIN_BATCH --set priors.bottom.train.batch_size=$TRAIN_BATCH \
+    --set priors.top.train.checkpoint_activations=true --set priors.bottom.train.checkpoint_activations=true \
+    > "$OUT/strait_priors_train_checkpointed.json"
 # full StraIT 18+6 sampling, without and with guidance
 "${BENCH[@]}" "$STRAIT" "${DEVICE[@]}" --parts sample --batches $BATCHES > "$OUT/strait_sample.json"
 # MaskGIT-f16, 12 steps
 "${BENCH[@]}" "$MASKGIT" "${DEVICE[@]}" --parts sample --batches $BATCHES \
     --set sampler.stage.steps=12 > "$OUT/maskgit_f16_sample.json"
+
+# the process-group paths (nccl on CUDA, gloo on the CPU) end to end: the demo StraIT-R run trained
+# under torchrun with its priors sharded by FSDP2 (bf16 parameters, fp32 reduction on CUDA) and
+# accumulating 2 micro-batches, then sampled; its log shows the losses
+rm -rf /tmp/stratagen_fsdp
+"$PY" -m torch.distributed.run --standalone --nproc-per-node=1 -m stratagen.cli train configs/demo/strait_r.yaml \
+    "${DEVICE[@]}" --set run.dir=/tmp/stratagen_fsdp --set tokenizers.vq.train.steps=100 \
+    --set priors.top.train.steps=100 --set priors.bottom.train.steps=100 \
+    --set priors.top.train.parallel=fsdp --set priors.bottom.train.parallel=fsdp \
+    --set priors.top.train.accumulate=2 --set priors.bottom.train.accumulate=2 2>&1 | tail -n 20 | tee "$OUT/fsdp_train.txt"
+"$PY" -m stratagen.cli sample /tmp/stratagen_fsdp --count 8 --seed 0 2>&1 | tail -n 3 | tee -a "$OUT/fsdp_train.txt"
 
 "$PY" - "$OUT" <<'PYEOF'
 import json, pathlib, sys

@@ -26,6 +26,33 @@ def test_bench_rows_count_model_flops_and_divide_by_the_measured_peak(tmp_path):
         assert r["mfu"] == pytest.approx(r["flops"] / r["seconds"] / r["peak_flops"])
 
 
+def test_train_rows_run_with_the_block_options_and_count_model_flops(tmp_path, monkeypatch):
+    """A prior training with activation checkpointing is timed checkpointed, its FLOPs are the plain
+    step's (recomputation is not model work), and its blocks are plain again afterwards."""
+    from stratagen.engine import bench
+    from stratagen.engine.parallel import blocks
+
+    config = validate(tiny_config(tmp_path / "run"), "test")
+    plain = {r["component"]: r for r in benchmark(config, repeats=1, parts=["priors"])["rows"]}
+    config = config.model_copy(deep=True)
+    config.priors["main"].train.checkpoint_activations = True
+    built = bench.build(config)
+    timed_checkpointed = []
+
+    def timing(fn, device, repeats, min_seconds=0.5):
+        timed_checkpointed.append(all("forward" in vars(b) for b in blocks(built.model.priors["main"].prior)))
+        return original(fn, device, repeats, min_seconds)
+
+    original = bench.seconds_per_call
+    monkeypatch.setattr(bench, "seconds_per_call", timing)
+    monkeypatch.setattr(bench, "build", lambda _: built)
+    [checkpointed] = benchmark(config, repeats=1, parts=["priors"])["rows"]
+    assert checkpointed["what"] == "train step, checkpointed" and plain["prior main"]["what"] == "train step"
+    assert checkpointed["flops"] == plain["prior main"]["flops"]
+    assert timed_checkpointed.count(True) == 1  # the step's timing; the peaks are timed before and after
+    assert not any("forward" in vars(b) for b in blocks(built.model.priors["main"].prior))
+
+
 def test_count_flops_of_a_matmul():
     import torch
 

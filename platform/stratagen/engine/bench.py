@@ -4,7 +4,9 @@ Every row times one operation (a training step of one component, or one sampler 
 batch size, with or without classifier-free guidance) after a warm-up, with the device
 synchronized around the timing. Its FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode``
 on one run of the same operation: matrix multiplications, convolutions and attention (SDPA), i.e.
-the model FLOPs; element-wise work (norms, softmax, sampling) is not counted. The peak is a dense
+the model FLOPs; element-wise work (norms, softmax, sampling) is not counted. A training step runs
+with the component's ``checkpoint_activations`` and ``compile`` settings, and its FLOPs are counted
+without them (recomputed activations are not model FLOPs). The peak is a dense
 square matmul in the dtype the row computes in, measured in the same run (at the start and again at
 the end; the larger is used), and MFU = achieved FLOP/s / peak FLOP/s. Random token grids stand
 in for a token cache and untrained weights for trained ones (speed does not depend on them).
@@ -12,6 +14,7 @@ Figures are printed, never asserted.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any, Callable, Sequence
 
@@ -23,6 +26,7 @@ from stratagen.registry import StratagenError
 
 from .build import BuiltRun, build
 from .pipeline import Pipeline
+from .parallel import block_options
 from .precision import inference_dtype, onednn_linear_flops, onednn_linear_supported
 from .distributed import Processes
 from .train import autocast as train_autocast
@@ -71,7 +75,8 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, repeats: int = 3) -> f
 
 def training_rows(built: BuiltRun, device: torch.device, repeats: int, tokenizers: bool = True,
                   priors: bool = True) -> list[dict[str, Any]]:
-    """One train step (forward, loss, backward) of every tokenizer and/or prior, as training runs it."""
+    """One train step (forward, loss, backward) of every tokenizer and/or prior, as training runs it on
+    one process: autocast as configured, blocks checkpointed and/or compiled as ``train:`` says."""
     config, model = built.config, built.model
     procs = Processes(device=device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -88,7 +93,8 @@ def training_rows(built: BuiltRun, device: torch.device, repeats: int, tokenizer
             with train_autocast(procs):
                 losses, _ = tokenizer.losses(images, 10**9)
             sum(losses.values()).backward()
-        rows.append(row(f"tokenizer {tid}", "train step", batch, dtype, step, device, repeats))
+        rows.append(row(f"tokenizer {tid}", train_step_name(config.tokenizers[tid].train), batch, dtype, step,
+                        device, repeats, options_for(tokenizer, config.tokenizers[tid].train)))
     for pid, slot in model.priors.items() if priors else ():
         prior = slot.prior.to(device).train()
         batch = config.priors[pid].train.batch_size
@@ -103,8 +109,19 @@ def training_rows(built: BuiltRun, device: torch.device, repeats: int, tokenizer
             with train_autocast(procs):
                 loss = prior.loss(tokens, labels, conditions, built.schedules[pid], generator).loss
             loss.backward()
-        rows.append(row(f"prior {pid}", "train step", batch, dtype, prior_step, device, repeats))
+        rows.append(row(f"prior {pid}", train_step_name(config.priors[pid].train), batch, dtype, prior_step,
+                        device, repeats, options_for(prior, config.priors[pid].train)))
     return rows
+
+
+def options_for(module: torch.nn.Module, train: Any) -> Callable[[], contextlib.AbstractContextManager]:
+    """The block options a component trains with (``train.checkpoint_activations``, ``train.compile``)."""
+    return lambda: block_options(module, train.checkpoint_activations, train.compile)
+
+
+def train_step_name(train: Any) -> str:
+    """``"train step"`` plus the block options it runs with, e.g. ``"train step, checkpointed, compiled"``."""
+    return ", ".join(["train step"] + ["checkpointed"] * train.checkpoint_activations + ["compiled"] * train.compile)
 
 
 def sampling_rows(built: BuiltRun, device: torch.device, batches: Sequence[int], repeats: int) -> list[dict[str, Any]]:
@@ -127,10 +144,13 @@ def sampling_rows(built: BuiltRun, device: torch.device, batches: Sequence[int],
 
 
 def row(component: str, what: str, batch: int, dtype: torch.dtype, fn: Callable[[], Any], device: torch.device,
-        repeats: int) -> dict[str, Any]:
-    """One timed, FLOP-counted operation (``peak``/``mfu`` are filled in by :func:`benchmark`)."""
+        repeats: int, options: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+        ) -> dict[str, Any]:
+    """One timed, FLOP-counted operation (``peak``/``mfu`` are filled in by :func:`benchmark`); it is
+    timed within ``options()`` and its FLOPs are counted outside."""
     flops = count_flops(fn)
-    seconds = seconds_per_call(fn, device, repeats)
+    with options():
+        seconds = seconds_per_call(fn, device, repeats)
     return {"component": component, "what": what, "batch": batch, "dtype": str(dtype).removeprefix("torch."),
             "seconds": seconds, "seconds_per_image": seconds / batch, "flops": flops,
             "flops_per_image": flops / batch, "achieved_flops": flops / seconds}

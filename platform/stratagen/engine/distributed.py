@@ -7,6 +7,7 @@ so a resumed run reproduces an uninterrupted one exactly.
 """
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -36,9 +37,31 @@ def launched_processes() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+#: environment variable: seconds a collective waits for the other processes before it fails
+TIMEOUT_VARIABLE = "STRATAGEN_COLLECTIVE_TIMEOUT"
+
+
+def collective_timeout() -> datetime.timedelta | None:
+    """``STRATAGEN_COLLECTIVE_TIMEOUT`` (seconds), or None for the backend's default (PyTorch's:
+    30 minutes under gloo, 10 under nccl)."""
+    value = os.environ.get(TIMEOUT_VARIABLE, "")
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise StratagenError(f"{TIMEOUT_VARIABLE}={value!r}: a number of seconds > 0 "
+                             f"(unset: the backend's default, 30 min under gloo and 10 under nccl)")
+    return datetime.timedelta(seconds=seconds)
+
+
 def setup_processes(device_setting: str) -> Processes:
-    """Join the torchrun process group if launched by torchrun (gloo on CPU, nccl on CUDA)."""
+    """Join the torchrun process group if launched by torchrun (gloo on CPU, nccl on CUDA), with
+    :func:`collective_timeout`."""
     use_cuda = device_setting == "cuda" or (device_setting == "auto" and torch.cuda.is_available())
+    timeout = collective_timeout()
     world = launched_processes()
     rank = int(os.environ.get("RANK", "0"))
     if use_cuda:
@@ -48,7 +71,7 @@ def setup_processes(device_setting: str) -> Processes:
     else:
         device = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timeout)
     return Processes(rank, world, device)
 
 
