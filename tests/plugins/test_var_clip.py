@@ -220,13 +220,26 @@ def test_pooled_feature_is_the_end_tokens(clip_file):
 def test_a_frozen_tower_stays_out_of_gradients_and_state_dicts(clip_file):
     frozen = ClipTextEncoder(width=8, weights=str(clip_file))
     assert not any(p.requires_grad for p in frozen.tower.parameters()) and frozen.projection.weight.requires_grad
-    assert sorted(frozen.state_dict()) == ["projection.bias", "projection.weight"]
+    assert sorted(frozen.state_dict()) == ["projection.bias", "projection.weight", "tower_fingerprint"]
     other = ClipTextEncoder(width=8, weights=str(clip_file))
     other.load_state_dict(frozen.state_dict())  # strict: the tower keeps its pretrained tensors
     assert torch.equal(other.projection.weight, frozen.projection.weight)
     tuned = ClipTextEncoder(width=8, weights=str(clip_file), fine_tune=True)
     assert all(p.requires_grad for p in tuned.parameters())
     assert len(tuned.state_dict()) == 2 + len(hf_clip_tensors()) - 2 * DEPTH  # k and v in one tensor per layer
+
+
+def test_a_frozen_tower_from_another_file_is_refused_on_load(clip_file, tmp_path):
+    """The checkpoint keeps the tower's fingerprint: a file with other tensors in its place (here one
+    layer norm weight moved by 1e-3) is refused in one line, not silently used."""
+    saved = ClipTextEncoder(width=8, weights=str(clip_file)).state_dict()
+    tensors = hf_clip_tensors()
+    tensors["text_model.final_layer_norm.weight"] = tensors["text_model.final_layer_norm.weight"] + 1e-3
+    other_file = write_clip(tmp_path / "other", tensors)
+    with pytest.raises(StratagenError, match=r"other/model.safetensors: not the CLIP text tower this prior was "
+                                             r"trained with"):
+        ClipTextEncoder(width=8, weights=str(other_file)).load_state_dict(saved)
+    ClipTextEncoder(width=8, weights=str(write_clip(tmp_path / "copy"))).load_state_dict(saved)  # same tensors
 
 
 # ----------------------------------------------------------------------------- STAR with CLIP, end to end

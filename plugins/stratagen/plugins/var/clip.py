@@ -264,9 +264,10 @@ class ClipTextEncoder(CaptionEncoder):
     ``<|endoftext|>``, the highest id of OpenAI's vocabulary).
 
     With ``fine_tune`` false (the default) the tower is frozen: no gradients, and its tensors are
-    left out of the state dict, so checkpoints hold the projection only and the tower is read from
-    ``weights`` whenever the prior is built. With ``fine_tune`` it trains with the prior and is
-    saved with it.
+    left out of the state dict, so checkpoints hold the projection and the tower's
+    :func:`fingerprint` only, and the tower is read from ``weights`` whenever the prior is built (a
+    file whose tensors are not the ones the prior was trained with is refused when it is loaded).
+    With ``fine_tune`` it trains with the prior and is saved with it.
 
     Args:
         width: the prior's width (the projection's output).
@@ -279,6 +280,7 @@ class ClipTextEncoder(CaptionEncoder):
     def __init__(self, width: int, weights: str, tokenizer: str | None = None, heads: int | None = None,
                  activation: Literal["quick_gelu", "gelu"] | None = None, fine_tune: bool = False):
         super().__init__()
+        self.weights = weights
         self.tower = load_clip_text(weights, heads, activation)
         self.tokenizer = ClipTokenizer(tokenizer or os.path.dirname(os.path.abspath(weights)), self.tower.length)
         largest = max(self.tokenizer.vocab.values())
@@ -303,14 +305,35 @@ class ClipTextEncoder(CaptionEncoder):
         return tokens, tokens[torch.arange(ids.shape[0], device=ids.device), end]
 
 
+FINGERPRINT = "tower_fingerprint"
+
+
+def fingerprint(tower: nn.Module) -> torch.Tensor:
+    """``[2 * T]`` float64: the sum and the sum of squares of each of the tower's ``T`` tensors, in
+    state-dict order; what a checkpoint keeps of a frozen tower to recognise its file."""
+    return torch.stack([stat for t in tower.state_dict().values()
+                        for stat in (t.double().sum(), t.double().square().sum())]).cpu()
+
+
 def _leave_out_tower(module: ClipTextEncoder, state_dict: dict, prefix: str, local_metadata: dict) -> None:
-    """State-dict hook of a frozen :class:`ClipTextEncoder`: drop the tower's tensors."""
+    """State-dict hook of a frozen :class:`ClipTextEncoder`: the tower's tensors give way to its
+    :func:`fingerprint`."""
     for key in [k for k in state_dict if k.startswith(prefix + "tower.")]:
         del state_dict[key]
+    state_dict[prefix + FINGERPRINT] = fingerprint(module.tower)
 
 
 def _keep_tower(module: ClipTextEncoder, state_dict: dict, prefix: str, *args: object) -> None:
     """Load hook of a frozen :class:`ClipTextEncoder`: the tower keeps the pretrained tensors it holds
-    (a state dict without them, as :func:`_leave_out_tower` writes, loads strictly)."""
+    (a state dict without them, as :func:`_leave_out_tower` writes, loads strictly), provided they
+    are the ones the state dict was saved with (its fingerprint, where it has one)."""
+    saved = state_dict.pop(prefix + FINGERPRINT, None)
+    # float64 sums agree to ~1e-12 however the reduction is ordered; another model's tensors differ
+    # from them by far more than 1e-6
+    if saved is not None and not (saved.shape == (current := fingerprint(module.tower)).shape
+                                  and torch.allclose(saved.double(), current, rtol=1e-6, atol=0)):
+        raise StratagenError(f"{module.weights}: not the CLIP text tower this prior was trained with (its "
+                             f"tensors differ from the fingerprint saved with the prior); point "
+                             f"text_encoder.weights at that file, or train the prior again")
     for key, value in module.tower.state_dict(prefix=prefix + "tower.").items():
         state_dict.setdefault(key, value)
