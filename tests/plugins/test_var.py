@@ -247,6 +247,11 @@ def test_sample_cli_draws_for_captions(star_run, tmp_path, capsys):
     assert not np.array_equal(pngs(tmp_path / "new")["grid.png"], pngs(tmp_path / "other")["grid.png"])
 
 
+def test_sample_cli_says_an_empty_caption_is_unconditional(star_run, tmp_path, capsys):
+    assert cli.main(["sample", str(star_run), "--caption", " ", "--out", str(tmp_path)]) == 0
+    assert "caption0: (empty: the null caption, so these images are unconditional)" in capsys.readouterr().out
+
+
 def test_sample_cli_names_unknown_words_and_refuses_captions_for_classes(star_run, tmp_path, capsys):
     assert cli.main(["sample", str(star_run), "--caption", "a golden unicorn", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err

@@ -138,7 +138,8 @@ def _sample(args: argparse.Namespace) -> int:
         grid = save_images(output.images, groups, out, nrow=args.count if args.count > 1 else len(args.caption),
                            stem="caption")
         for i, caption in enumerate(args.caption):
-            print(f"caption{i}: {caption}")
+            print(f"caption{i}: {caption}" if caption.strip() else
+                  f"caption{i}: (empty: the null caption, so these images are unconditional)")
     print(f"{len(output.images)} images in {out}; grid: {grid}")
     return 0
 
