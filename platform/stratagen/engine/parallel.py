@@ -27,7 +27,7 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                      get_optimizer_state_dict, set_model_state_dict,
                                                      set_optimizer_state_dict)
-from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 from torch.utils.checkpoint import checkpoint
 
 from stratagen.io import checkpoint as checkpoint_io
@@ -77,6 +77,12 @@ def _checkpointed(forward: Callable[..., Any]) -> Callable[..., Any]:
     return run
 
 
+#: methods of a block that compute with its weights outside ``forward`` (a prior projects its
+#: conditions into every block's cross-attention keys and values once per call): FSDP gathers the
+#: block's parameters around them as around ``forward``
+FORWARD_METHODS = ("project_context",)
+
+
 @contextlib.contextmanager
 def replicate(module: nn.Module, objective: Callable[[nn.Module], nn.Module] | None,
               groups: Callable[[nn.Module], Groups], settings: Any, procs: Processes) -> Iterator["Replica"]:
@@ -98,6 +104,9 @@ def replicate(module: nn.Module, objective: Callable[[nn.Module], nn.Module] | N
                 if procs.device.type == "cuda" else MixedPrecisionPolicy()
             for block in blocks(step):
                 fully_shard(block, mp_policy=policy)
+                for method in FORWARD_METHODS:
+                    if hasattr(block, method):
+                        register_fsdp_forward_method(block, method)
             fully_shard(step, mp_policy=policy)
         elif procs.world > 1 and objective is not None:
             step = nn.parallel.DistributedDataParallel(
