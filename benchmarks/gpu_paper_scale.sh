@@ -90,6 +90,6 @@ for f in sorted(out.glob("*.json")):
     print(f"{f.name}: {result['device']}, peaks", {d: round(max(p.values()) / 1e12, 1) for d, p in result["peaks"].items()},
           "TFLOP/s")
     for r in result["rows"]:
-        print(f"  {r['component']:<18} {r['what']:<22} b{r['batch']:<4} {r['dtype']:<8} "
+        print(f"  {r['component']:<18} {r['what']:<34} b{r['batch']:<4} {r['dtype']:<8} "
               f"{r['seconds_per_image']:.4f} s/image  {r['achieved_flops'] / 1e12:7.1f} TFLOP/s  MFU {r['mfu']:.1%}")
 PYEOF

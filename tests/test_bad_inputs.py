@@ -88,7 +88,7 @@ BAD_INPUTS = [
     ("run-dir-is-a-file", ["sample", "{root}/afile"], {}, "not a run directory"),
     ("read-only-run-dir", ["sample", "{readonly}"], {}, "samples"),
     ("caption-on-class-run", ["sample", "{run}", "--caption", "a red disc"], {},
-     "MaskGITSampler generates by class and takes no captions"),
+     "error: sampler 'maskgit': it generates by class and takes no captions; captions need a text-conditioned model"),
     ("caption-and-classes", ["sample", "{run}", "--caption", "a red disc", "--classes", "0"], {},
      "give --classes or --caption, not both"),
     # edits

@@ -50,6 +50,7 @@ if procs.is_main:
 eval_set = ["--set", "eval.samples_per_class=3", "--set", "eval.batch_size=5", "--set", "eval.metrics={METRICS!r}"]
 assert main(["eval", run, *eval_set]) == 0
 assert main(["compare", compare, "--set", f"dir={{out}}/compare"]) == 0
+assert main(["sample", run, "--count", "2", "--seed", "5", "--out", out + "/sample"]) == 0
 # what rank 0 computes reaches every rank, its value or its error
 try:
     on_main(procs, lambda: 1 // 0)
@@ -123,7 +124,16 @@ def test_two_process_compare_trains_and_scores_as_one_process(launches):
             assert float(row.pop("sec_per_image")) > 0
     assert rows[0] == rows[1] and [r["sweep"] for r in rows[0]] == ["default", "temperature"]
     assert two_stdout.count("open the dashboard") == 1  # only rank 0 reports
+    assert two_stdout.count("prior/main: 0/2 (started)") == 1  # and shows progress
     assert sorted(os.listdir(two / "compare/tb")) == ["tiny"]
+
+
+def test_sample_under_torchrun_draws_on_process_0_the_images_of_one_process(launches):
+    (two, two_stdout), (one, one_stdout) = launches
+    pngs = [{p.name: p.read_bytes() for p in (out / "sample").glob("*.png")} for out in (two, one)]
+    assert pngs[0] == pngs[1] and len(pngs[0]) == 4 * 2 + 1  # 2 per class and the grid
+    assert two_stdout.count("8 images in") == 1 and "sample draws its images in one sampler call" in two_stdout
+    assert "one sampler call" not in one_stdout
 
 
 def test_rank_0s_value_and_error_reach_every_rank(launches):

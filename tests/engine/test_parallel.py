@@ -76,7 +76,7 @@ def on_the_tokens_of_one(tmp: Path, name: str, parallel: str) -> Path:
     """The config of a 2-process run whose priors train on the 1-process run's tokenizer and token
     cache (copied, then ``--resume``): a tokenizer trained on 2 processes differs by rounding, which
     flips a few tokens (4 of 512 here), and priors are compared like for like."""
-    shutil.copytree(tmp / "one", tmp / name, ignore=shutil.ignore_patterns("priors"))
+    shutil.copytree(tmp / "one", tmp / name, ignore=shutil.ignore_patterns("priors", "tb"))
     c = config(tmp / name, prior_parallel=parallel)
     c["tokenizers"] = config(tmp / name, accumulate=2, recompute=True)["tokenizers"]  # as it was trained
     return write_config(tmp / f"{name}.yaml", c)
@@ -118,6 +118,23 @@ def test_two_processes_train_the_priors_of_one_process_with_the_same_global_batc
     for cid in ("top", "bottom"):  # the bottom prior cross-attends to the top level
         # on the same tokens no update flipped: measured 6e-8 at most
         agree(weights(runs["one"], "prior", cid), weights(runs[name], "prior", cid), f"prior {cid}", worst=1e-5)
+
+
+def logged(run: Path, tag: str) -> list[float]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tb"))
+    events.Reload()
+    return [e.value for e in events.Scalars(tag)]
+
+
+@pytest.mark.parametrize("name", ["ddp", "fsdp"])
+def test_the_logged_losses_are_those_of_the_global_batch(runs, name):
+    """Each process computes the loss of its slice; the log holds their mean, as one process logs
+    the mean over its micro-batches."""
+    for cid in ("top", "bottom"):
+        one, two = (logged(runs[r], f"prior/{cid}/loss/prior") for r in ("one", name))
+        assert len(one) == 3 and two == pytest.approx(one, rel=1e-6, abs=0)
 
 
 def test_training_moves_the_weights_far_beyond_the_tolerance(runs):

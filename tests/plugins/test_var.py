@@ -247,6 +247,14 @@ def test_sample_cli_draws_for_captions(star_run, tmp_path, capsys):
     assert not np.array_equal(pngs(tmp_path / "new")["grid.png"], pngs(tmp_path / "other")["grid.png"])
 
 
+def test_caption_words_ignore_punctuation_and_case():
+    from stratagen.plugins.var.text import CaptionVocabulary, caption_words
+
+    assert caption_words("A red disc, with dots.") == ["a", "red", "disc", "with", "dots"]
+    vocabulary = CaptionVocabulary(["a red disc with dots"])
+    assert torch.equal(vocabulary.encode(["A red disc, with dots."]), vocabulary.encode(["a red disc with dots"]))
+
+
 def test_sample_cli_says_an_empty_caption_is_unconditional(star_run, tmp_path, capsys):
     assert cli.main(["sample", str(star_run), "--caption", " ", "--out", str(tmp_path)]) == 0
     assert "caption0: (empty: the null caption, so these images are unconditional)" in capsys.readouterr().out

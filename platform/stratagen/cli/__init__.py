@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from typing import Sequence
@@ -80,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if not _is_process_0():  # under torchrun process 0 reports for all; the others keep only crashes
+        sys.stdout = open(os.devnull, "w")
+        logging.disable(logging.WARNING)
     parser = build_parser()
     args = parser.parse_args(argv)
     handler = HANDLERS[args.command]
@@ -92,13 +96,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error(os_error_line(exc))
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        if _is_process_0():
+            print("interrupted", file=sys.stderr)
         return 130
+
+
+def _is_process_0() -> bool:
+    """True unless this is another process than the first under torchrun."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _error(message: str) -> None:
     """Print the one error line; under torchrun every process meets the same error, process 0 says it."""
-    if os.environ.get("RANK", "0") == "0":
+    if _is_process_0():
         print(f"error: {message}", file=sys.stderr)
 
 

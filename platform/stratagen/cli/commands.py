@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Callable
 
 import torch
@@ -120,10 +121,16 @@ def _tokenize(args: argparse.Namespace) -> int:
 
 @verb("sample")
 def _sample(args: argparse.Namespace) -> int:
+    from stratagen.engine.distributed import launched_processes
     from stratagen.engine.images import save_images
 
     if args.caption is not None and args.classes is not None:
         raise StratagenError("sample: give --classes or --caption, not both")
+    if launched_processes() > 1:  # one sampler call draws every image: process 0 makes it
+        if os.environ.get("RANK", "0") != "0":
+            return 0
+        print("sample draws its images in one sampler call, on process 0 (eval and compare split their "
+              "batches over the processes)")
     pipe = api.Pipeline.from_run(args.source, args.set)
     out = args.out or pipe.run.local_path("samples")
     if args.caption is None:
@@ -140,7 +147,7 @@ def _sample(args: argparse.Namespace) -> int:
         for i, caption in enumerate(args.caption):
             print(f"caption{i}: {caption}" if caption.strip() else
                   f"caption{i}: (empty: the null caption, so these images are unconditional)")
-    print(f"{len(output.images)} images in {out}; grid: {grid}")
+    print(f"{len(output.images)} image{'s' if len(output.images) != 1 else ''} in {out}; grid: {grid}")
     return 0
 
 

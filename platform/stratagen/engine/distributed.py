@@ -100,6 +100,16 @@ def average_gradients(params: Sequence[nn.Parameter], procs: Processes) -> None:
             p.grad /= procs.world
 
 
+def mean_over_processes(values: dict[str, float], procs: Processes) -> dict[str, float]:
+    """Each value's mean over the processes (every process calls this, with the same keys)."""
+    if procs.world == 1 or not values:
+        return values
+    keys = sorted(values)
+    total = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=procs.device)
+    dist.all_reduce(total)
+    return dict(zip(keys, (total / procs.world).tolist()))
+
+
 def barrier(procs: Processes) -> None:
     """Wait for every process (no-op in a single process)."""
     if procs.world > 1:

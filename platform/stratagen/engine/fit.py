@@ -14,7 +14,7 @@ from stratagen.io import checkpoint
 from stratagen.io.run import TRAIN_STATE, Run, load_state
 from stratagen.registry import Registry
 
-from .distributed import Processes, step_seed
+from .distributed import Processes, mean_over_processes, step_seed
 from .logger import RunLogger, progress
 from .parallel import Replica
 
@@ -110,11 +110,13 @@ def fit(*, run: Run, kind: str, cid: str, plugin: str, replica: Replica, loss_st
                 norm = torch.nn.utils.get_total_norm([p.grad for p in params])
             logs[f"grad_norm/{name}"] = float(norm.full_tensor() if isinstance(norm, DTensor) else norm)
             optimizer.step()
-        logs.update({f"loss/{name}": value for name, value in totals.items()})
         done = step + 1
-        if procs.is_main and (done % settings.log_every == 0 or done == settings.steps):
-            logger.scalars(tag, {**logs, "lr": lr}, done)
-            bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items() if k.startswith("loss/")})
+        if done % settings.log_every == 0 or done == settings.steps:
+            # losses and scalars of the whole global batch (each process saw its slice of it)
+            logs |= mean_over_processes(logs | {f"loss/{name}": value for name, value in totals.items()}, procs)
+            if procs.is_main:
+                logger.scalars(tag, {**logs, "lr": lr}, done)
+                bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items() if k.startswith("loss/")})
         if done % settings.checkpoint_every == 0 or done == settings.steps:
             _save_train_state(run, kind, cid, plugin, replica, optimizers, done, registry)
         if on_images and ((settings.image_every and done % settings.image_every == 0) or done == settings.steps):

@@ -14,7 +14,8 @@ from pydantic import BaseModel
 
 from stratagen import config as cfg
 from stratagen.io.run import Run
-from stratagen.registry import GenerativeModel, Registry, Sampler, SampleOutput, StratagenError, get_registry
+from stratagen.registry import (GenerativeModel, IncompatibleComponentsError, Registry, Sampler, SampleOutput,
+                                StratagenError, get_registry)
 
 from . import train as training
 from .build import BuiltRun, build
@@ -112,7 +113,10 @@ class Pipeline:
         if captions is not None:
             if len(captions) != len(labels):
                 raise StratagenError(f"give one caption per image: {len(captions)} captions, {len(labels)} classes")
-            sampler.check_captions(self.model)
+            try:
+                sampler.check_captions(self.model)
+            except IncompatibleComponentsError as exc:
+                raise IncompatibleComponentsError(f"sampler {self.config.sampler.name!r}: {exc}") from None
             text = {"captions": list(captions)}
         generator = torch.Generator(self.device).manual_seed(seed)
         with torch.no_grad(), autocast(self.device, self.dtype):

@@ -403,8 +403,8 @@ class Sampler(ABC):
         on captions (text prompts) instead of classes. A sampler that can overrides this and takes a
         ``captions`` keyword in :meth:`sample`, one caption per label; callers pass it only after
         this check, so samplers without text conditioning need neither."""
-        raise IncompatibleComponentsError(f"{type(self).__name__} generates by class and takes no captions; "
-                                          f"captions need a text-conditioned model (e.g. a var prior with captions)")
+        raise IncompatibleComponentsError("it generates by class and takes no captions; captions need a "
+                                          "text-conditioned model (e.g. a var prior with captions)")
 
     @abstractmethod
     def sample(

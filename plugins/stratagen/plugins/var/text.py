@@ -9,6 +9,7 @@ CLIP text tower (:class:`stratagen.plugins.var.clip.ClipTextEncoder`).
 from __future__ import annotations
 
 import os
+import re
 from abc import ABC, abstractmethod
 from typing import Mapping, Sequence
 
@@ -55,13 +56,18 @@ class CaptionEncoder(nn.Module, ABC):
         """Ids ``[B, M]`` -> token features ``[B, M, width]`` and the pooled feature ``[B, width]``."""
 
 
+def caption_words(caption: str) -> list[str]:
+    """The words of a caption, lower-cased; punctuation separates words and is not one."""
+    return re.findall(r"[^\W_]+", caption.lower())
+
+
 class CaptionVocabulary:
     """Word ids of a fixed set of captions: 0 pads, 1 starts every caption, words from 2 on (sorted)."""
 
     def __init__(self, captions: Sequence[str]):
-        words = sorted({w for caption in captions for w in caption.lower().split()})
+        words = sorted({w for caption in captions for w in caption_words(caption)})
         self.ids = {w: i + 2 for i, w in enumerate(words)}
-        self.length = 1 + max((len(c.split()) for c in captions), default=0)
+        self.length = 1 + max((len(caption_words(c)) for c in captions), default=0)
 
     def __len__(self) -> int:
         return len(self.ids) + 2
@@ -72,7 +78,7 @@ class CaptionVocabulary:
         caption longer than ``length - 1`` words."""
         rows = []
         for caption in captions:
-            words = caption.lower().split()
+            words = caption_words(caption)
             unknown = [w for w in words if w not in self.ids]
             if unknown:
                 raise CaptionError(f"caption {caption!r}: words outside the vocabulary: {', '.join(unknown)}; "
