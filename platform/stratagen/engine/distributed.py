@@ -39,6 +39,8 @@ def launched_processes() -> int:
 
 #: environment variable: seconds a collective waits for the other processes before it fails
 TIMEOUT_VARIABLE = "STRATAGEN_COLLECTIVE_TIMEOUT"
+#: the longest timeout taken (the backends hold it as a C int of milliseconds, or near it)
+MAX_TIMEOUT_SECONDS = 365 * 24 * 3600
 
 
 def collective_timeout() -> datetime.timedelta | None:
@@ -51,9 +53,10 @@ def collective_timeout() -> datetime.timedelta | None:
         seconds = float(value)
     except ValueError:
         seconds = 0.0
-    if not seconds > 0:
-        raise StratagenError(f"{TIMEOUT_VARIABLE}={value!r}: a number of seconds > 0 "
-                             f"(unset: the backend's default, 30 min under gloo and 10 under nccl)")
+    if not 0 < seconds <= MAX_TIMEOUT_SECONDS:  # nan and inf too
+        raise StratagenError(f"{TIMEOUT_VARIABLE}={value!r}: a number of seconds > 0 and at most "
+                             f"{MAX_TIMEOUT_SECONDS:,} (a year) (unset: the backend's default, 30 min under gloo "
+                             f"and 10 under nccl)")
     return datetime.timedelta(seconds=seconds)
 
 

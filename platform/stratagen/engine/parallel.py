@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import warnings
 from typing import Any, Callable, Iterator
 
 import torch
@@ -111,7 +112,11 @@ def replicate(module: nn.Module, objective: Callable[[nn.Module], nn.Module] | N
         elif procs.world > 1 and objective is not None:
             step = nn.parallel.DistributedDataParallel(
                 step, device_ids=None if procs.device.type == "cpu" else [procs.device.index])
-        yield Replica(module, step, groups(trained), sharded, procs)
+        with warnings.catch_warnings():
+            # FSDP warns that project_context returns views (keys and values of one projection):
+            # an in-place op on them would skip its all-gather, and none is made
+            warnings.filterwarnings("ignore", r"FSDP2-wrapped module \(.*\) returned a view tensor", UserWarning)
+            yield Replica(module, step, groups(trained), sharded, procs)
 
 
 class Replica:
