@@ -8,7 +8,7 @@ regenerated. No fine-tuning, no architecture change, the same forward passes as 
 
 ::
 
-    from stratagen.api import Pipeline
+    from stratagen.engine.pipeline import Pipeline
     from stratagen.engine import editing
     pipe = Pipeline.from_run("runs/demo/strait_r")
     R = pipe.model.resolution
