@@ -103,7 +103,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _is_process_0() -> bool:
     """True unless this is another process than the first under torchrun."""
-    return os.environ.get("RANK", "0") == "0"
+    from stratagen.engine.distributed import launched_rank
+
+    return launched_rank() == 0
 
 
 def _error(message: str) -> None:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Callable
 
 import torch
@@ -121,13 +120,13 @@ def _tokenize(args: argparse.Namespace) -> int:
 
 @verb("sample")
 def _sample(args: argparse.Namespace) -> int:
-    from stratagen.engine.distributed import launched_processes
+    from stratagen.engine.distributed import launched_processes, launched_rank
     from stratagen.engine.images import save_images
 
     if args.caption is not None and args.classes is not None:
         raise StratagenError("sample: give --classes or --caption, not both")
     if launched_processes() > 1:  # one sampler call draws every image: process 0 makes it
-        if os.environ.get("RANK", "0") != "0":
+        if launched_rank() != 0:
             return 0
         print("sample draws its images in one sampler call, on process 0 (eval and compare split their "
               "batches over the processes)")

@@ -43,9 +43,10 @@ class Batch:
     def pin_memory(self) -> "Batch":
         return Batch(self.images.pin_memory(), self.labels.pin_memory(), self.skipped)
 
-    def float_images(self, device: torch.device) -> Tensor:
-        """images float32 [B, 3, H, W] in [-1, 1] on ``device`` (exactly the dataset's values)."""
-        return self.images.to(device, non_blocking=True).float() / 127.5 - 1.0
+    def float_images(self, device: torch.device, rows: slice = slice(None)) -> Tensor:
+        """images float32 [B, 3, H, W] in [-1, 1] on ``device`` (exactly the dataset's values), of
+        ``rows`` only (a micro-batch's) where given."""
+        return self.images[rows].to(device, non_blocking=True).float() / 127.5 - 1.0
 
 
 def _uint8(read: Callable[[int], tuple[Tensor, int]], size: int, index: int) -> tuple[Tensor, int, list[str]]:

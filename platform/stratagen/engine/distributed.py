@@ -37,6 +37,11 @@ def launched_processes() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def launched_rank() -> int:
+    """This process's rank among them (0 without torchrun)."""
+    return int(os.environ.get("RANK", "0"))
+
+
 #: environment variable: seconds a collective waits for the other processes before it fails
 TIMEOUT_VARIABLE = "STRATAGEN_COLLECTIVE_TIMEOUT"
 #: the longest timeout taken (the backends hold it as a C int of milliseconds, or near it)
@@ -66,7 +71,7 @@ def setup_processes(device_setting: str) -> Processes:
     use_cuda = device_setting == "cuda" or (device_setting == "auto" and torch.cuda.is_available())
     timeout = collective_timeout()
     world = launched_processes()
-    rank = int(os.environ.get("RANK", "0"))
+    rank = launched_rank()
     if use_cuda:
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)

@@ -123,8 +123,7 @@ def fit(*, run: Run, kind: str, cid: str, plugin: str, replica: Replica, loss_st
             replica.gather()
             if procs.is_main:
                 on_images(done)
-    bar.close()
-    replica.gather()
+    bar.close()  # the last step's checkpoint gathered the whole weights into replica.module
 
 
 def _save_train_state(run: Run, kind: str, cid: str, plugin: str, replica: Replica,

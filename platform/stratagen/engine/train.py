@@ -59,7 +59,7 @@ def train_tokenizer(run: Run, config: Any, tid: str, tokenizer: Tokenizer, datas
                           procs.device)
 
     def loss_step(micro: MicroBatch):
-        images = batches.at(micro.step).float_images(procs.device)[micro.rows(per_rank)]
+        images = batches.at(micro.step).float_images(procs.device, micro.rows(per_rank))
         with autocast(procs):
             losses, logs = tokenizer.losses(resize_images(images, resolution), micro.step)
         return losses, {**logs, "data/skipped_files": count_skipped(batches, procs)}

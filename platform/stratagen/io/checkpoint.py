@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import fsspec
 import torch
@@ -91,6 +91,18 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise StratagenError(f"{path}: not a state dict (a mapping of names to tensors)")
     return state
+
+
+def mismatches(expected: Mapping[str, Sequence[int]], found: Mapping[str, Sequence[int]]
+               ) -> tuple[list[str], list[str], list[str]]:
+    """How the tensors ``found`` in a file (name -> shape) differ from the ``expected`` ones: the
+    names missing, the unexpected names, and ``"name [found shape] vs [expected shape]"`` for the
+    names in both with other shapes (each list empty when they agree)."""
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    reshaped = [f"{k} {list(found[k])} vs {list(shape)}" for k, shape in expected.items()
+                if k in found and list(found[k]) != list(shape)]
+    return missing, unexpected, reshaped
 
 
 def read_metadata(url: str) -> dict[str, Any]:

@@ -119,11 +119,8 @@ class Run:
 
 def load_state(module: nn.Module, tensors: dict[str, torch.Tensor], url: str, what: str) -> None:
     """``module.load_state_dict(tensors)``, or one line naming what does not fit (names, shapes)."""
-    own = module.state_dict()
-    missing = [k for k in own if k not in tensors]
-    unexpected = [k for k in tensors if k not in own]
-    resized = [f"{k} {list(tensors[k].shape)} vs {list(v.shape)}" for k, v in own.items()
-               if k in tensors and tensors[k].shape != v.shape]
+    missing, unexpected, resized = checkpoint.mismatches({k: v.shape for k, v in module.state_dict().items()},
+                                                         {k: v.shape for k, v in tensors.items()})
     if missing or unexpected or resized:
         found = [f"{label} {items[:3]}" for label, items in
                  (("missing", missing), ("unexpected", unexpected), ("other shapes (file vs config)", resized)) if items]

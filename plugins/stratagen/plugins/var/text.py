@@ -16,7 +16,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from stratagen.io.checkpoint import read_state_dict
+from stratagen.io.checkpoint import mismatches, read_state_dict
 from stratagen.nn import TransformerBlock
 from stratagen.registry import MissingWeightsError, StratagenError
 
@@ -31,10 +31,7 @@ def check_tensors(path: str, expected: Mapping[str, Sequence[int]], found: Mappi
                   layout: str) -> None:
     """StratagenError naming a few missing, unexpected and reshaped tensors unless the tensors ``found``
     in the safetensors file ``path`` (name -> shape) are exactly the ``expected`` ones of ``layout``."""
-    missing = [k for k in expected if k not in found]
-    unexpected = [k for k in found if k not in expected]
-    reshaped = [f"{k} {list(found[k])} vs {list(shape)}" for k, shape in expected.items()
-                if k in found and list(found[k]) != list(shape)]
+    missing, unexpected, reshaped = mismatches(expected, found)
     if missing or unexpected or reshaped:
         parts = [f"{label} {len(keys)} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
                  for label, keys in (("missing", missing), ("unexpected", unexpected),
