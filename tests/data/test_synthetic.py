@@ -75,3 +75,26 @@ def test_fine_texture_energy(shapes: SyntheticShapes) -> None:
     energy = torch.stack([(images - blurred)[labels == c].abs().mean() for c in range(10)])
     # Shape edges alone give 0.02 to 0.08 per class; the textures lift every class above 0.045.
     assert energy.min() > 0.045
+
+
+def _class_spread(ds: SyntheticShapes, label: int) -> float:
+    """Mean per-pixel std over the images of one class: how much the layout moves within it."""
+    images = ds.images[ds.labels == label].float()
+    return images.std(0).mean().item()
+
+
+def test_layout_jitter_widens_within_class_spread() -> None:
+    template = SyntheticShapes(num_classes=2, resolution=32, size=200, seed=0)
+    wide = SyntheticShapes(num_classes=2, resolution=32, size=200, seed=0, position_jitter=0.25, size_jitter=0.35)
+    still = SyntheticShapes(num_classes=2, resolution=32, size=200, seed=0, position_jitter=0.0, size_jitter=0.0)
+    for label in (0, 1):
+        assert _class_spread(still, label) < _class_spread(template, label) < 0.8 * _class_spread(wide, label)
+    # the defaults are the demo's data: same bytes as before the options existed
+    assert torch.equal(SyntheticShapes(num_classes=2, resolution=32, size=200, seed=0,
+                                       position_jitter=0.06, size_jitter=0.15).images, template.images)
+
+
+@pytest.mark.parametrize("option", ["position_jitter", "size_jitter"])
+def test_layout_jitter_bounds(option: str) -> None:
+    with pytest.raises(ValueError, match=option):
+        SyntheticShapes(num_classes=2, resolution=16, size=2, **{option: 0.5})

@@ -75,7 +75,10 @@ def test_outputs_and_rerun_skips_finished_work(compare_run, monkeypatch):
         assert (out / name).exists(), name
     md = (out / "results.md").read_text()
     assert "best FID over the temperature sweep" in md and "tiny-strait" in md and "broken" in md
-    assert "psnr" in (out / "tokenizers.md").read_text()
+    tokenizers_md = (out / "tokenizers.md").read_text()
+    assert "psnr" in tokenizers_md and "swap_keep_top_psnr" in tokenizers_md and "top_only_psnr" in tokenizers_md
+    assert (out / "figures/tiny-strait_level_swap_vq.png").exists()  # two levels: a level-swap figure
+    assert not (out / "figures/tiny-maskgit_level_swap_vq.png").exists()  # one level: nothing to swap
     assert sorted(os.listdir(out / "tb")) == ["tiny-maskgit", "tiny-strait"]
 
     def must_not_run(*args, **kwargs):
@@ -94,6 +97,8 @@ def test_dashboard_http_api_lists_every_variant(compare_run):
     assert {"tiny-maskgit", "tiny-strait"} <= set(report.runs)
     assert "default/fid" in report.scalar_tags["tiny-maskgit"]
     assert "temperature/class_accuracy" in report.scalar_tags["tiny-strait"]
+    assert {"tokenizer/vq/swap_keep_top_psnr", "tokenizer/vq/swap_keep_bottom_psnr",
+            "tokenizer/vq/top_only_psnr"} <= set(report.scalar_tags["tiny-strait"])
 
 
 @pytest.mark.skipif(dashboard.find_chromium() is None,

@@ -8,10 +8,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from stratagen.data import SyntheticShapes
-from stratagen.eval import Metric, ReferenceSet, evaluate_tokenizer, psnr, to_uint8
+from stratagen.eval import Metric, ReferenceSet, evaluate_tokenizer, level_swap_examples, psnr, to_uint8
+from stratagen.eval.tokenizer_eval import swap_partners
 from stratagen.nn import codebook_stats
+from stratagen.plugins.strait import build_vqgan2
 from stratagen.plugins.vqgan import VQGANLossConfig, build_vqgan
-from stratagen.registry import StratagenError
+from stratagen.registry import LevelSpec, StratagenError, TokenGrids, Tokenizer
 
 BATCH = 8
 
@@ -98,3 +100,86 @@ def test_rfid_needs_a_cache_dir_and_a_fid(vqgan, data, tmp_path) -> None:
         evaluate_tokenizer(vqgan, data, BATCH, "cpu", fid_metric=RecordingMetric())
     with pytest.raises(StratagenError, match="no fid"):
         evaluate_tokenizer(vqgan, data, BATCH, "cpu", fid_metric=RecordingMetric(fid=None), cache_dir=tmp_path)
+
+
+class StoredImages(Tokenizer):
+    """A two-level tokenizer over a known image list: ``top`` names the image (id = its index), ``bottom``
+    adds nothing; decoding returns the stored image of the top id. All the image lives in the top level."""
+
+    level_names = ("top", "bottom")
+
+    def __init__(self, images: torch.Tensor, top_alone: bool):
+        super().__init__()
+        self.images, self.top_alone = images, top_alone
+
+    def level_specs(self, resolution: int):
+        return (LevelSpec("top", 1, 1, len(self.images)), LevelSpec("bottom", 2, 2, 4))
+
+    def encode(self, images: torch.Tensor) -> TokenGrids:
+        ids = (images[:, None] - self.images[None]).flatten(2).abs().amax(2).argmin(1)
+        return TokenGrids({"top": ids.view(-1, 1, 1), "bottom": torch.zeros(len(ids), 2, 2, dtype=torch.long)})
+
+    def decode(self, tokens):
+        return self.images[tokens["top"].flatten()]
+
+    def can_decode(self, levels: set[str]) -> bool:
+        return levels == {"top", "bottom"} or (self.top_alone and levels == {"top"})
+
+    def autoencode(self, images):
+        raise AssertionError("not used")
+
+    def parameter_groups(self):
+        return {}
+
+    def losses(self, images, step):
+        raise AssertionError("not used")
+
+
+def test_swap_partners_is_a_seeded_derangement() -> None:
+    for batch in (2, 3, 8, 13):
+        partner = swap_partners(batch, torch.Generator().manual_seed(0))
+        assert sorted(partner.tolist()) == list(range(batch))  # a permutation: each image is a B once
+        assert (partner != torch.arange(batch)).all()
+        assert torch.equal(partner, swap_partners(batch, torch.Generator().manual_seed(0)))
+
+
+@pytest.mark.parametrize("top_alone", [True, False])
+def test_level_swap_when_the_top_level_carries_everything(data, top_alone: bool) -> None:
+    images = torch.stack([data[i][0] for i in range(len(data))])
+    result = evaluate_tokenizer(StoredImages(images, top_alone), data, BATCH, "cpu")
+    assert result["psnr"] == 100.0
+    assert result["swap_keep_top_psnr"] == 100.0 and result["swap_keep_top_psnr_std"] == 0.0
+    # keeping only the bottom level gives back image B, exactly what an unrelated image scores
+    assert result["swap_keep_bottom_psnr"] == pytest.approx(result["swap_other_psnr"])
+    assert result["swap_other_psnr"] < 20
+    # the pairs are the seeded derangement of each batch (8, 8, 4)
+    generator = torch.Generator().manual_seed(0)
+    expected = torch.cat([psnr(images[s:s + n], images[s:s + n][swap_partners(n, generator)])
+                          for s, n in ((0, 8), (8, 8), (16, 4))])
+    assert result["swap_other_psnr"] == pytest.approx(expected.mean().item())
+    assert result["swap_other_psnr_std"] == pytest.approx(expected.std(unbiased=False).item())
+    assert ("top_only_psnr" in result) == top_alone
+    if top_alone:
+        assert result["top_only_psnr"] == 100.0
+
+
+@pytest.mark.parametrize("fusion", ["residual", "concat"])
+def test_level_swap_on_vqgan2(fusion: str) -> None:
+    torch.manual_seed(0)
+    tokenizer = build_vqgan2(fusion=fusion, resolution=32, channels=8, channel_mult=(1, 2, 2), num_res_blocks=1,
+                             codebook_size=32, bottom_codebook_size=None, embedding_dim=8, commitment_cost=0.25,
+                             restart_dead_codes=False, latent_blocks=1, loss=VQGANLossConfig(gan_weight=0.0))
+    data = SyntheticShapes(4, 32, 8, seed=1)
+    result = evaluate_tokenizer(tokenizer, data, 4, "cpu")
+    swap_keys = {"swap_keep_top_psnr", "swap_keep_bottom_psnr", "swap_other_psnr"}
+    assert swap_keys <= set(result) and ("top_only_psnr" in result) == (fusion == "residual")
+    examples = level_swap_examples(tokenizer, data, 4, "cpu")
+    assert set(examples) == {"image", "swap_keep_top", "swap_keep_bottom", "swap_other"} | (
+        {"top_only"} if fusion == "residual" else set())
+    tokenizer.eval()
+    with torch.no_grad():  # the examples use the first batch's pairing
+        grids = tokenizer.encode(examples["image"])
+        partner = swap_partners(4, torch.Generator().manual_seed(0))
+        assert torch.allclose(examples["swap_keep_top"], tokenizer.decode(
+            {"top": grids["top"], "bottom": grids["bottom"][partner]}).clamp(-1, 1))
+        assert torch.equal(examples["swap_other"], examples["image"][partner])

@@ -11,7 +11,10 @@ Class ``c`` uses ``SHAPES[c % 10]``, ``PALETTES[c % 12]``, ``TEXTURES[c % 8]`` a
 ``LAYOUTS[c % 3]``. Shape, palette and texture cycle with periods 10, 12 and 8, so any two of
 the first ``lcm(10, 12, 8) = 120`` classes differ in at least one of them; the first 10 classes
 all have different shapes, and classes ``c`` and ``c + 10`` (same shape) differ in colour and
-texture. Per sample, the position, size, colours and texture phases are jittered.
+texture. Per sample, the position, size, colours and texture phases are jittered. The default
+jitter (position +-0.06, size +-0.15) keeps each class near a fixed template; wider jitter (up to
++-0.25 and +-0.35) gives a dataset whose layout varies from image to image, so that a coarse
+token level has something of its own to carry (StraIT's claim, §3.1).
 
 Images are generated once at construction from a single ``torch.Generator`` and stored as
 uint8. Rendering uses only exactly rounded float operations (no sin/cos/exp), so the same
@@ -93,8 +96,10 @@ TEXTURE_WORDS: tuple[str, ...] = ("horizontal stripes", "checks", "vertical stri
 PLACES: tuple[str, ...] = ("in the centre", "at the top left", "at the bottom right")
 
 MAX_CLASSES = math.lcm(len(SHAPES), len(PALETTES), len(TEXTURES))  # 120
-POSITION_JITTER = 0.06  # +- fraction of the image size
-SIZE_JITTER = 0.15  # radius scaled by a factor in [1 - j, 1 + j]
+POSITION_JITTER = 0.06  # default: +- fraction of the image size
+SIZE_JITTER = 0.15  # default: radius scaled by a factor in [1 - j, 1 + j]
+MAX_POSITION_JITTER = 0.25
+MAX_SIZE_JITTER = 0.35
 COLOUR_JITTER = 0.06  # +- per RGB channel
 FG_TEXTURE_AMPLITUDE = 0.22
 BG_TEXTURE_AMPLITUDE = 0.08
@@ -179,11 +184,23 @@ class SyntheticShapes(Dataset):
     """
 
     def __init__(
-        self, num_classes: int = 10, resolution: int = 64, size: int = 2000, seed: int = 0
+        self,
+        num_classes: int = 10,
+        resolution: int = 64,
+        size: int = 2000,
+        seed: int = 0,
+        position_jitter: float = POSITION_JITTER,
+        size_jitter: float = SIZE_JITTER,
     ) -> None:
         if not 1 <= num_classes <= MAX_CLASSES:
             raise ValueError(f"num_classes must be in [1, {MAX_CLASSES}], got {num_classes}")
+        if not 0 <= position_jitter <= MAX_POSITION_JITTER:
+            raise ValueError(f"position_jitter must be in [0, {MAX_POSITION_JITTER}], got {position_jitter}")
+        if not 0 <= size_jitter <= MAX_SIZE_JITTER:
+            raise ValueError(f"size_jitter must be in [0, {MAX_SIZE_JITTER}], got {size_jitter}")
         self.num_classes = num_classes
+        self.position_jitter = position_jitter
+        self.size_jitter = size_jitter
         self.resolution = resolution
         self.seed = seed
         self.class_names = [_class_name(c) for c in range(num_classes)]
@@ -205,8 +222,8 @@ class SyntheticShapes(Dataset):
         u, v = coords.view(1, 1, res), coords.view(1, res, 1)
 
         layout = torch.tensor(LAYOUTS)[labels % len(LAYOUTS)]
-        centre = layout[:, :2] + (params[:, 0:2] * 2.0 - 1.0) * POSITION_JITTER
-        radius = layout[:, 2] * (1.0 + (params[:, 2] * 2.0 - 1.0) * SIZE_JITTER)
+        centre = layout[:, :2] + (params[:, 0:2] * 2.0 - 1.0) * self.position_jitter
+        radius = layout[:, 2] * (1.0 + (params[:, 2] * 2.0 - 1.0) * self.size_jitter)
         x = (u - centre[:, 0, None, None]) / radius[:, None, None]
         y = (v - centre[:, 1, None, None]) / radius[:, None, None]
         sdf = _grouped(

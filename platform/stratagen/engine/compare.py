@@ -20,7 +20,9 @@ Output, under the compare directory::
     tokenizers.md                reconstruction PSNR, rFID, perplexity and usage (Table 1 shape)
     figures/side_by_side.png     rows = variants, columns = classes (same seeds)
     figures/<metric>_vs_<sweep>.png   mean with std error bars
-    tb/<variant>/                TensorBoard: metrics, sweeps, sample grid, hyper-parameters;
+    figures/<variant>_level_swap_<tokenizer>.png   a two-level tokenizer's level swaps (first seed)
+    tb/<variant>/                TensorBoard: metrics, sweeps, sample grid, hyper-parameters,
+                                 tokenizer numbers (``tokenizer/<id>/...``) and level swaps;
                                  a custom-scalars layout overlays the variants per metric
     cache/<variant>/seed<s>/     finished sweep points (re-running skips them); metric caches in cache/
 
@@ -69,6 +71,8 @@ class CompareResult:
     tokenizers: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
     grids: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: per variant, {tokenizer id: PNG of its level swaps} (two-level tokenizers)
+    swap_figures: dict[str, dict[str, str]] = field(default_factory=dict)
     class_names: list[str] = field(default_factory=list)
     #: whether this process wrote the outputs (rank 0 under torchrun; the other ranks hold no grids)
     written: bool = True
@@ -185,6 +189,9 @@ class CompareRunner:
                 where = f"{name}/seed{seed}" if per_seed_training else name
                 reports.append(self._cached(f"{where}/tokenizers.json",
                                             lambda _: evaluate.tokenizer_report(pipe, reference, metrics)))
+                if len(reports) == 1 and self.procs.is_main:
+                    result.swap_figures[name] = evaluate.level_swap_figures(pipe, reference, self.path("figures"),
+                                                                            variant=name)
             self._sample_seed(name, seed, pipe, run_config, reference, metrics, result)
         kinds = {tid: _tokenizer_kind(run_config, tid) for tid in reports[0]}
         result.tokenizers[name] = {tid: {"kind": kinds[tid], **values}
@@ -268,7 +275,7 @@ class CompareRunner:
         from torch.utils.tensorboard import SummaryWriter
         from torch.utils.tensorboard.summary import hparams
 
-        from .logger import image_grid
+        from .logger import add_png, image_grid
 
         metrics = [m for m in TABLE_METRICS if any(m in r for r in result.rows)]
         sweeps = list(dict.fromkeys(r["sweep"] for r in result.rows))
@@ -286,6 +293,12 @@ class CompareRunner:
                 if name in result.grids:
                     writer.add_image("samples (same classes and seeds)", image_grid(result.grids[name], nrow=len(
                         result.grids[name])), 0)
+                for tid, values in result.tokenizers.get(name, {}).items():
+                    for metric, value in values.items():
+                        if isinstance(value, (int, float)):
+                            writer.add_scalar(f"tokenizer/{tid}/{metric}", value, 0)
+                for tid, path in result.swap_figures.get(name, {}).items():
+                    add_png(writer, f"tokenizer/{tid}/level_swaps", path)
                 default = next(r for r in rows if r["sweep"] == "default")
                 exp, ssi, sei = hparams({k: str(default[k]) for k in ("tokens", "steps", "order")} | {
                     "params": default["params"], "variant": name}, {f"hparam/{m}": default[m] for m in metrics})

@@ -12,9 +12,10 @@ from typing import Any, Sequence
 
 import torch
 
-from stratagen.eval import ReferenceSet, evaluate_tokenizer, from_uint8, to_uint8
+from stratagen.eval import ReferenceSet, evaluate_tokenizer, from_uint8, level_swap_examples, to_uint8
 from stratagen.registry import Sampler
 
+from . import figures
 from .build import BuiltRun, build_metrics
 from .distributed import Processes
 from .gather import gather_batches, on_main
@@ -99,10 +100,47 @@ def tokenizer_report(pipe: Any, reference: ReferenceSet, metrics: list[tuple[str
             for tid, tokenizer in model.tokenizers.items() if model.owns_weights(tid)}
 
 
+#: images (rows) in a level-swap figure
+SWAP_EXAMPLES = 6
+
+
+def level_swap_figures(pipe: Any, reference: ReferenceSet, folder: str, variant: str | None = None) -> dict[str, str]:
+    """One PNG per two-level tokenizer the run trains, ``<folder>/[<variant>_]level_swap_<tid>.png``:
+    eval images, their partners and the level-swapped decodes (:func:`stratagen.eval.level_swap_examples`).
+    Returns ``{tokenizer id: path}``."""
+    import os
+
+    model, paths = pipe.model, {}
+    for tid, tokenizer in model.tokenizers.items():
+        examples = model.owns_weights(tid) and level_swap_examples(
+            tokenizer, reference.dataset, SWAP_EXAMPLES, pipe.device, model.resolution_of(tid))
+        if examples:
+            os.makedirs(folder, exist_ok=True)
+            prefix = f"{variant}_" if variant else ""
+            title = f"{variant + ': ' if variant else ''}level swaps of tokenizer {tid}"
+            paths[tid] = figures.level_swaps(examples, title, os.path.join(folder, f"{prefix}level_swap_{tid}.png"))
+    return paths
+
+
+def _log_tokenizers(logdir: str, reports: dict[str, dict[str, float]], swap_figures: dict[str, str]) -> None:
+    """The tokenizer report as TensorBoard scalars ``eval/<tokenizer id>/<metric>`` and the level-swap
+    figures as images."""
+    from .logger import RunLogger
+
+    logger = RunLogger(logdir)
+    for tid, values in reports.items():
+        logger.scalars(f"eval/{tid}", values, 0)
+    for tid, path in swap_figures.items():
+        logger.png(f"eval/{tid}/level_swaps", path)
+    logger.close()
+
+
 def evaluate_run(pipe: Any, procs: Processes, samples: bool = True) -> dict[str, Any]:
     """``stratagen eval``'s report: ``tokenizers`` (:func:`tokenizer_report`) and, with ``samples`` and a
     sampler, ``samples``: the configured metrics of ``eval.samples_per_class`` images per class, their
-    wall time per image and count.
+    wall time per image and count. Two-level tokenizers also get a level-swap figure
+    (:func:`level_swap_figures`, under ``<run>/figures/``, listed in ``figures``); the tokenizer numbers
+    and the figures are logged to the run's TensorBoard under ``eval/``.
 
     Under torchrun the sampling is split over the processes (:func:`generate`); the tokenizer report
     and the metrics are computed on rank 0 alone, which reads the reference set. Every process
@@ -112,6 +150,11 @@ def evaluate_run(pipe: Any, procs: Processes, samples: bool = True) -> dict[str,
     metrics = build_metrics(settings, pipe.registry)
     reference = reference_set(pipe.built, pipe.run.local_path("eval_cache"))
     report: dict[str, Any] = {"tokenizers": on_main(procs, lambda: tokenizer_report(pipe, reference, metrics))}
+    swap_figures = on_main(procs, lambda: level_swap_figures(pipe, reference, pipe.run.local_path("figures")))
+    if swap_figures:
+        report["figures"] = {f"level_swap_{tid}": path for tid, path in swap_figures.items()}
+    if procs.is_main:
+        _log_tokenizers(pipe.run.local_path("tb", "eval"), report["tokenizers"], swap_figures)
     if samples and pipe.config.sampler is not None:
         labels = sample_labels(pipe.model.num_classes, settings)
         generated = generate(pipe, labels, settings.seed, settings.batch_size, procs=procs)

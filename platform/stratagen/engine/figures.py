@@ -1,4 +1,5 @@
-"""PNG figures of a compare run: a side-by-side sample grid and metric-versus-sweep plots."""
+"""PNG figures: a compare run's side-by-side sample grid and metric-versus-sweep plots, training loss
+curves, and the level-swap reconstructions of a two-level tokenizer."""
 from __future__ import annotations
 
 import matplotlib
@@ -22,6 +23,29 @@ def side_by_side(grids: dict[str, torch.Tensor], class_names: list[str], path: s
                 ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
             if r == 0 and c < len(class_names):
                 ax.set_title(class_names[c], fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+SWAP_COLUMNS = {"image": "A", "swap_other": "B", "swap_keep_top": "top A + bottom B",
+                "swap_keep_bottom": "top B + bottom A", "top_only": "top A alone"}
+
+
+def level_swaps(examples: dict[str, torch.Tensor], title: str, path: str) -> str:
+    """Rows = images A; columns = A, its partner B and the swapped decodes
+    (:func:`stratagen.eval.level_swap_examples`), each ``[N, 3, H, W]`` in [-1, 1]."""
+    columns = [(key, label) for key, label in SWAP_COLUMNS.items() if key in examples]
+    rows = len(examples["image"])
+    fig, axes = plt.subplots(rows, len(columns), figsize=(1.3 * len(columns), 1.1 * rows + 0.6), squeeze=False)
+    for c, (key, label) in enumerate(columns):
+        for r in range(rows):
+            ax = axes[r][c]
+            ax.set_xticks([]), ax.set_yticks([])
+            ax.imshow((examples[key][r].float().clamp(-1, 1) * 0.5 + 0.5).permute(1, 2, 0).numpy())
+        axes[0][c].set_title(label, fontsize=7)
+    fig.suptitle(title, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -64,6 +64,15 @@ def image_grid(images: torch.Tensor, nrow: int) -> torch.Tensor:
     return make_grid(images.detach().float().cpu().clamp(-1, 1) * 0.5 + 0.5, nrow=nrow, padding=1)
 
 
+def add_png(writer: Any, tag: str, path: str, step: int = 0) -> None:
+    """A PNG file (a figure) as an image of a TensorBoard ``SummaryWriter``."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as picture:
+        writer.add_image(tag, np.asarray(picture.convert("RGB")), step, dataformats="HWC")
+
+
 class RunLogger:
     """TensorBoard logging for rank 0; a no-op elsewhere (or with ``logdir=None``)."""
 
@@ -82,6 +91,10 @@ class RunLogger:
     def images(self, tag: str, images: torch.Tensor, step: int, nrow: int = 8) -> None:
         if self.writer:
             self.writer.add_image(tag, image_grid(images, nrow), step)
+
+    def png(self, tag: str, path: str, step: int = 0) -> None:
+        if self.writer:
+            add_png(self.writer, tag, path, step)
 
     def text(self, tag: str, text: str, step: int = 0) -> None:
         if self.writer:

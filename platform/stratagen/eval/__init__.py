@@ -3,10 +3,10 @@ from stratagen.eval.classifier import IN_DOMAIN_EXTRACTOR, DomainClassifier, InD
 from stratagen.eval.fidelity import (InceptionMetric, Metric, ReferenceSet, from_uint8,
                                      frechet_distance, gaussian_stats, to_uint8)
 from stratagen.eval.swd import SlicedWassersteinMetric
-from stratagen.eval.tokenizer_eval import evaluate_tokenizer, psnr
+from stratagen.eval.tokenizer_eval import evaluate_tokenizer, level_swap_examples, psnr
 
 __all__ = [
     "IN_DOMAIN_EXTRACTOR", "DomainClassifier", "InDomainExtractor", "InDomainMetric", "InceptionMetric", "Metric",
-    "ReferenceSet", "SlicedWassersteinMetric", "evaluate_tokenizer", "frechet_distance", "from_uint8", "gaussian_stats", "psnr",
+    "ReferenceSet", "SlicedWassersteinMetric", "evaluate_tokenizer", "frechet_distance", "level_swap_examples", "from_uint8", "gaussian_stats", "psnr",
     "to_uint8",
 ]

@@ -10,6 +10,7 @@ from typing import Callable, Literal, TypeVar
 from pydantic import Field
 
 from stratagen.data import ImageFolder, SyntheticShapes
+from stratagen.data.synthetic import MAX_POSITION_JITTER, MAX_SIZE_JITTER, POSITION_JITTER, SIZE_JITTER
 from stratagen.data.shards import TarShards
 from stratagen.registry import ComponentConfig, StratagenError, hookimpl
 
@@ -26,6 +27,10 @@ class SyntheticConfig(ComponentConfig):
     train_size: int = Field(4000, ge=1)
     eval_size: int = Field(1000, ge=1)
     seed: int = 0
+    position_jitter: float = Field(POSITION_JITTER, ge=0, le=MAX_POSITION_JITTER, description=(
+        "+- shift of each shape's centre, as a fraction of the image size (wider: layout varies per image)"))
+    size_jitter: float = Field(SIZE_JITTER, ge=0, le=MAX_SIZE_JITTER, description=(
+        "each shape's radius is scaled by a factor in [1 - size_jitter, 1 + size_jitter]"))
 
 
 class ImageFolderConfig(ComponentConfig):
@@ -40,10 +45,9 @@ class ImageFolderConfig(ComponentConfig):
 
 
 def build_synthetic(*, split: str, num_classes: int, resolution: int, train_size: int, eval_size: int,
-                    seed: int) -> SyntheticShapes:
-    if split == "train":
-        return SyntheticShapes(num_classes, resolution, train_size, seed)
-    return SyntheticShapes(num_classes, resolution, eval_size, seed + EVAL_SEED_OFFSET)
+                    seed: int, position_jitter: float, size_jitter: float) -> SyntheticShapes:
+    size, seed = (train_size, seed) if split == "train" else (eval_size, seed + EVAL_SEED_OFFSET)
+    return SyntheticShapes(num_classes, resolution, size, seed, position_jitter, size_jitter)
 
 
 class WebDatasetConfig(ComponentConfig):
