@@ -31,12 +31,16 @@ class AutoencoderOutput:
         tokens: the token grids the images were quantized to.
         quantizer_loss: codebook + commitment loss summed over levels (StraIT Eq. 2).
         level_stats: per level, ``{"perplexity": float, "usage": float}`` (Eq. 5).
+        auxiliary_losses: further terms of the reconstruction objective, already weighted, that the
+            tokenizer's training adds to its main loss and logs by name (e.g. VQGAN2-R's top-only
+            reconstruction); empty for most tokenizers.
     """
 
     reconstruction: torch.Tensor
     tokens: TokenGrids
     quantizer_loss: torch.Tensor
     level_stats: dict[str, dict[str, float]]
+    auxiliary_losses: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class Tokenizer(nn.Module, ABC):

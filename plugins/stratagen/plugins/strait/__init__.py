@@ -14,7 +14,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from stratagen.plugins.maskgit import TINY_TRANSFORMER, MaskedTokenTransformer, TransformerConfig
 from stratagen.plugins.vqgan import TINY_CONV_VQ, ConvVQConfig, build_loss
@@ -30,6 +30,20 @@ class VQGAN2Config(ConvVQConfig):
     name: Literal["vqgan2-r", "vqgan2-c"]
     bottom_codebook_size: int | None = Field(None, ge=2, description="separate bottom codebook (Table 8: 2048)")
     latent_blocks: int = Field(2, ge=1, description="residual blocks of the latent conditional layer")
+    zero_init_fusion: bool = Field(False, description="not the paper's (vqgan2-r only): the residual fusion starts "
+                                   "at zero, so the decoder first decodes the top level alone")
+    bottom_dropout: float = Field(0.0, ge=0, lt=1, description="not the paper's (vqgan2-r only): probability of "
+                                  "dropping an image's bottom residual in a training step")
+    top_only_weight: float = Field(0.0, ge=0, description="not the paper's (vqgan2-r only): weight of a "
+                                   "top-level-alone reconstruction term (MSE) in the tokenizer loss")
+
+    @model_validator(mode="after")
+    def _residual_only_options(self) -> "VQGAN2Config":
+        used = [k for k in ("zero_init_fusion", "bottom_dropout", "top_only_weight") if getattr(self, k)]
+        if self.name == "vqgan2-c" and used:
+            raise ValueError(f"{', '.join(used)}: only vqgan2-r takes these (with concat fusion the top level does "
+                             "not decode alone)")
+        return self
 
 
 class CMTMTopConfig(TransformerConfig):

@@ -12,6 +12,15 @@ into the ``bottom`` level. The decoder starts from the top latents; at its secon
   features and projected back; both levels are needed.
 
 The two variants differ only in that fusion module.
+
+Options for VQGAN2-R that are not the paper's (all off by default), the usual ways to make a
+coarse level carry the image on its own (see ``benchmarks/results/`` for what each does):
+
+- ``zero_init_fusion``: the residual projection starts at zero, so the decoder first learns to
+  decode the top level alone;
+- ``bottom_dropout``: during training each image's bottom residual is dropped with this
+  probability, so the top level must reconstruct alone that often;
+- ``top_only_weight``: adds ``weight * MSE(decode(top alone), image)`` to the training loss.
 """
 from __future__ import annotations
 
@@ -19,6 +28,7 @@ from functools import partial
 from typing import Literal, Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from stratagen.nn import BlurUpsample, ResStage, VectorQuantizer, group_norm
@@ -27,14 +37,21 @@ from stratagen.registry import AutoencoderOutput, LevelSpec, TokenGrids
 
 
 class ResidualFusion(nn.Module):
-    """VQGAN2-R: ``h + conv(z_bottom)``; h ``[B, C, h, w]``, z_bottom ``[B, D, h, w]``."""
+    """VQGAN2-R: ``h + conv(z_bottom)``; h ``[B, C, h, w]``, z_bottom ``[B, D, h, w]``.
 
-    def __init__(self, embedding_dim: int, channels: int):
+    With ``keep`` ``[B, 1, 1, 1]`` (0 or 1) the residual of the images where it is 0 is dropped.
+    """
+
+    def __init__(self, embedding_dim: int, channels: int, zero_init: bool = False):
         super().__init__()
         self.project = nn.Conv2d(embedding_dim, channels, 3, padding=1)
+        if zero_init:
+            nn.init.zeros_(self.project.weight)
+            nn.init.zeros_(self.project.bias)
 
-    def forward(self, h: torch.Tensor, z_bottom: torch.Tensor) -> torch.Tensor:
-        return h + self.project(z_bottom)
+    def forward(self, h: torch.Tensor, z_bottom: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        residual = self.project(z_bottom)
+        return h + (residual if keep is None else residual * keep)
 
 
 class ConcatFusion(nn.Module):
@@ -59,6 +76,8 @@ class VQGAN2Tokenizer(VQTokenizer):
         codebook_size: the shared codebook (StraIT's default, 8192) or the top codebook
             when ``bottom_codebook_size`` is given (separate codebooks, Table 8).
         latent_blocks: residual blocks of the latent conditional layer.
+        zero_init_fusion, bottom_dropout, top_only_weight: VQGAN2-R options that are not the
+            paper's (module docstring); ValueError with ``concat`` fusion.
         Others as :class:`stratagen.plugins.vqgan.VQGANTokenizer` (the codebook options apply
             to both levels' quantizers).
     """
@@ -70,9 +89,15 @@ class VQGAN2Tokenizer(VQTokenizer):
                  bottom_codebook_size: int | None, embedding_dim: int, commitment_cost: float,
                  restart_dead_codes: bool, dead_code_steps: int = 100, code_dim: int | None = None, l2_normalized_codes: bool = False,
                  entropy_loss_weight: float = 0.0, entropy_temperature: float = 0.01, latent_blocks: int,
+                 zero_init_fusion: bool = False, bottom_dropout: float = 0.0, top_only_weight: float = 0.0,
                  loss: VQGANLoss):
         super().__init__()
+        if fusion != "residual" and (zero_init_fusion or bottom_dropout or top_only_weight):
+            raise ValueError("zero_init_fusion, bottom_dropout and top_only_weight need the residual fusion "
+                             "(vqgan2-r): with concat fusion the top level does not decode alone")
         self.fusion_kind = fusion
+        self.bottom_dropout = bottom_dropout
+        self.top_only_weight = top_only_weight
         self.factor = 2 ** (len(channel_mult) - 1)
         self._check_size(resolution, resolution)
         self.encoder = Encoder(channels, channel_mult, num_res_blocks, embedding_dim)
@@ -89,7 +114,8 @@ class VQGAN2Tokenizer(VQTokenizer):
         self.separate_bottom_quantizer = None if bottom_codebook_size is None else quantizer(bottom_codebook_size)
         self.codebook_sizes = (codebook_size, bottom_codebook_size or codebook_size)
         self.decoder = Decoder(channels, channel_mult, num_res_blocks, embedding_dim)
-        self.fusion = FUSIONS[fusion](embedding_dim, self.decoder.widths[0])
+        self.fusion = (ResidualFusion(embedding_dim, self.decoder.widths[0], zero_init_fusion) if fusion == "residual"
+                       else FUSIONS[fusion](embedding_dim, self.decoder.widths[0]))
         self.loss_fn = loss
 
     @property
@@ -113,16 +139,27 @@ class VQGAN2Tokenizer(VQTokenizer):
         bottom = self.bottom_quantizer(self.bottom_head(stacked))
         return top, bottom
 
-    def _decode_latents(self, z_top: torch.Tensor, z_bottom: torch.Tensor | None) -> torch.Tensor:
-        return self.decoder(z_top, None if z_bottom is None else lambda h: self.fusion(h, z_bottom))
+    def _decode_latents(self, z_top: torch.Tensor, z_bottom: torch.Tensor | None,
+                        keep: torch.Tensor | None = None) -> torch.Tensor:
+        if z_bottom is None:
+            return self.decoder(z_top, None)
+        dropped = () if keep is None else (keep,)  # only the residual fusion drops (bottom_dropout)
+        return self.decoder(z_top, lambda h: self.fusion(h, z_bottom, *dropped))
 
     def autoencode(self, images: torch.Tensor) -> AutoencoderOutput:
         top, bottom = self._quantize(images)
         stats = {name: {"perplexity": q.perplexity.item(), "usage": q.usage.item()}
                  for name, q in (("top", top), ("bottom", bottom))}
-        return AutoencoderOutput(self._decode_latents(top.z_q, bottom.z_q),
+        keep = None
+        if self.training and self.bottom_dropout > 0:
+            keep = (torch.rand(len(images), 1, 1, 1, device=images.device) >= self.bottom_dropout).to(images.dtype)
+        auxiliary = {}
+        if self.training and self.top_only_weight > 0:
+            top_only = self._decode_latents(top.z_q, None)
+            auxiliary["top_only_reconstruction"] = self.top_only_weight * F.mse_loss(top_only, images)
+        return AutoencoderOutput(self._decode_latents(top.z_q, bottom.z_q, keep),
                                  TokenGrids({"top": top.indices, "bottom": bottom.indices}),
-                                 top.loss + bottom.loss, stats)
+                                 top.loss + bottom.loss, stats, auxiliary)
 
     def encode(self, images: torch.Tensor) -> TokenGrids:
         top, bottom = self._quantize(images)

@@ -34,6 +34,9 @@ class VQTokenizer(Tokenizer):
     def losses(self, images: torch.Tensor, step: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         out = self.autoencode(images)
         generator, logs = self.loss_fn.generator_loss(images, out.reconstruction, out.quantizer_loss, step)
+        for name, term in out.auxiliary_losses.items():
+            generator = generator + term
+            logs[name] = term.item()
         losses = {"generator": generator}
         if self.loss_fn.discriminator is not None:
             losses["discriminator"], d_logs = self.loss_fn.discriminator_loss(images, out.reconstruction, step)
