@@ -9,6 +9,7 @@ import yaml
 from stratagen import api
 from stratagen import config as cfg
 from stratagen.engine import compare as compare_module
+from stratagen.engine import compare_plan
 from stratagen.engine import dashboard, evaluate
 from stratagen.registry import ConfigError
 from tinyconfigs import tiny_config, write_config
@@ -25,7 +26,6 @@ def compare_run(tmp_path_factory):
         "variants": {
             "tiny-maskgit": {"config": "maskgit.yaml"},
             "tiny-strait": {"config": "strait.yaml"},
-            "broken": {"run": str(root / "no-such-run")},
         },
         "eval": {"samples_per_class": 3, "seed": 4, "batch_size": 6,
                  "metrics": [{"name": "in-domain", "classifier_steps": 20, "batch_size": 16, "kid_subset_size": 4}]},
@@ -39,7 +39,7 @@ def compare_run(tmp_path_factory):
 
 def test_every_variant_is_sampled_and_scored_alike(compare_run):
     root, _, result = compare_run
-    assert set(result.failures) == {"broken"} and "not a run directory" in result.failures["broken"]
+    assert not result.failures
     rows = list(csv.DictReader(open(root / "out/results.csv")))
     by_variant = {v: [r for r in rows if r["variant"] == v] for v in ("tiny-maskgit", "tiny-strait")}
     expected = [("default", "-"), ("guidance_scale", "1.5"), ("schedule", "linear"), ("temperature", "0.5"),
@@ -62,7 +62,7 @@ def test_identical_labels_and_seeds_for_every_variant(compare_run, monkeypatch):
 
     monkeypatch.setattr(evaluate, "generate", spy)
     out = root / "out2"
-    compare_module.compare(str(path), [f"dir={out}", "variants.broken=null", "sweeps={}"])
+    compare_module.compare(str(path), [f"dir={out}", "sweeps={}"])
     assert len(calls) == 2 and calls[0] == calls[1]
     assert calls[0][0] == tuple(c for c in range(4) for _ in range(3)) and calls[0][1] == 4
 
@@ -74,18 +74,23 @@ def test_outputs_and_rerun_skips_finished_work(compare_run, monkeypatch):
                  "figures/fid_vs_temperature.png", "figures/class_accuracy_vs_schedule.png"):
         assert (out / name).exists(), name
     md = (out / "results.md").read_text()
-    assert "best FID over the temperature sweep" in md and "tiny-strait" in md and "broken" in md
+    assert "best FID over the temperature sweep" in md and "tiny-strait" in md and "Failed variants" not in md
     assert "psnr" in (out / "tokenizers.md").read_text()
     assert sorted(os.listdir(out / "tb")) == ["tiny-maskgit", "tiny-strait"]
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("finished work was redone")
 
+    def load_or_crash(config, resume=False, registry=None):  # loads, trains nothing; one variant crashes
+        if config.run.dir.endswith("maskgit"):
+            raise RuntimeError("out of memory")
+        return compare_module.Pipeline.from_config(config, registry=registry)
+
     monkeypatch.setattr(evaluate, "generate", must_not_run)
-    monkeypatch.setattr(compare_module, "train", lambda config, resume=False, registry=None:
-                        compare_module.Pipeline.from_config(config, registry=registry))  # loads, trains nothing
-    again = compare_module.compare(str(path))
-    assert len(again.rows) == 10 and set(again.failures) == {"broken"}
+    monkeypatch.setattr(compare_module, "train", load_or_crash)
+    again = compare_module.compare(str(path))  # a crashed variant is reported, the others finish
+    assert len(again.rows) == 5 and again.failures == {"tiny-maskgit": "RuntimeError: out of memory"}
+    assert "- tiny-maskgit: RuntimeError: out of memory" in (out / "results.md").read_text()
 
 
 def test_dashboard_http_api_lists_every_variant(compare_run):
@@ -108,7 +113,7 @@ def test_dashboard_in_a_real_browser(compare_run):
 def test_seeds_give_mean_std_per_seed_caches_and_claims(compare_run, monkeypatch):
     root, path, _ = compare_run
     out = root / "out-seeds"
-    overrides = [f"dir={out}", "variants.broken=null", "seeds=[1, 2]", "sweeps={}"]
+    overrides = [f"dir={out}", "seeds=[1, 2]", "sweeps={}"]
     seeds = []
     real = evaluate.generate
 
@@ -139,12 +144,12 @@ def test_seeds_give_mean_std_per_seed_caches_and_claims(compare_run, monkeypatch
 
 def test_per_seed_training_uses_the_seed_and_its_own_run_directory(compare_run):
     root, path, _ = compare_run
-    runner = compare_module.CompareRunner(cfg.load_compare_config(
-        str(path), [f"dir={root / 'out-train'}", "seeds=[3]", "train_per_seed=true"]))
-    trained = runner._variant_config("tiny-strait", runner.config.variants["tiny-strait"], 3)
-    assert trained.run.seed == 3 and trained.run.dir == str(root / "runs/strait") + "-seed3"
-    assert runner._variant_config("tiny-strait", runner.config.variants["tiny-strait"]).run.dir == str(
-        root / "runs/strait")
+    config = cfg.load_compare_config(str(path), [f"dir={root / 'out-train'}", "seeds=[3, 5]", "train_per_seed=true"])
+    configs = compare_plan.resolve_variants(config)["tiny-strait"].run_configs
+    assert {s: (c.run.seed, c.run.dir) for s, c in configs.items()} == {
+        3: (3, str(root / "runs/strait") + "-seed3"), 5: (5, str(root / "runs/strait") + "-seed5")}
+    config = cfg.load_compare_config(str(path), [f"dir={root / 'out-train'}", "seeds=[3]"])
+    assert compare_plan.resolve_variants(config)["tiny-strait"].run_configs[None].run.dir == str(root / "runs/strait")
 
 
 def test_steps_sweeps_give_one_value_per_stage(tmp_path):
@@ -201,7 +206,5 @@ def test_a_variant_may_bring_its_own_sweeps(tmp_path):
         cfg.load_compare_config(str(path))
     path.write_text(yaml.safe_dump({"dir": str(tmp_path / "out"), "sweeps": {"steps": [[18, 6]]},
                                     "variants": {"mg": {"config": "m.yaml", "sweeps": {"steps": [5]}}}}))
-    runner = compare_module.CompareRunner(cfg.load_compare_config(str(path)))
-    config = runner._variant_config("mg", runner.config.variants["mg"])  # [18, 6] would not fit one stage
-    assert [label for _, label, _ in compare_module.sweep_points(config.sampler, runner.sweeps(
-        runner.config.variants["mg"]))] == ["-", "5"]
+    plan = compare_plan.plan_comparison(cfg.load_compare_config(str(path)))  # [18, 6] would not fit one stage
+    assert [label for _, label, _ in plan.variants["mg"].points] == ["-", "5"]

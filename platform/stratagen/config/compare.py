@@ -44,12 +44,31 @@ class VariantEntry(Strict):
         return self
 
 
+def _distinct_seeds(cls: type, seeds: list[int] | None) -> list[int] | None:
+    """A repeated seed samples the same images twice: the spread shrinks and ties turn into verdicts."""
+    repeated = sorted({s for s in seeds or [] if seeds.count(s) > 1})
+    if repeated:
+        raise ValueError(f"seed {', '.join(map(str, repeated))} appears more than once; give distinct "
+                         "seeds (a repeated seed samples the same images and shrinks the spread)")
+    return seeds
+
+
+def _per_seed_training_needs_configs(url: str, config: BaseModel) -> None:
+    """``train_per_seed`` trains every variant from its config; an existing run cannot be retrained per seed."""
+    runs = [name for name, variant in config.variants.items() if variant.run is not None]
+    if config.train_per_seed and runs:
+        raise ConfigError(f"{url}: train_per_seed: variant{'s' if len(runs) > 1 else ''} {', '.join(runs)} "
+                          f"name{'' if len(runs) > 1 else 's'} an existing run (`run:`), which cannot be trained "
+                          "once per seed; give it a `config:` or set train_per_seed: false")
+
+
 @functools.cache
 def _compare_config_model(registry: Registry) -> type[BaseModel]:
     return create_model(
         "CompareConfig",
         __base__=Strict,
-        __validators__={"check_sweeps": field_validator("sweeps")(_check_sweeps)},
+        __validators__={"check_sweeps": field_validator("sweeps")(_check_sweeps),
+                        "distinct_seeds": field_validator("seeds")(_distinct_seeds)},
         dir=(str, Field(description="compare output directory (local)")),
         device=(Literal["auto", "cpu", "cuda"], "auto"),
         variants=(dict[Annotated[str, Field(pattern=ID_PATTERN)], VariantEntry], Field(min_length=1)),
@@ -64,6 +83,11 @@ def _compare_config_model(registry: Registry) -> type[BaseModel]:
     )
 
 
+def is_compare_config(url: str) -> bool:
+    """Whether the file at ``url`` (with what it extends) is a compare config: it has ``variants``."""
+    return "variants" in load_raw(url)
+
+
 def load_compare_config(url: str, overrides: list[str] | None = None, registry: Registry | None = None) -> BaseModel:
     """Read, merge, override and validate a compare config; variant paths resolve relative to it."""
     registry = registry or get_registry()
@@ -74,6 +98,7 @@ def load_compare_config(url: str, overrides: list[str] | None = None, registry: 
     except ValidationError as exc:
         tags = {c.name for c in registry.components()}
         raise ConfigError("\n".join(format_error(model, url, e, tags) for e in exc.errors()[:5])) from None
+    _per_seed_training_needs_configs(url, config)
     for variant in config.variants.values():
         if variant.config is not None:
             variant.config = resolve_relative(url, variant.config)

@@ -48,10 +48,11 @@ from stratagen import config as cfg
 from stratagen.eval import from_uint8
 from stratagen.io import checkpoint
 from stratagen.io.run import Run
-from stratagen.registry import ConfigError, Registry, SamplerConfig, StratagenError, get_registry
+from stratagen.registry import Registry, StratagenError, get_registry
 
 from . import evaluate, figures
-from .build import build_metrics
+from .compare_plan import (ComparePlan, VariantPlan, plan_comparison, resolve_variants, sweep_points, variant_config,
+                           variant_sweeps)
 from .distributed import Processes, setup_processes
 from .gather import on_main
 from .pipeline import Pipeline, load_config, train
@@ -70,27 +71,10 @@ class CompareResult:
     failures: dict[str, str] = field(default_factory=dict)
     grids: dict[str, torch.Tensor] = field(default_factory=dict)
     class_names: list[str] = field(default_factory=list)
+    #: per variant, the training seeds (``run.seed``) of the models behind its rows
+    training_seeds: dict[str, list[int]] = field(default_factory=dict)
     #: whether this process wrote the outputs (rank 0 under torchrun; the other ranks hold no grids)
     written: bool = True
-
-
-# ----------------------------------------------------------------------------- sweeps
-def sweep_points(sampler: BaseModel, sweeps: dict[str, list[Any]]) -> list[tuple[str, str, BaseModel]]:
-    """``(sweep, value label, sampler config)``: the default point, then one setting at a time.
-
-    Sweeps are stage settings (:class:`stratagen.registry.StageSettings`) the sampler declares
-    sweepable; a value applies to every stage, a list gives one value per stage (``steps:
-    [[18, 6]]``). ConfigError if the sampler cannot take a value.
-    """
-    points = [("default", "-", sampler)]
-    for setting, values in sweeps.items():
-        if not isinstance(sampler, SamplerConfig):
-            raise ConfigError(f"sweeps: sampler {sampler.name!r} has no stage settings to sweep")
-        for value in values:
-            label = "+".join(map(str, value)) if isinstance(value, list) else f"{value:g}" if isinstance(
-                value, float) else str(value)
-            points.append((setting, label, sampler.with_setting(setting, value)))
-    return points
 
 
 # ----------------------------------------------------------------------------- runner
@@ -106,10 +90,6 @@ class CompareRunner:
     def path(self, *parts: str) -> str:
         return os.path.join(self.dir, *parts)
 
-    def sweeps(self, variant: Any) -> dict[str, list[Any]]:
-        """The variant's own sweeps if it has any, else the compare config's."""
-        return self.config.sweeps if variant.sweeps is None else variant.sweeps
-
     @property
     def seeds(self) -> list[int]:
         return list(self.config.seeds or [self.config.eval.seed])
@@ -117,13 +97,14 @@ class CompareRunner:
     def run(self) -> CompareResult:
         from .aggregate import aggregate
 
-        run_configs = self._check_variants()
-        metrics = build_metrics(self.config.eval, self.registry)
+        plan = plan_comparison(self.config, self.registry)  # every check before any work
         self.procs = setup_processes(self.config.device)  # after the checks: a config error stops no group
         result = CompareResult(self.dir, written=self.procs.is_main)
-        for name, variant in self.config.variants.items():
+        result.training_seeds = {name: sorted({c.run.seed for c in v.run_configs.values()})
+                                 for name, v in plan.variants.items()}
+        for name, variant in plan.variants.items():
             try:
-                self._run_variant(name, variant, run_configs[name], metrics, result)
+                self._run_variant(variant, plan.metrics, result)
             except Exception as exc:  # a crashed variant is reported; the others still run
                 message = str(exc) if isinstance(exc, StratagenError) else f"{type(exc).__name__}: {exc}"
                 result.failures[name] = message
@@ -135,50 +116,18 @@ class CompareRunner:
             self._write_outputs(result)
         return result
 
-    def _check_variants(self) -> dict[str, BaseModel | None]:
-        """Every variant's run config with its sampler and every sweep point checked, before any
-        work starts (ConfigError naming the variant). A ``run:`` variant whose run an earlier
-        variant trains (None here) is checked when it is reached."""
-        configs: dict[str, BaseModel | None] = {}
-        for name, variant in self.config.variants.items():
-            if variant.run is not None and not Run(variant.run).exists():
-                configs[name] = None
-                continue
-            configs[name] = self._variant_config(name, variant)
-        return configs
-
-    def _variant_config(self, name: str, variant: Any, seed: int | None = None) -> BaseModel:
-        """The variant's run config, its sampler and sweeps checked; with ``seed``, its per-seed twin
-        (``run.seed``, ``<run dir>-seed<s>``)."""
-        source = variant.config or variant.run
-        if seed is not None and variant.run is not None:
-            source = f"{variant.run.rstrip('/')}-seed{seed}"
-        try:
-            run_config = load_config(source, variant.set, self.registry)
-            if run_config.sampler is None:
-                raise ConfigError("its run config names no sampler")
-            sweep_points(run_config.sampler, self.sweeps(variant))
-        except StratagenError as exc:
-            raise ConfigError(f"variant {name}: {exc}") from None
-        update = {} if self.config.device == "auto" else {"device": self.config.device}
-        if seed is not None and variant.config is not None:
-            update |= {"seed": seed, "dir": f"{run_config.run.dir.rstrip('/')}-seed{seed}"}
-        if update:
-            run_config = run_config.model_copy(update={"run": run_config.run.model_copy(update=update)})
-        return run_config
-
-    def _run_variant(self, name: str, variant: Any, run_config: BaseModel | None, metrics: list,
-                     result: CompareResult) -> None:
+    def _run_variant(self, plan: VariantPlan, metrics: list, result: CompareResult) -> None:
+        name, variant = plan.name, self.config.variants[plan.name]
         per_seed_training = self.config.train_per_seed
         reports = []
         for seed in self.seeds:
             if per_seed_training or not reports:  # one trained model, or one per seed
-                if per_seed_training:
-                    run_config = self._variant_config(name, variant, seed)
-                run_config = run_config or self._variant_config(name, variant)
+                run_config = plan.run_configs[seed if per_seed_training else None]
                 if variant.config is not None:
                     pipe = train(run_config, resume=True, registry=self.registry)
                 else:
+                    if plan.trained_by is not None:  # an earlier variant trained it: read what it saved
+                        run_config = variant_config(self.config, name, variant, self.registry)
                     pipe = Pipeline.from_config(run_config, registry=self.registry)
                 reference = evaluate.reference_set(pipe.built, self.path("cache", "reference"))
                 result.class_names = list(getattr(reference.dataset, "class_names", []))
@@ -187,7 +136,7 @@ class CompareRunner:
                                             lambda _: evaluate.tokenizer_report(pipe, reference, metrics)))
             self._sample_seed(name, seed, pipe, run_config, reference, metrics, result)
         kinds = {tid: _tokenizer_kind(run_config, tid) for tid in reports[0]}
-        result.tokenizers[name] = {tid: {"kind": kinds[tid], **values}
+        result.tokenizers[name] = {tid: {"kind": kinds[tid], "seeds": len(reports), **values}
                                    for tid, values in _mean_reports(reports).items()}
         if self.procs.is_main:
             first = self.path("cache", name, f"seed{self.seeds[0]}", "grid.safetensors")
@@ -197,7 +146,7 @@ class CompareRunner:
                      result: CompareResult) -> None:
         """Every sweep point of one variant, sampled and scored with ``seed`` (cached per seed)."""
         labels = evaluate.sample_labels(pipe.model.num_classes, self.config.eval)
-        sweeps = self.sweeps(self.config.variants[name])
+        sweeps = variant_sweeps(self.config, self.config.variants[name])
         for sweep, value, sampler_config in sweep_points(run_config.sampler, sweeps):
             sampler = pipe.sampler(sampler_config)
 
@@ -377,3 +326,21 @@ def _mean_reports(reports: list[dict[str, dict[str, float]]]) -> dict[str, dict[
 def compare(source: str, overrides: list[str] | None = None, registry: Registry | None = None) -> CompareResult:
     """Load a compare config and run it."""
     return CompareRunner(cfg.load_compare_config(source, overrides, registry), registry).run()
+
+
+def check_compare(source: str, overrides: list[str] | None = None, registry: Registry | None = None) -> ComparePlan:
+    """Load a compare config and check the whole comparison (:func:`.compare_plan.plan_comparison`);
+    nothing is trained, sampled or written."""
+    return plan_comparison(cfg.load_compare_config(source, overrides, registry), registry)
+
+
+def show_compare(source: str, overrides: list[str] | None = None, registry: Registry | None = None) -> str:
+    """The resolved compare config, then every variant's resolved run config beneath it (YAML documents)."""
+    config = cfg.load_compare_config(source, overrides, registry)
+    documents = [f"# compare config {source}, resolved\n{cfg.dump_config(config)}"]
+    for plan in resolve_variants(config, registry).values():
+        for seed, run_config in plan.run_configs.items():
+            how = (f" (trained by variant {plan.trained_by})" if plan.trained_by else "") + (
+                f", training seed {seed}" if seed is not None else "")
+            documents.append(f"# variant {plan.name}: {plan.source}{how}, resolved\n{cfg.dump_config(run_config)}")
+    return "---\n".join(documents)
