@@ -76,7 +76,11 @@ def test_outputs_and_rerun_skips_finished_work(compare_run, monkeypatch):
     md = (out / "results.md").read_text()
     assert "best FID over the temperature sweep" in md and "tiny-strait" in md and "Failed variants" not in md
     assert "psnr" in (out / "tokenizers.md").read_text()
-    assert sorted(os.listdir(out / "tb")) == ["tiny-maskgit", "tiny-strait"]
+    assert sorted(os.listdir(out / "tb")) == ["claims", "tiny-maskgit", "tiny-strait"]
+    claims = list(csv.DictReader(open(out / "claims.csv")))
+    assert claims and all(c["verdict"] == "not tested" or c["verdict"].startswith("indicative (1 seed): ")
+                          for c in claims)  # one seed: no bare verdict
+    assert "sampling seeds [4] of one trained model per variant (training seed 0)" in md
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("finished work was redone")
@@ -133,7 +137,8 @@ def test_seeds_give_mean_std_per_seed_caches_and_claims(compare_run, monkeypatch
         assert row["fid_std"] == pytest.approx(abs(fids[0] - fids[1]) / 2, abs=1e-4) and row["fid_std"] > 0
     assert fids[0] != fids[1]  # the seeds really sample differently
     md = (out / "results.md").read_text()
-    assert "mean ± std over seeds [1, 2]" in md and "(best)" in md and " ± " in md
+    assert "std over sampling seeds [1, 2] of one trained model per variant" in md
+    assert "(best)" in md and " ± " in md
     assert "## The paper's claims, checked by this run" in md and "| Table 7 |" in md
     assert os.path.exists(out / "cache/tiny-strait/seed2/default--.json")
 

@@ -15,16 +15,19 @@ run can test, each with its evidence and verdict (see :mod:`.claims`).
 Output, under the compare directory::
 
     results.csv, results.md      one row per variant and sweep point, mean and std over seeds (Table 6
-                                 shape), then the claims section
+                                 shape), then the claims section (which seeds the spread covers, verdicts)
+    claims.csv                   the paper's claims: table, claim, evidence, verdict
     results_per_seed.csv         one row per variant, sweep point and seed
     tokenizers.md                reconstruction PSNR, rFID, perplexity and usage (Table 1 shape)
     figures/side_by_side.png     rows = variants, columns = classes (same seeds)
     figures/<metric>_vs_<sweep>.png   mean with std error bars
     tb/<variant>/                TensorBoard: metrics, sweeps, sample grid, hyper-parameters;
                                  a custom-scalars layout overlays the variants per metric
+    tb/claims/                   TensorBoard text: the claims section
     cache/<variant>/seed<s>/     finished sweep points (re-running skips them); metric caches in cache/
 
-Re-running skips finished work; a variant that fails is reported and the others finish.
+The whole comparison is checked before any work (:mod:`.compare_plan`, ``stratagen compare --check``).
+Re-running skips finished work; a variant that fails while running is reported and the others finish.
 
 Under torchrun every process trains the variants together (DDP, as ``stratagen train``), and each
 sweep point's samples are split over the processes by batch and gathered on rank 0
@@ -38,7 +41,7 @@ import io
 import logging
 import os
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -51,6 +54,7 @@ from stratagen.io.run import Run
 from stratagen.registry import Registry, StratagenError, get_registry
 
 from . import evaluate, figures
+from .claims import Claim, check_claims, claims_markdown, spread_text
 from .compare_plan import (ComparePlan, VariantPlan, plan_comparison, resolve_variants, sweep_points, variant_config,
                            variant_sweeps)
 from .distributed import Processes, setup_processes
@@ -71,8 +75,9 @@ class CompareResult:
     failures: dict[str, str] = field(default_factory=dict)
     grids: dict[str, torch.Tensor] = field(default_factory=dict)
     class_names: list[str] = field(default_factory=list)
-    #: per variant, the training seeds (``run.seed``) of the models behind its rows
-    training_seeds: dict[str, list[int]] = field(default_factory=dict)
+    #: which seeds the spread covers (sampling, and training), as the results say it (:func:`.claims.spread_text`)
+    spread: str = ""
+    claims: list[Claim] = field(default_factory=list)
     #: whether this process wrote the outputs (rank 0 under torchrun; the other ranks hold no grids)
     written: bool = True
 
@@ -100,8 +105,8 @@ class CompareRunner:
         plan = plan_comparison(self.config, self.registry)  # every check before any work
         self.procs = setup_processes(self.config.device)  # after the checks: a config error stops no group
         result = CompareResult(self.dir, written=self.procs.is_main)
-        result.training_seeds = {name: sorted({c.run.seed for c in v.run_configs.values()})
-                                 for name, v in plan.variants.items()}
+        training_seeds = {name: sorted({c.run.seed for c in v.run_configs.values()}) for name, v in plan.variants.items()}
+        result.spread = spread_text(self.seeds, training_seeds, self.config.train_per_seed)
         for name, variant in plan.variants.items():
             try:
                 self._run_variant(variant, plan.metrics, result)
@@ -112,6 +117,7 @@ class CompareRunner:
                     log.error("variant %s failed: %s", name, message)
                     log.debug("%s", traceback.format_exc())
         result.rows = aggregate(result.seed_rows)
+        result.claims = check_claims(result.rows, best_rows(result.rows), result.tokenizers)
         if self.procs.is_main:
             self._write_outputs(result)
         return result
@@ -196,6 +202,10 @@ class CompareRunner:
                 writer = csv.DictWriter(f, _columns(rows))
                 writer.writeheader()
                 writer.writerows(rows)
+        with open(self.path("claims.csv"), "w", newline="") as f:
+            writer = csv.DictWriter(f, ["table", "claim", "evidence", "verdict"])
+            writer.writeheader()
+            writer.writerows(asdict(c) for c in result.claims)
         with open(self.path("results.md"), "w") as f:
             f.write(results_markdown(result))
         with open(self.path("tokenizers.md"), "w") as f:
@@ -242,6 +252,8 @@ class CompareRunner:
                     writer.file_writer.add_summary(summary)
                 for metric in metrics:
                     writer.add_scalar(f"hparam/{metric}", default[metric], 0)
+        with SummaryWriter(self.path("tb", "claims")) as writer:  # the Text tab, beside the variants
+            writer.add_text("claims", claims_markdown(result.claims, result.spread), 0)
 
 
 def _columns(rows: list[dict[str, Any]]) -> list[str]:
@@ -281,12 +293,9 @@ def _table(rows: list[dict[str, Any]], head: list[str]) -> str:
 
 def results_markdown(result: CompareResult) -> str:
     """The Table 6-shaped summary (best FID over the temperature sweep), every sweep point, the claims."""
-    from .claims import check_claims, claims_markdown
-
     best = best_rows(result.rows)
-    seeds = sorted({r["seed"] for r in result.seed_rows})
-    text = (f"## Results (best FID over the temperature sweep; mean ± std over seeds {seeds})\n\n"
-            "(best) marks the best value of a column, (tie) a value within the spread of it "
+    text = ("## Results (best FID over the temperature sweep; mean ± std over seeds)\n\n"
+            f"{result.spread} (best) marks the best value of a column, (tie) a value within the spread of it "
             "(|difference| <= sum of the two stds).\n\n")
     text += _table(best, ["variant", "tokens", "steps", "order", "params", "sec_per_image", "temperature", "seeds"])
     text += "\n## Every sweep point\n\n"
@@ -295,7 +304,7 @@ def results_markdown(result: CompareResult) -> str:
                                                ["variant", "value", "tokens", "steps", "order", "seeds"]) + "\n"
     if result.failures:
         text += "## Failed variants\n\n" + "".join(f"- {k}: {v}\n" for k, v in result.failures.items()) + "\n"
-    return text + claims_markdown(check_claims(result.rows, best, result.tokenizers))
+    return text + claims_markdown(result.claims, result.spread)
 
 
 def tokenizers_markdown(reports: dict[str, dict[str, dict[str, Any]]]) -> str:
