@@ -26,6 +26,8 @@ def compare_run(tmp_path_factory):
         "variants": {
             "tiny-maskgit": {"config": "maskgit.yaml"},
             "tiny-strait": {"config": "strait.yaml"},
+            # a run the first variant trains, read with its own sampler settings
+            "tiny-maskgit-2steps": {"run": str(root / "runs/maskgit"), "set": ["sampler.stage.steps=2"]},
         },
         "eval": {"samples_per_class": 3, "seed": 4, "batch_size": 6,
                  "metrics": [{"name": "in-domain", "classifier_steps": 20, "batch_size": 16, "kid_subset_size": 4}]},
@@ -47,6 +49,9 @@ def test_every_variant_is_sampled_and_scored_alike(compare_run):
     for variant in ("tiny-maskgit", "tiny-strait"):
         assert [(r["sweep"], r["value"]) for r in by_variant[variant]] == expected
     assert by_variant["tiny-strait"][0]["tokens"] == "4x4 + 8x8" and by_variant["tiny-strait"][0]["steps"] == "3+2"
+    steps = {v: {r["steps"] for r in rows if r["variant"] == v and r["sweep"] == "default"}
+             for v in ("tiny-maskgit", "tiny-maskgit-2steps")}
+    assert steps == {"tiny-maskgit": {"3"}, "tiny-maskgit-2steps": {"2"}}  # read from the run the first trained
     for row in rows:
         assert 0 <= float(row["class_accuracy"]) <= 1 and float(row["fid"]) >= 0
 
@@ -63,7 +68,7 @@ def test_identical_labels_and_seeds_for_every_variant(compare_run, monkeypatch):
     monkeypatch.setattr(evaluate, "generate", spy)
     out = root / "out2"
     compare_module.compare(str(path), [f"dir={out}", "sweeps={}"])
-    assert len(calls) == 2 and calls[0] == calls[1]
+    assert len(calls) == 3 and calls[0] == calls[1] == calls[2]
     assert calls[0][0] == tuple(c for c in range(4) for _ in range(3)) and calls[0][1] == 4
 
 
@@ -76,7 +81,7 @@ def test_outputs_and_rerun_skips_finished_work(compare_run, monkeypatch):
     md = (out / "results.md").read_text()
     assert "best FID over the temperature sweep" in md and "tiny-strait" in md and "Failed variants" not in md
     assert "psnr" in (out / "tokenizers.md").read_text()
-    assert sorted(os.listdir(out / "tb")) == ["claims", "tiny-maskgit", "tiny-strait"]
+    assert sorted(os.listdir(out / "tb")) == ["claims", "tiny-maskgit", "tiny-maskgit-2steps", "tiny-strait"]
     claims = list(csv.DictReader(open(out / "claims.csv")))
     assert claims and all(c["verdict"] == "not tested" or c["verdict"].startswith("indicative (1 seed): ")
                           for c in claims)  # one seed: no bare verdict
@@ -93,7 +98,7 @@ def test_outputs_and_rerun_skips_finished_work(compare_run, monkeypatch):
     monkeypatch.setattr(evaluate, "generate", must_not_run)
     monkeypatch.setattr(compare_module, "train", load_or_crash)
     again = compare_module.compare(str(path))  # a crashed variant is reported, the others finish
-    assert len(again.rows) == 5 and again.failures == {"tiny-maskgit": "RuntimeError: out of memory"}
+    assert len(again.rows) == 10 and again.failures == {"tiny-maskgit": "RuntimeError: out of memory"}
     assert "- tiny-maskgit: RuntimeError: out of memory" in (out / "results.md").read_text()
 
 
@@ -127,10 +132,11 @@ def test_seeds_give_mean_std_per_seed_caches_and_claims(compare_run, monkeypatch
 
     monkeypatch.setattr(evaluate, "generate", spy)
     result = compare_module.compare(str(path), overrides)
-    assert seeds == [1, 2, 1, 2]
+    assert seeds == [1, 2, 1, 2, 1, 2]
     per_seed = list(csv.DictReader(open(out / "results_per_seed.csv")))
     assert [(r["variant"], r["seed"]) for r in per_seed] == [
-        ("tiny-maskgit", "1"), ("tiny-maskgit", "2"), ("tiny-strait", "1"), ("tiny-strait", "2")]
+        ("tiny-maskgit", "1"), ("tiny-maskgit", "2"), ("tiny-maskgit-2steps", "1"), ("tiny-maskgit-2steps", "2"),
+        ("tiny-strait", "1"), ("tiny-strait", "2")]
     for row in result.rows:
         fids = [float(r["fid"]) for r in per_seed if r["variant"] == row["variant"]]
         assert row["seeds"] == 2 and row["fid"] == pytest.approx(sum(fids) / 2, abs=1e-4)
@@ -144,7 +150,7 @@ def test_seeds_give_mean_std_per_seed_caches_and_claims(compare_run, monkeypatch
 
     monkeypatch.setattr(evaluate, "generate", lambda *args, **kwargs: pytest.fail("finished work was redone"))
     monkeypatch.setattr(api, "train", lambda config, resume=False, registry=None: None)
-    assert len(compare_module.compare(str(path), overrides).seed_rows) == 4
+    assert len(compare_module.compare(str(path), overrides).seed_rows) == 6
 
 
 def test_per_seed_training_uses_the_seed_and_its_own_run_directory(compare_run):
@@ -155,6 +161,12 @@ def test_per_seed_training_uses_the_seed_and_its_own_run_directory(compare_run):
         3: (3, str(root / "runs/strait") + "-seed3"), 5: (5, str(root / "runs/strait") + "-seed5")}
     config = cfg.load_compare_config(str(path), [f"dir={root / 'out-train'}", "seeds=[3]"])
     assert compare_plan.resolve_variants(config)["tiny-strait"].run_configs[None].run.dir == str(root / "runs/strait")
+    # trained with seed 3 into runs/maskgit-seed3, which the run: variant then reads
+    result = compare_module.compare(str(path), [f"dir={root / 'out-train'}", "seeds=[3]", "train_per_seed=true",
+                                                "variants.tiny-strait=null", "sweeps={}"])
+    assert not result.failures and api.load(str(root / "runs/maskgit-seed3")).run.seed == 3
+    assert [(r["variant"], r["steps"]) for r in result.rows] == [("tiny-maskgit", "3"), ("tiny-maskgit-2steps", "2")]
+    assert "std over seeds [3], each a model trained with that seed" in (root / "out-train/results.md").read_text()
 
 
 def test_steps_sweeps_give_one_value_per_stage(tmp_path):

@@ -10,8 +10,10 @@ import torch
 import yaml
 
 from stratagen import api, cli
+from stratagen import config as cfg
 from stratagen.engine import build as build_module
 from stratagen.engine import compare as compare_module
+from stratagen.engine import compare_plan
 from stratagen.io.run import Run
 
 REPO = Path(__file__).resolve().parents[2]
@@ -121,6 +123,21 @@ def test_check_says_what_the_comparison_will_do(workspace, monkeypatch, capsys):
     assert "images to sample and score: 12,600" in out  # 7 variants x 3 points x 3 seeds x 200
 
 
+def test_per_seed_training_reaches_the_run_variants_an_earlier_variant_trains(workspace, monkeypatch, capsys):
+    monkeypatch.chdir(workspace)
+    config = cfg.load_compare_config(str(REPO / "configs/compare/strait_vs_maskgit_cascade.yaml"),
+                                     ["train_per_seed=true", "seeds=[1, 2]"])
+    f16 = compare_plan.resolve_variants(config)["MaskGIT-f16"]
+    assert f16.trained_by == "MaskGIT-cascade"
+    assert {s: (c.run.seed, c.run.dir, c.sampler.stream) for s, c in f16.run_configs.items()} == {
+        1: (1, "runs/demo/maskgit_cascade-seed1", "f16.tokens"), 2: (2, "runs/demo/maskgit_cascade-seed2", "f16.tokens")}
+    code, out, _ = run_cli(["compare", "--check", str(REPO / "configs/compare/strait_vs_maskgit_cascade.yaml"),
+                            "--set", "train_per_seed=true"], capsys)
+    assert code == 0 and "trained models: one model per variant and seed (train_per_seed)" in out
+    assert "StraIT-C         config " + str(DEMO / "strait_c.yaml") + " (trains what is missing in " \
+           "runs/demo/strait_c-seed0, runs/demo/strait_c-seed1, runs/demo/strait_c-seed2)" in out
+
+
 def write_compare(root: Path, name: str, variants: dict, **extra) -> Path:
     path = root / f"{name}.yaml"
     spec = {"dir": str(root / "out" / name), "variants": variants,
@@ -136,8 +153,10 @@ BROKEN = [
      "variant b: run runs/nowhere does not exist (no config.yaml) and no variant before it trains it"),
     ("critic-sweep-without-critic", {"a": STRAIT}, {"sweeps": {"order": ["critic"]}},
      "variant a: sweeps.order = critic: the critic decode order needs a critic of stream 'vq.top'"),
-    ("train-per-seed-with-runs", {"a": STRAIT, "b": {"run": "runs/demo/strait_r"}},
-     {"seeds": [0, 1], "train_per_seed": True}, "train_per_seed: variant b names an existing run (`run:`)"),
+    ("train-per-seed-with-runs", {"a": {"config": str(DEMO / "strait_c.yaml")}, "b": {"run": "runs/demo/strait_r"}},
+     {"seeds": [0, 1], "train_per_seed": True},
+     "variant b: train_per_seed trains every variant once per seed, but no variant before it trains run "
+     "runs/demo/strait_r"),
     ("repeated-seed", {"a": STRAIT}, {"seeds": [0, 0]}, "seeds: seed 0 appears more than once"),
     # what else each variant needs
     ("run-before-its-trainer", {"b": {"run": "runs/demo/strait_c"}, "a": {"config": str(DEMO / "strait_c.yaml")}},

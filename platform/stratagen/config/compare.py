@@ -53,15 +53,6 @@ def _distinct_seeds(cls: type, seeds: list[int] | None) -> list[int] | None:
     return seeds
 
 
-def _per_seed_training_needs_configs(url: str, config: BaseModel) -> None:
-    """``train_per_seed`` trains every variant from its config; an existing run cannot be retrained per seed."""
-    runs = [name for name, variant in config.variants.items() if variant.run is not None]
-    if config.train_per_seed and runs:
-        raise ConfigError(f"{url}: train_per_seed: variant{'s' if len(runs) > 1 else ''} {', '.join(runs)} "
-                          f"name{'' if len(runs) > 1 else 's'} an existing run (`run:`), which cannot be trained "
-                          "once per seed; give it a `config:` or set train_per_seed: false")
-
-
 @functools.cache
 def _compare_config_model(registry: Registry) -> type[BaseModel]:
     return create_model(
@@ -79,7 +70,8 @@ def _compare_config_model(registry: Registry) -> type[BaseModel]:
         seeds=(list[int] | None, Field(None, min_length=1, description="sample (and score) every point once per "
                                        "seed; tables show mean and std (default: [eval.seed])")),
         train_per_seed=(bool, Field(False, description="also train every variant once per seed, into "
-                                    "<run dir>-seed<s>")),
+                                    "<run dir>-seed<s> (a run: variant reads the per-seed runs of the variant "
+                                    "before it that trains its run)")),
     )
 
 
@@ -98,7 +90,6 @@ def load_compare_config(url: str, overrides: list[str] | None = None, registry: 
     except ValidationError as exc:
         tags = {c.name for c in registry.components()}
         raise ConfigError("\n".join(format_error(model, url, e, tags) for e in exc.errors()[:5])) from None
-    _per_seed_training_needs_configs(url, config)
     for variant in config.variants.values():
         if variant.config is not None:
             variant.config = resolve_relative(url, variant.config)

@@ -55,7 +55,7 @@ from stratagen.registry import Registry, StratagenError, get_registry
 
 from . import evaluate, figures
 from .claims import Claim, check_claims, claims_markdown, spread_text
-from .compare_plan import (ComparePlan, VariantPlan, plan_comparison, resolve_variants, sweep_points, variant_config,
+from .compare_plan import (ComparePlan, VariantPlan, plan_comparison, resolve_variants, sweep_points, variant_configs,
                            variant_sweeps)
 from .distributed import Processes, setup_processes
 from .gather import on_main
@@ -133,7 +133,8 @@ class CompareRunner:
                     pipe = train(run_config, resume=True, registry=self.registry)
                 else:
                     if plan.trained_by is not None:  # an earlier variant trained it: read what it saved
-                        run_config = variant_config(self.config, name, variant, self.registry)
+                        run_config = variant_configs(self.config, name, variant, self.registry,
+                                                     source=(run_config.run.dir, variant.set))[None]
                     pipe = Pipeline.from_config(run_config, registry=self.registry)
                 reference = evaluate.reference_set(pipe.built, self.path("cache", "reference"))
                 result.class_names = list(getattr(reference.dataset, "class_names", []))

@@ -109,49 +109,54 @@ def sweep_points(sampler: BaseModel, sweeps: dict[str, list[Any]]) -> list[tuple
     return points
 
 
-def variant_config(config: BaseModel, name: str, variant: Any, registry: Registry, seed: int | None = None,
-                   source: tuple[str, list[str]] | None = None) -> BaseModel:
-    """The variant's run config with the comparison's device; with ``seed``, its per-seed twin
-    (``run.seed``, ``<run dir>-seed<s>``). ``source``: ``(config or run, overrides)`` to read it from
-    instead of the variant's own (a ``run:`` that an earlier variant trains)."""
+def variant_configs(config: BaseModel, name: str, variant: Any, registry: Registry, seeds: list[int] | None = None,
+                    source: tuple[str, list[str]] | None = None) -> dict[int | None, BaseModel]:
+    """The variant's run config with the comparison's device: ``{None: config}``, or with ``seeds`` one
+    per-seed twin per seed (``run.seed``, ``<run dir>-seed<s>``). ``source``: ``(config file or run
+    directory, overrides)`` to read it from instead of the variant's own."""
     path, overrides = source or (variant.config or variant.run, variant.set)
     try:
         run_config = load_config(path, overrides, registry)
     except StratagenError as exc:
         raise ConfigError(f"variant {name}: {exc}") from None
-    update = {} if config.device == "auto" else {"device": config.device}
-    if seed is not None:
-        update |= {"seed": seed, "dir": f"{run_config.run.dir.rstrip('/')}-seed{seed}"}
-    if update:
-        run_config = run_config.model_copy(update={"run": run_config.run.model_copy(update=update)})
-    return run_config
+    device = {} if config.device == "auto" else {"device": config.device}
+    out = {}
+    for seed in seeds or [None]:
+        update = device | ({} if seed is None else {"seed": seed, "dir": f"{run_config.run.dir.rstrip('/')}-seed{seed}"})
+        out[seed] = run_config.model_copy(update={"run": run_config.run.model_copy(update=update)}) if update \
+            else run_config
+    return out
 
 
 def resolve_variants(config: BaseModel, registry: Registry | None = None) -> dict[str, VariantPlan]:
     """Every variant's run config(s), resolved as the comparison will use them (no sweep points yet).
 
     A ``run:`` that does not exist must be trained by an earlier ``config:`` variant (the one whose
-    ``run.dir`` it names): it is then resolved from that variant's config and overrides plus its own.
+    ``run.dir`` it names): it is then resolved from that variant's config and overrides plus its own
+    (with ``train_per_seed``, once per seed, reading ``<run>-seed<s>``, and only such a run).
     """
     registry = registry or get_registry()
-    seeds = list(config.seeds or [config.eval.seed])
+    seeds = list(config.seeds or [config.eval.seed]) if config.train_per_seed else None
     trained_here: dict[str, str] = {}  # run directory -> the variant that trains it
     variants = {}
     for name, variant in config.variants.items():
         trained_by = None
         if variant.config is not None:
-            run_configs = {s: variant_config(config, name, variant, registry, s)
-                           for s in (seeds if config.train_per_seed else [None])}
-            for run_config in run_configs.values():
-                trained_here.setdefault(_directory(run_config.run.dir), name)
+            run_configs = variant_configs(config, name, variant, registry, seeds)
+            for seed, run_config in run_configs.items():
+                trained_here.setdefault(_directory(run_config.run.dir.removesuffix(f"-seed{seed}")), name)
         else:
             trained_by = trained_here.get(_directory(variant.run))
             trainer = config.variants[trained_by] if trained_by else None
+            if trainer is None and seeds is not None:
+                raise ConfigError(f"variant {name}: train_per_seed trains every variant once per seed, but no "
+                                  f"variant before it trains run {variant.run}; give it a `config:` or set "
+                                  f"train_per_seed: false")
             if trainer is None and not Run(variant.run).exists():
                 raise ConfigError(f"variant {name}: run {variant.run} does not exist (no config.yaml) and no "
                                   f"variant before it trains it; train it first or give the variant a `config:`")
             source = (trainer.config, [*trainer.set, *variant.set]) if trainer else None
-            run_configs = {None: variant_config(config, name, variant, registry, source=source)}
+            run_configs = variant_configs(config, name, variant, registry, seeds, source)
         source = f"config {variant.config}" if variant.config else f"run {variant.run}"
         variants[name] = VariantPlan(name, source, run_configs, trained_by=trained_by)
     return variants
