@@ -130,7 +130,8 @@ def test_per_seed_training_reaches_the_run_variants_an_earlier_variant_trains(wo
     f16 = compare_plan.resolve_variants(config)["MaskGIT-f16"]
     assert f16.trained_by == "MaskGIT-cascade"
     assert {s: (c.run.seed, c.run.dir, c.sampler.stream) for s, c in f16.run_configs.items()} == {
-        1: (1, "runs/demo/maskgit_cascade-seed1", "f16.tokens"), 2: (2, "runs/demo/maskgit_cascade-seed2", "f16.tokens")}
+        1: (1, "runs/demo/maskgit_cascade-seed1", "f16.tokens"),
+        2: (2, "runs/demo/maskgit_cascade-seed2", "f16.tokens")}
     code, out, _ = run_cli(["compare", "--check", str(REPO / "configs/compare/strait_vs_maskgit_cascade.yaml"),
                             "--set", "train_per_seed=true"], capsys)
     assert code == 0 and "trained models: one model per variant and seed (train_per_seed)" in out

@@ -193,7 +193,8 @@ def claims_markdown(claims: Sequence[Claim], spread: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def spread_text(sampling_seeds: Sequence[int], training_seeds: dict[str, Sequence[int]], per_seed_training: bool) -> str:
+def spread_text(sampling_seeds: Sequence[int], training_seeds: dict[str, Sequence[int]],
+                per_seed_training: bool) -> str:
     """Which seeds a compare run's spread covers: sampling seeds, and the training seeds of its models.
 
     Args:

@@ -55,8 +55,8 @@ from stratagen.registry import Registry, StratagenError, get_registry
 
 from . import evaluate, figures
 from .claims import Claim, check_claims, claims_markdown, spread_text
-from .compare_plan import (ComparePlan, VariantPlan, plan_comparison, resolve_variants, sweep_points, variant_configs,
-                           variant_sweeps)
+from .compare_plan import (ComparePlan, VariantPlan, plan_comparison, resolve_variants, sampling_seeds, sweep_points,
+                           variant_configs, variant_sweeps)
 from .distributed import Processes, setup_processes
 from .gather import on_main
 from .pipeline import Pipeline, load_config, train
@@ -97,7 +97,7 @@ class CompareRunner:
 
     @property
     def seeds(self) -> list[int]:
-        return list(self.config.seeds or [self.config.eval.seed])
+        return sampling_seeds(self.config)
 
     def run(self) -> CompareResult:
         from .aggregate import aggregate
@@ -105,8 +105,8 @@ class CompareRunner:
         plan = plan_comparison(self.config, self.registry)  # every check before any work
         self.procs = setup_processes(self.config.device)  # after the checks: a config error stops no group
         result = CompareResult(self.dir, written=self.procs.is_main)
-        training_seeds = {name: sorted({c.run.seed for c in v.run_configs.values()}) for name, v in plan.variants.items()}
-        result.spread = spread_text(self.seeds, training_seeds, self.config.train_per_seed)
+        training = {name: sorted({c.run.seed for c in v.run_configs.values()}) for name, v in plan.variants.items()}
+        result.spread = spread_text(self.seeds, training, self.config.train_per_seed)
         for name, variant in plan.variants.items():
             try:
                 self._run_variant(variant, plan.metrics, result)

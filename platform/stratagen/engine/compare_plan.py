@@ -32,6 +32,7 @@ class VariantPlan:
 
     Attributes:
         source: what it comes from, e.g. ``config configs/demo/strait_r.yaml`` or ``run runs/demo/x``.
+        trains: whether the comparison trains it (a ``config:``) or only loads a run.
         run_configs: its run config per training seed (``train_per_seed``), else ``{None: config}``.
         trained_by: for a ``run:`` that an earlier variant trains, that variant.
         points: ``(sweep, value label, sampler config)`` per sweep point, the default first.
@@ -39,15 +40,12 @@ class VariantPlan:
 
     name: str
     source: str
+    trains: bool
     run_configs: dict[int | None, BaseModel]
     trained_by: str | None = None
     points: list[tuple[str, str, BaseModel]] = field(default_factory=list)
     #: images sampled per sweep point and seed
     images: int = 0
-
-    @property
-    def trains(self) -> bool:
-        return self.source.startswith("config ")
 
 
 @dataclass
@@ -77,13 +75,17 @@ class ComparePlan:
             else:
                 state = "trained"
             sampler = next(iter(plan.run_configs.values())).sampler.name
-            images = plan.images * len(plan.points) * len(self.seeds)
-            total += images
+            total += plan.images * len(plan.points) * len(self.seeds)
             lines.append(f"  {plan.name:<{width}}  {plan.source} ({state}); sampler {sampler}, "
                          f"{len(plan.points)} sweep point{'s' if len(plan.points) > 1 else ''} x "
                          f"{len(self.seeds)} seed{'s' if len(self.seeds) > 1 else ''} x {plan.images} images")
         lines.append(f"  images to sample and score: {total:,}")
         return "\n".join(lines)
+
+
+def sampling_seeds(config: BaseModel) -> list[int]:
+    """The seeds every sweep point is sampled and scored with: ``seeds``, else ``[eval.seed]``."""
+    return list(config.seeds or [config.eval.seed])
 
 
 def variant_sweeps(config: BaseModel, variant: Any) -> dict[str, list[Any]]:
@@ -122,9 +124,10 @@ def variant_configs(config: BaseModel, name: str, variant: Any, registry: Regist
     device = {} if config.device == "auto" else {"device": config.device}
     out = {}
     for seed in seeds or [None]:
-        update = device | ({} if seed is None else {"seed": seed, "dir": f"{run_config.run.dir.rstrip('/')}-seed{seed}"})
-        out[seed] = run_config.model_copy(update={"run": run_config.run.model_copy(update=update)}) if update \
-            else run_config
+        update = dict(device)
+        if seed is not None:
+            update |= {"seed": seed, "dir": f"{run_config.run.dir.rstrip('/')}-seed{seed}"}
+        out[seed] = run_config.model_copy(update={"run": run_config.run.model_copy(update=update)})
     return out
 
 
@@ -136,7 +139,7 @@ def resolve_variants(config: BaseModel, registry: Registry | None = None) -> dic
     (with ``train_per_seed``, once per seed, reading ``<run>-seed<s>``, and only such a run).
     """
     registry = registry or get_registry()
-    seeds = list(config.seeds or [config.eval.seed]) if config.train_per_seed else None
+    seeds = sampling_seeds(config) if config.train_per_seed else None
     trained_here: dict[str, str] = {}  # run directory -> the variant that trains it
     variants = {}
     for name, variant in config.variants.items():
@@ -158,7 +161,7 @@ def resolve_variants(config: BaseModel, registry: Registry | None = None) -> dic
             source = (trainer.config, [*trainer.set, *variant.set]) if trainer else None
             run_configs = variant_configs(config, name, variant, registry, seeds, source)
         source = f"config {variant.config}" if variant.config else f"run {variant.run}"
-        variants[name] = VariantPlan(name, source, run_configs, trained_by=trained_by)
+        variants[name] = VariantPlan(name, source, variant.config is not None, run_configs, trained_by)
     return variants
 
 
@@ -172,7 +175,7 @@ def plan_comparison(config: BaseModel, registry: Registry | None = None) -> Comp
         plan.points = _check_variant(config, plan.name, variant, run_config, registry,
                                      check_weights=not plan.trains and plan.trained_by is None)
         plan.images = len(sample_labels(run_config.data.num_classes, config.eval))
-    return ComparePlan(config, list(config.seeds or [config.eval.seed]), variants,
+    return ComparePlan(config, sampling_seeds(config), variants,
                        build_metrics(config.eval, registry))
 
 
