@@ -12,10 +12,10 @@ The engine never imports this module; it sits on top.
 from __future__ import annotations
 
 from stratagen.engine.build import BuiltRun, build, build_metrics
-from stratagen.engine.compare import CompareResult, compare
+from stratagen.engine.compare import CompareResult, check_compare, compare, show_compare
 from stratagen.engine.pipeline import Pipeline, load_config, resolve_device, train
 
 load = load_config
 
-__all__ = ["BuiltRun", "CompareResult", "Pipeline", "build", "build_metrics", "compare", "load", "load_config", "resolve_device",
-           "train"]
+__all__ = ["BuiltRun", "CompareResult", "Pipeline", "build", "build_metrics", "check_compare", "compare", "load",
+           "load_config", "resolve_device", "show_compare", "train"]

@@ -2,13 +2,13 @@
 import pytest
 
 from stratagen.engine.aggregate import aggregate, mark_ties
-from stratagen.engine.claims import (Measure, check_claims, claims_markdown, order, table1, table6, table7,
-                                     table10)
+from stratagen.engine.claims import (Measure, check_claims, claims_markdown, order, spread_text, table1, table6,
+                                     table7, table10)
 
 
-def row(variant, sampler, tokenizer, fid, fid_std=0.0, sweep="default", value="-", steps="9+3"):
+def row(variant, sampler, tokenizer, fid, fid_std=0.0, sweep="default", value="-", steps="9+3", seeds=3):
     return {"variant": variant, "sampler": sampler, "tokenizer": tokenizer, "sweep": sweep, "value": value,
-            "steps": steps, "fid": fid, "fid_std": fid_std}
+            "steps": steps, "fid": fid, "fid_std": fid_std, "seeds": seeds}
 
 
 def variants(r_fid, c_fid=9.0, cascade_fid=8.0, f16_fid=8.5, f8_fid=12.0, std=0.1):
@@ -66,17 +66,47 @@ def test_table10_concave_against_convex_schedules():
 
 
 def test_table1_perplexity_per_level():
-    reports = {"StraIT-R": {"vq": {"kind": "vqgan2-r", "ppl_top": 90.0, "ppl_bottom": 40.0}},
-               "StraIT-C": {"vq": {"kind": "vqgan2-c", "ppl_top": 60.0, "ppl_bottom": 30.0}}}
+    reports = {"StraIT-R": {"vq": {"kind": "vqgan2-r", "ppl_top": 90.0, "ppl_bottom": 40.0, "seeds": 2}},
+               "StraIT-C": {"vq": {"kind": "vqgan2-c", "ppl_top": 60.0, "ppl_bottom": 30.0, "seeds": 2}}}
     assert verdicts(table1(reports)) == ["reproduced", "not reproduced"]
     assert verdicts(table1({})) == ["not tested", "not tested"]
+    for per in reports.values():  # one trained tokenizer each: no spread over training
+        per["vq"]["seeds"] = 1
+    assert verdicts(table1(reports)) == ["indicative (1 seed): as the paper", "indicative (1 seed): against the paper"]
+
+
+def test_one_seed_gives_indicative_verdicts_never_bare_ones():
+    one = [{**r, "seeds": 1, "fid_std": 0.0} for r in variants(r_fid=8.45, c_fid=6.0, cascade_fid=7.0)]
+    assert verdicts(table6(one, "fid")) == ["indicative (1 seed): against the paper",
+                                            "indicative (1 seed): as the paper",
+                                            "indicative (1 seed): against the paper"]
+    # one side with one seed is enough to make the claim indicative; equal means with one seed: "equal"
+    mixed = variants(r_fid=7.0, cascade_fid=7.0)
+    mixed[2] = {**mixed[2], "seeds": 1, "fid_std": 0.0}
+    assert verdicts(table6(mixed, "fid"))[0] == "indicative (1 seed): equal"
+    rows = [row("StraIT-R", "stratified", "vqgan2-r", 5.0, seeds=1),
+            row("StraIT-R", "stratified", "vqgan2-r", 6.0, sweep="steps", value="3+9", steps="3+9", seeds=1),
+            row("StraIT-R", "stratified", "vqgan2-r", 7.0, sweep="schedule", value="sqrt", seeds=1)]
+    text = claims_markdown(check_claims(rows, rows, {}), spread="The spread is nothing.")
+    assert "| reproduced |" not in text and "| not reproduced |" not in text and "| tie |" not in text
+    assert text.count("| indicative (1 seed): as the paper |") == 2  # Table 7 and Table 10
+    assert "The spread is nothing. A difference counts only" in text
+
+
+def test_spread_text_names_the_sampling_and_training_seeds():
+    assert spread_text([0, 1, 2], {"a": [0], "b": [0]}, False) == (
+        "The spread is the std over sampling seeds [0, 1, 2] of one trained model per variant (training seed 0): "
+        "it covers sampling noise, not training noise (`train_per_seed: true` adds it).")
+    assert "(training seeds a 0, b 7)" in spread_text([0], {"a": [0], "b": [7]}, False)
+    assert spread_text([3, 4], {"a": [3, 4]}, True).startswith(
+        "The spread is the std over seeds [3, 4], each a model trained with that seed and sampled with it")
 
 
 def test_check_claims_covers_every_table_and_renders():
     rows = variants(r_fid=5.0)
     claims = check_claims(rows, rows, {})
     assert [c.table for c in claims] == ["Table 1"] * 2 + ["Table 6"] * 3 + ["Table 7", "Table 10"]
-    text = claims_markdown(claims)
+    text = claims_markdown(claims, spread="")
     assert text.count("| not tested |") == 4 and text.count("| reproduced |") == 3
 
 

@@ -9,6 +9,7 @@ import yaml
 from stratagen import api
 from stratagen import config as cfg
 from stratagen.engine import compare as compare_module
+from stratagen.engine import compare_plan
 from stratagen.engine import dashboard, evaluate
 from stratagen.registry import ConfigError
 from tinyconfigs import tiny_config, write_config
@@ -25,7 +26,8 @@ def compare_run(tmp_path_factory):
         "variants": {
             "tiny-maskgit": {"config": "maskgit.yaml"},
             "tiny-strait": {"config": "strait.yaml"},
-            "broken": {"run": str(root / "no-such-run")},
+            # a run the first variant trains, read with its own sampler settings
+            "tiny-maskgit-2steps": {"run": str(root / "runs/maskgit"), "set": ["sampler.stage.steps=2"]},
         },
         "eval": {"samples_per_class": 3, "seed": 4, "batch_size": 6,
                  "metrics": [{"name": "in-domain", "classifier_steps": 20, "batch_size": 16, "kid_subset_size": 4}]},
@@ -39,7 +41,7 @@ def compare_run(tmp_path_factory):
 
 def test_every_variant_is_sampled_and_scored_alike(compare_run):
     root, _, result = compare_run
-    assert set(result.failures) == {"broken"} and "not a run directory" in result.failures["broken"]
+    assert not result.failures
     rows = list(csv.DictReader(open(root / "out/results.csv")))
     by_variant = {v: [r for r in rows if r["variant"] == v] for v in ("tiny-maskgit", "tiny-strait")}
     expected = [("default", "-"), ("guidance_scale", "1.5"), ("schedule", "linear"), ("temperature", "0.5"),
@@ -47,6 +49,9 @@ def test_every_variant_is_sampled_and_scored_alike(compare_run):
     for variant in ("tiny-maskgit", "tiny-strait"):
         assert [(r["sweep"], r["value"]) for r in by_variant[variant]] == expected
     assert by_variant["tiny-strait"][0]["tokens"] == "4x4 + 8x8" and by_variant["tiny-strait"][0]["steps"] == "3+2"
+    steps = {v: {r["steps"] for r in rows if r["variant"] == v and r["sweep"] == "default"}
+             for v in ("tiny-maskgit", "tiny-maskgit-2steps")}
+    assert steps == {"tiny-maskgit": {"3"}, "tiny-maskgit-2steps": {"2"}}  # read from the run the first trained
     for row in rows:
         assert 0 <= float(row["class_accuracy"]) <= 1 and float(row["fid"]) >= 0
 
@@ -62,8 +67,8 @@ def test_identical_labels_and_seeds_for_every_variant(compare_run, monkeypatch):
 
     monkeypatch.setattr(evaluate, "generate", spy)
     out = root / "out2"
-    compare_module.compare(str(path), [f"dir={out}", "variants.broken=null", "sweeps={}"])
-    assert len(calls) == 2 and calls[0] == calls[1]
+    compare_module.compare(str(path), [f"dir={out}", "sweeps={}"])
+    assert len(calls) == 3 and calls[0] == calls[1] == calls[2]
     assert calls[0][0] == tuple(c for c in range(4) for _ in range(3)) and calls[0][1] == 4
 
 
@@ -74,21 +79,30 @@ def test_outputs_and_rerun_skips_finished_work(compare_run, monkeypatch):
                  "figures/fid_vs_temperature.png", "figures/class_accuracy_vs_schedule.png"):
         assert (out / name).exists(), name
     md = (out / "results.md").read_text()
-    assert "best FID over the temperature sweep" in md and "tiny-strait" in md and "broken" in md
+    assert "best FID over the temperature sweep" in md and "tiny-strait" in md and "Failed variants" not in md
     tokenizers_md = (out / "tokenizers.md").read_text()
     assert "psnr" in tokenizers_md and "swap_keep_top_psnr" in tokenizers_md and "top_only_psnr" in tokenizers_md
     assert (out / "figures/tiny-strait_level_swap_vq.png").exists()  # two levels: a level-swap figure
     assert not (out / "figures/tiny-maskgit_level_swap_vq.png").exists()  # one level: nothing to swap
-    assert sorted(os.listdir(out / "tb")) == ["tiny-maskgit", "tiny-strait"]
+    assert sorted(os.listdir(out / "tb")) == ["claims", "tiny-maskgit", "tiny-maskgit-2steps", "tiny-strait"]
+    claims = list(csv.DictReader(open(out / "claims.csv")))
+    assert claims and all(c["verdict"] == "not tested" or c["verdict"].startswith("indicative (1 seed): ")
+                          for c in claims)  # one seed: no bare verdict
+    assert "sampling seeds [4] of one trained model per variant (training seed 0)" in md
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("finished work was redone")
 
+    def load_or_crash(config, resume=False, registry=None):  # loads, trains nothing; one variant crashes
+        if config.run.dir.endswith("maskgit"):
+            raise RuntimeError("out of memory")
+        return compare_module.Pipeline.from_config(config, registry=registry)
+
     monkeypatch.setattr(evaluate, "generate", must_not_run)
-    monkeypatch.setattr(compare_module, "train", lambda config, resume=False, registry=None:
-                        compare_module.Pipeline.from_config(config, registry=registry))  # loads, trains nothing
-    again = compare_module.compare(str(path))
-    assert len(again.rows) == 10 and set(again.failures) == {"broken"}
+    monkeypatch.setattr(compare_module, "train", load_or_crash)
+    again = compare_module.compare(str(path))  # a crashed variant is reported, the others finish
+    assert len(again.rows) == 10 and again.failures == {"tiny-maskgit": "RuntimeError: out of memory"}
+    assert "- tiny-maskgit: RuntimeError: out of memory" in (out / "results.md").read_text()
 
 
 def test_dashboard_http_api_lists_every_variant(compare_run):
@@ -113,7 +127,7 @@ def test_dashboard_in_a_real_browser(compare_run):
 def test_seeds_give_mean_std_per_seed_caches_and_claims(compare_run, monkeypatch):
     root, path, _ = compare_run
     out = root / "out-seeds"
-    overrides = [f"dir={out}", "variants.broken=null", "seeds=[1, 2]", "sweeps={}"]
+    overrides = [f"dir={out}", "seeds=[1, 2]", "sweeps={}"]
     seeds = []
     real = evaluate.generate
 
@@ -123,33 +137,41 @@ def test_seeds_give_mean_std_per_seed_caches_and_claims(compare_run, monkeypatch
 
     monkeypatch.setattr(evaluate, "generate", spy)
     result = compare_module.compare(str(path), overrides)
-    assert seeds == [1, 2, 1, 2]
+    assert seeds == [1, 2, 1, 2, 1, 2]
     per_seed = list(csv.DictReader(open(out / "results_per_seed.csv")))
     assert [(r["variant"], r["seed"]) for r in per_seed] == [
-        ("tiny-maskgit", "1"), ("tiny-maskgit", "2"), ("tiny-strait", "1"), ("tiny-strait", "2")]
+        ("tiny-maskgit", "1"), ("tiny-maskgit", "2"), ("tiny-maskgit-2steps", "1"), ("tiny-maskgit-2steps", "2"),
+        ("tiny-strait", "1"), ("tiny-strait", "2")]
     for row in result.rows:
         fids = [float(r["fid"]) for r in per_seed if r["variant"] == row["variant"]]
         assert row["seeds"] == 2 and row["fid"] == pytest.approx(sum(fids) / 2, abs=1e-4)
         assert row["fid_std"] == pytest.approx(abs(fids[0] - fids[1]) / 2, abs=1e-4) and row["fid_std"] > 0
     assert fids[0] != fids[1]  # the seeds really sample differently
     md = (out / "results.md").read_text()
-    assert "mean ± std over seeds [1, 2]" in md and "(best)" in md and " ± " in md
+    assert "std over sampling seeds [1, 2] of one trained model per variant" in md
+    assert "(best)" in md and " ± " in md
     assert "## The paper's claims, checked by this run" in md and "| Table 7 |" in md
     assert os.path.exists(out / "cache/tiny-strait/seed2/default--.json")
 
     monkeypatch.setattr(evaluate, "generate", lambda *args, **kwargs: pytest.fail("finished work was redone"))
     monkeypatch.setattr(api, "train", lambda config, resume=False, registry=None: None)
-    assert len(compare_module.compare(str(path), overrides).seed_rows) == 4
+    assert len(compare_module.compare(str(path), overrides).seed_rows) == 6
 
 
 def test_per_seed_training_uses_the_seed_and_its_own_run_directory(compare_run):
     root, path, _ = compare_run
-    runner = compare_module.CompareRunner(cfg.load_compare_config(
-        str(path), [f"dir={root / 'out-train'}", "seeds=[3]", "train_per_seed=true"]))
-    trained = runner._variant_config("tiny-strait", runner.config.variants["tiny-strait"], 3)
-    assert trained.run.seed == 3 and trained.run.dir == str(root / "runs/strait") + "-seed3"
-    assert runner._variant_config("tiny-strait", runner.config.variants["tiny-strait"]).run.dir == str(
-        root / "runs/strait")
+    config = cfg.load_compare_config(str(path), [f"dir={root / 'out-train'}", "seeds=[3, 5]", "train_per_seed=true"])
+    configs = compare_plan.resolve_variants(config)["tiny-strait"].run_configs
+    assert {s: (c.run.seed, c.run.dir) for s, c in configs.items()} == {
+        3: (3, str(root / "runs/strait") + "-seed3"), 5: (5, str(root / "runs/strait") + "-seed5")}
+    config = cfg.load_compare_config(str(path), [f"dir={root / 'out-train'}", "seeds=[3]"])
+    assert compare_plan.resolve_variants(config)["tiny-strait"].run_configs[None].run.dir == str(root / "runs/strait")
+    # trained with seed 3 into runs/maskgit-seed3, which the run: variant then reads
+    result = compare_module.compare(str(path), [f"dir={root / 'out-train'}", "seeds=[3]", "train_per_seed=true",
+                                                "variants.tiny-strait=null", "sweeps={}"])
+    assert not result.failures and api.load(str(root / "runs/maskgit-seed3")).run.seed == 3
+    assert [(r["variant"], r["steps"]) for r in result.rows] == [("tiny-maskgit", "3"), ("tiny-maskgit-2steps", "2")]
+    assert "std over seeds [3], each a model trained with that seed" in (root / "out-train/results.md").read_text()
 
 
 def test_steps_sweeps_give_one_value_per_stage(tmp_path):
@@ -206,7 +228,5 @@ def test_a_variant_may_bring_its_own_sweeps(tmp_path):
         cfg.load_compare_config(str(path))
     path.write_text(yaml.safe_dump({"dir": str(tmp_path / "out"), "sweeps": {"steps": [[18, 6]]},
                                     "variants": {"mg": {"config": "m.yaml", "sweeps": {"steps": [5]}}}}))
-    runner = compare_module.CompareRunner(cfg.load_compare_config(str(path)))
-    config = runner._variant_config("mg", runner.config.variants["mg"])  # [18, 6] would not fit one stage
-    assert [label for _, label, _ in compare_module.sweep_points(config.sampler, runner.sweeps(
-        runner.config.variants["mg"]))] == ["-", "5"]
+    plan = compare_plan.plan_comparison(cfg.load_compare_config(str(path)))  # [18, 6] would not fit one stage
+    assert [label for _, label, _ in plan.variants["mg"].points] == ["-", "5"]

@@ -125,7 +125,7 @@ def test_two_process_compare_trains_and_scores_as_one_process(launches):
     assert rows[0] == rows[1] and [r["sweep"] for r in rows[0]] == ["default", "temperature"]
     assert two_stdout.count("open the dashboard") == 1  # only rank 0 reports
     assert two_stdout.count("prior/main: 0/2 (started)") == 1  # and shows progress
-    assert sorted(os.listdir(two / "compare/tb")) == ["tiny"]
+    assert sorted(os.listdir(two / "compare/tb")) == ["claims", "tiny"]  # the claims text run beside the variant
 
 
 def test_sample_under_torchrun_draws_on_process_0_the_images_of_one_process(launches):

@@ -45,6 +45,10 @@ def _config(args: argparse.Namespace) -> int:
 
     if args.config_command == "schema":
         print(json.dumps(cfg.json_schema(), indent=2))
+    elif cfg.is_compare_config(args.file):
+        from stratagen import api
+
+        print(api.show_compare(args.file, args.set), end="")
     else:
         print(cfg.dump_config(cfg.load_config(args.file, args.set)), end="")
     return 0
@@ -68,8 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="show a resolved config or the config JSON Schema",
                        description="Inspect configs.")
     csub = p.add_subparsers(dest="config_command", required=True, metavar="ACTION")
-    show = csub.add_parser("show", help="print the fully resolved config (extends, --set and defaults applied)")
-    show.add_argument("file", help="run config (path or fsspec URL)")
+    show = csub.add_parser("show", help="print the fully resolved config (extends, --set and defaults applied); "
+                                        "for a compare config, every variant's run config beneath it")
+    show.add_argument("file", help="run or compare config (path or fsspec URL)")
     _add_set(show)
     csub.add_parser("schema", help="print the run-config JSON Schema assembled from installed plugins")
 

@@ -53,8 +53,12 @@ def add_parsers(sub: argparse._SubParsersAction, add_set: Callable[[argparse.Arg
     p = sub.add_parser("compare", help="train/load, sample and score several variants side by side",
                        description="Run a compare config: every variant samples the same classes with the same "
                                    "seeds, is scored identically, and lands in results.csv/.md, figures/ and "
-                                   "TensorBoard. Re-running skips finished work.")
+                                   "TensorBoard. Re-running skips finished work. The whole comparison is "
+                                   "checked before any work (--check: only that).")
     p.add_argument("source", help="compare config")
+    p.add_argument("--check", action="store_true",
+                   help="check every variant's config or run, sweeps, seeds and metrics, print what would run, "
+                        "and exit without training, sampling or writing anything")
     add_set(p)
 
     p = sub.add_parser("bench", help="measure seconds, FLOPs and MFU of training steps and sampling",
@@ -170,6 +174,9 @@ def _eval(args: argparse.Namespace) -> int:
 
 @verb("compare")
 def _compare(args: argparse.Namespace) -> int:
+    if args.check:
+        print(api.check_compare(args.source, args.set).summary(args.source))
+        return 0
     result = api.compare(args.source, args.set)
     if not result.written:  # a torchrun process other than rank 0
         return 1 if result.failures else 0

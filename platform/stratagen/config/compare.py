@@ -44,12 +44,22 @@ class VariantEntry(Strict):
         return self
 
 
+def _distinct_seeds(cls: type, seeds: list[int] | None) -> list[int] | None:
+    """A repeated seed samples the same images twice: the spread shrinks and ties turn into verdicts."""
+    repeated = sorted({s for s in seeds or [] if seeds.count(s) > 1})
+    if repeated:
+        raise ValueError(f"seed {', '.join(map(str, repeated))} appears more than once; give distinct "
+                         "seeds (a repeated seed samples the same images and shrinks the spread)")
+    return seeds
+
+
 @functools.cache
 def _compare_config_model(registry: Registry) -> type[BaseModel]:
     return create_model(
         "CompareConfig",
         __base__=Strict,
-        __validators__={"check_sweeps": field_validator("sweeps")(_check_sweeps)},
+        __validators__={"check_sweeps": field_validator("sweeps")(_check_sweeps),
+                        "distinct_seeds": field_validator("seeds")(_distinct_seeds)},
         dir=(str, Field(description="compare output directory (local)")),
         device=(Literal["auto", "cpu", "cuda"], "auto"),
         variants=(dict[Annotated[str, Field(pattern=ID_PATTERN)], VariantEntry], Field(min_length=1)),
@@ -60,8 +70,14 @@ def _compare_config_model(registry: Registry) -> type[BaseModel]:
         seeds=(list[int] | None, Field(None, min_length=1, description="sample (and score) every point once per "
                                        "seed; tables show mean and std (default: [eval.seed])")),
         train_per_seed=(bool, Field(False, description="also train every variant once per seed, into "
-                                    "<run dir>-seed<s>")),
+                                    "<run dir>-seed<s> (a run: variant reads the per-seed runs of the variant "
+                                    "before it that trains its run)")),
     )
+
+
+def is_compare_config(url: str) -> bool:
+    """Whether the file at ``url`` (with what it extends) is a compare config: it has ``variants``."""
+    return "variants" in load_raw(url)
 
 
 def load_compare_config(url: str, overrides: list[str] | None = None, registry: Registry | None = None) -> BaseModel:

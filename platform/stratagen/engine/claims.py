@@ -1,12 +1,14 @@
 """The StraIT paper's claims that a compare run can test, with measured evidence and a verdict.
 
-A measurement is a mean and a spread (the standard deviation over seeds; 0 with one seed).
-Two measurements differ only when their means are further apart than the sum of their
-spreads; otherwise the comparison is a **tie**. Verdicts:
+A measurement is a mean, a spread (the standard deviation over seeds; 0 with one seed) and the
+number of seeds behind it. Two measurements differ only when their means are further apart than
+the sum of their spreads; otherwise the comparison is a **tie**. Verdicts:
 
 * ``reproduced``: the run agrees with the paper beyond the spread;
 * ``not reproduced``: the run disagrees beyond the spread;
 * ``tie``: the difference is within the spread;
+* ``indicative (1 seed): as the paper`` / ``against the paper`` / ``equal``: fewer than
+  :data:`MIN_SEEDS` seeds behind a side, so there is no spread to judge the difference by;
 * ``not tested``: the run lacks the variants or sweeps the claim needs.
 
 Claims (Qian et al. 2023): Table 1 (VQGAN2-R puts the higher perplexity on its top level,
@@ -27,12 +29,17 @@ QUALITY_METRICS = ("fid", "swd")
 #: Table 10's grouping of the mask schedules (linear is neither)
 CONCAVE = ("cosine", "square", "cubic", "exp")
 CONVEX = ("log", "sqrt")
+#: seeds needed behind both sides of a claim before it gets a verdict rather than ``indicative``
+MIN_SEEDS = 2
 
 
 @dataclass(frozen=True)
 class Measure:
+    """A mean, its standard deviation over ``seeds`` seeds."""
+
     mean: float
     std: float = 0.0
+    seeds: int = 1
 
     def __str__(self) -> str:
         return f"{self.mean:.4g} ± {self.std:.2g}" if self.std else f"{self.mean:.4g}"
@@ -53,12 +60,19 @@ class Claim:
     verdict: str
 
 
-def _verdict(outcome: str, expected: str) -> str:
+def verdict(a: Measure, b: Measure, direction: int, expected: str) -> str:
+    """The verdict on the paper's claim that ``a`` is ``expected`` (``"better"`` / ``"worse"``) than ``b``."""
+    outcome = order(a, b, direction)
+    seeds = min(a.seeds, b.seeds)
+    if seeds < MIN_SEEDS:
+        lean = "equal" if outcome == "tie" else ("as the paper" if outcome == expected else "against the paper")
+        return f"indicative ({seeds} seed{'' if seeds == 1 else 's'}): {lean}"
     return "tie" if outcome == "tie" else ("reproduced" if outcome == expected else "not reproduced")
 
 
 def measure(row: dict[str, Any], metric: str) -> Measure:
-    return Measure(float(row[metric]), float(row.get(f"{metric}_std", 0.0) or 0.0))
+    """``row[metric]`` with ``row[metric_std]`` over ``row["seeds"]`` seeds (one when absent)."""
+    return Measure(float(row[metric]), float(row.get(f"{metric}_std", 0.0) or 0.0), int(row.get("seeds", 1)))
 
 
 def _find(rows: Sequence[dict[str, Any]], sampler: str, tokenizer: str | None = None) -> dict[str, Any] | None:
@@ -77,10 +91,9 @@ def table1(tokenizers: dict[str, dict[str, dict[str, Any]]]) -> list[Claim]:
             claims.append(Claim("Table 1", text, f"no {kind} tokenizer in this run", "not tested"))
             continue
         variant, report = found[0]
-        a = Measure(report[f"ppl_{high}"], report.get(f"ppl_{high}_std", 0.0))
-        b = Measure(report[f"ppl_{low}"], report.get(f"ppl_{low}_std", 0.0))
+        a, b = measure(report, f"ppl_{high}"), measure(report, f"ppl_{low}")
         evidence = f"{variant}: perplexity {high} {a}, {low} {b}"
-        claims.append(Claim("Table 1", text, evidence, _verdict(order(a, b, -1), "better")))
+        claims.append(Claim("Table 1", text, evidence, verdict(a, b, -1, "better")))
     return claims
 
 
@@ -97,8 +110,7 @@ def table6(best: Sequence[dict[str, Any]], metric: str) -> list[Claim]:
             continue
         ma, mb = measure(a, metric), measure(b, metric)
         evidence = f"{metric}: {a['variant']} {ma} vs {b['variant']} {mb}"
-        claims.append(Claim("Table 6", f"{text} ({metric})", evidence,
-                            _verdict(order(ma, mb, DIRECTIONS[metric]), expected)))
+        claims.append(Claim("Table 6", f"{text} ({metric})", evidence, verdict(ma, mb, DIRECTIONS[metric], expected)))
     return claims
 
 
@@ -124,7 +136,7 @@ def table7(rows: Sequence[dict[str, Any]], metric: str) -> list[Claim]:
     low, high = allocations[0][1], allocations[-1][1]
     ma, mb = measure(high, metric), measure(low, metric)
     evidence = f"{high['variant']}: steps {high['steps']} {ma} vs {low['steps']} {mb}"
-    return [Claim("Table 7", text, evidence, _verdict(order(ma, mb, DIRECTIONS[metric]), "better"))]
+    return [Claim("Table 7", text, evidence, verdict(ma, mb, DIRECTIONS[metric], "better"))]
 
 
 def table10(rows: Sequence[dict[str, Any]], metric: str, default_schedule: str = "cosine") -> list[Claim]:
@@ -144,11 +156,16 @@ def table10(rows: Sequence[dict[str, Any]], metric: str, default_schedule: str =
     convex = [schedules[s] for s in CONVEX if s in schedules]
     if not concave or not convex:
         return [Claim("Table 10", text, "no schedule sweep over both concave and convex schedules", "not tested")]
-    a = Measure(sum(m.mean for m in concave) / len(concave), sum(m.std for m in concave) / len(concave))
-    b = Measure(sum(m.mean for m in convex) / len(convex), sum(m.std for m in convex) / len(convex))
+    a, b = _average(concave), _average(convex)
     listed = ", ".join(f"{s} {schedules[s]}" for s in (*CONCAVE, *CONVEX) if s in schedules)
     evidence = f"{variant}: concave mean {a} vs convex mean {b} ({listed})"
-    return [Claim("Table 10", text, evidence, _verdict(order(a, b, DIRECTIONS[metric]), "better"))]
+    return [Claim("Table 10", text, evidence, verdict(a, b, DIRECTIONS[metric], "better"))]
+
+
+def _average(measures: Sequence[Measure]) -> Measure:
+    """Mean of the means and of the spreads, over the fewest seeds among them."""
+    return Measure(sum(m.mean for m in measures) / len(measures), sum(m.std for m in measures) / len(measures),
+                   min(m.seeds for m in measures))
 
 
 def check_claims(rows: Sequence[dict[str, Any]], best: Sequence[dict[str, Any]],
@@ -165,10 +182,31 @@ def check_claims(rows: Sequence[dict[str, Any]], best: Sequence[dict[str, Any]],
             + [c for m in metrics for c in table7(rows, m)] + [c for m in metrics for c in table10(rows, m)])
 
 
-def claims_markdown(claims: Sequence[Claim]) -> str:
+def claims_markdown(claims: Sequence[Claim], spread: str) -> str:
+    """The claims section of results.md; ``spread`` says which seeds the spread covers (:func:`spread_text`)."""
     out = ["## The paper's claims, checked by this run", "",
-           "A difference counts only when the means are further apart than the sum of their spreads "
-           "(std over seeds); otherwise it is a tie.", "",
+           f"{spread} A difference counts only when the means are further apart than the sum of their spreads; "
+           f"otherwise it is a tie. With fewer than {MIN_SEEDS} seeds behind a side there is no spread, and the "
+           "verdict is only indicative.", "",
            "| table | claim | measured | verdict |", "|---|---|---|---|"]
     out += [f"| {c.table} | {c.claim} | {c.evidence} | {c.verdict} |" for c in claims]
     return "\n".join(out) + "\n"
+
+
+def spread_text(sampling_seeds: Sequence[int], training_seeds: dict[str, Sequence[int]],
+                per_seed_training: bool) -> str:
+    """Which seeds a compare run's spread covers: sampling seeds, and the training seeds of its models.
+
+    Args:
+        sampling_seeds: the seeds every sweep point was sampled and scored with.
+        training_seeds: per variant, the ``run.seed`` of each model trained for it.
+        per_seed_training: whether every variant was trained once per seed (``train_per_seed``).
+    """
+    if per_seed_training:
+        return (f"The spread is the std over seeds {list(sampling_seeds)}, each a model trained with that seed "
+                "and sampled with it: it covers training and sampling noise.")
+    used = sorted({s for seeds in training_seeds.values() for s in seeds})
+    trained = (f"training seed {used[0]}" if len(used) == 1 else "training seeds " + ", ".join(
+        f"{v} {s[0]}" for v, s in training_seeds.items()))
+    return (f"The spread is the std over sampling seeds {list(sampling_seeds)} of one trained model per variant "
+            f"({trained}): it covers sampling noise, not training noise (`train_per_seed: true` adds it).")

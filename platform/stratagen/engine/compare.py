@@ -15,7 +15,8 @@ run can test, each with its evidence and verdict (see :mod:`.claims`).
 Output, under the compare directory::
 
     results.csv, results.md      one row per variant and sweep point, mean and std over seeds (Table 6
-                                 shape), then the claims section
+                                 shape), then the claims section (which seeds the spread covers, verdicts)
+    claims.csv                   the paper's claims: table, claim, evidence, verdict
     results_per_seed.csv         one row per variant, sweep point and seed
     tokenizers.md                reconstruction PSNR, rFID, perplexity and usage (Table 1 shape)
     figures/side_by_side.png     rows = variants, columns = classes (same seeds)
@@ -24,9 +25,11 @@ Output, under the compare directory::
     tb/<variant>/                TensorBoard: metrics, sweeps, sample grid, hyper-parameters,
                                  tokenizer numbers (``tokenizer/<id>/...``) and level swaps;
                                  a custom-scalars layout overlays the variants per metric
+    tb/claims/                   TensorBoard text: the claims section
     cache/<variant>/seed<s>/     finished sweep points (re-running skips them); metric caches in cache/
 
-Re-running skips finished work; a variant that fails is reported and the others finish.
+The whole comparison is checked before any work (:mod:`.compare_plan`, ``stratagen compare --check``).
+Re-running skips finished work; a variant that fails while running is reported and the others finish.
 
 Under torchrun every process trains the variants together (DDP, as ``stratagen train``), and each
 sweep point's samples are split over the processes by batch and gathered on rank 0
@@ -40,7 +43,7 @@ import io
 import logging
 import os
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -50,10 +53,12 @@ from stratagen import config as cfg
 from stratagen.eval import from_uint8
 from stratagen.io import checkpoint
 from stratagen.io.run import Run
-from stratagen.registry import ConfigError, Registry, SamplerConfig, StratagenError, get_registry
+from stratagen.registry import Registry, StratagenError, get_registry
 
 from . import evaluate, figures
-from .build import build_metrics
+from .claims import Claim, check_claims, claims_markdown, spread_text
+from .compare_plan import (ComparePlan, VariantPlan, plan_comparison, resolve_variants, sampling_seeds, sweep_points,
+                           variant_configs, variant_sweeps)
 from .distributed import Processes, setup_processes
 from .gather import on_main
 from .pipeline import Pipeline, load_config, train
@@ -74,27 +79,11 @@ class CompareResult:
     #: per variant, {tokenizer id: PNG of its level swaps} (two-level tokenizers)
     swap_figures: dict[str, dict[str, str]] = field(default_factory=dict)
     class_names: list[str] = field(default_factory=list)
+    #: which seeds the spread covers (sampling, and training), as the results say it (:func:`.claims.spread_text`)
+    spread: str = ""
+    claims: list[Claim] = field(default_factory=list)
     #: whether this process wrote the outputs (rank 0 under torchrun; the other ranks hold no grids)
     written: bool = True
-
-
-# ----------------------------------------------------------------------------- sweeps
-def sweep_points(sampler: BaseModel, sweeps: dict[str, list[Any]]) -> list[tuple[str, str, BaseModel]]:
-    """``(sweep, value label, sampler config)``: the default point, then one setting at a time.
-
-    Sweeps are stage settings (:class:`stratagen.registry.StageSettings`) the sampler declares
-    sweepable; a value applies to every stage, a list gives one value per stage (``steps:
-    [[18, 6]]``). ConfigError if the sampler cannot take a value.
-    """
-    points = [("default", "-", sampler)]
-    for setting, values in sweeps.items():
-        if not isinstance(sampler, SamplerConfig):
-            raise ConfigError(f"sweeps: sampler {sampler.name!r} has no stage settings to sweep")
-        for value in values:
-            label = "+".join(map(str, value)) if isinstance(value, list) else f"{value:g}" if isinstance(
-                value, float) else str(value)
-            points.append((setting, label, sampler.with_setting(setting, value)))
-    return points
 
 
 # ----------------------------------------------------------------------------- runner
@@ -110,24 +99,21 @@ class CompareRunner:
     def path(self, *parts: str) -> str:
         return os.path.join(self.dir, *parts)
 
-    def sweeps(self, variant: Any) -> dict[str, list[Any]]:
-        """The variant's own sweeps if it has any, else the compare config's."""
-        return self.config.sweeps if variant.sweeps is None else variant.sweeps
-
     @property
     def seeds(self) -> list[int]:
-        return list(self.config.seeds or [self.config.eval.seed])
+        return sampling_seeds(self.config)
 
     def run(self) -> CompareResult:
         from .aggregate import aggregate
 
-        run_configs = self._check_variants()
-        metrics = build_metrics(self.config.eval, self.registry)
+        plan = plan_comparison(self.config, self.registry)  # every check before any work
         self.procs = setup_processes(self.config.device)  # after the checks: a config error stops no group
         result = CompareResult(self.dir, written=self.procs.is_main)
-        for name, variant in self.config.variants.items():
+        training = {name: sorted({c.run.seed for c in v.run_configs.values()}) for name, v in plan.variants.items()}
+        result.spread = spread_text(self.seeds, training, self.config.train_per_seed)
+        for name, variant in plan.variants.items():
             try:
-                self._run_variant(name, variant, run_configs[name], metrics, result)
+                self._run_variant(variant, plan.metrics, result)
             except Exception as exc:  # a crashed variant is reported; the others still run
                 message = str(exc) if isinstance(exc, StratagenError) else f"{type(exc).__name__}: {exc}"
                 result.failures[name] = message
@@ -135,54 +121,24 @@ class CompareRunner:
                     log.error("variant %s failed: %s", name, message)
                     log.debug("%s", traceback.format_exc())
         result.rows = aggregate(result.seed_rows)
+        result.claims = check_claims(result.rows, best_rows(result.rows), result.tokenizers)
         if self.procs.is_main:
             self._write_outputs(result)
         return result
 
-    def _check_variants(self) -> dict[str, BaseModel | None]:
-        """Every variant's run config with its sampler and every sweep point checked, before any
-        work starts (ConfigError naming the variant). A ``run:`` variant whose run an earlier
-        variant trains (None here) is checked when it is reached."""
-        configs: dict[str, BaseModel | None] = {}
-        for name, variant in self.config.variants.items():
-            if variant.run is not None and not Run(variant.run).exists():
-                configs[name] = None
-                continue
-            configs[name] = self._variant_config(name, variant)
-        return configs
-
-    def _variant_config(self, name: str, variant: Any, seed: int | None = None) -> BaseModel:
-        """The variant's run config, its sampler and sweeps checked; with ``seed``, its per-seed twin
-        (``run.seed``, ``<run dir>-seed<s>``)."""
-        source = variant.config or variant.run
-        if seed is not None and variant.run is not None:
-            source = f"{variant.run.rstrip('/')}-seed{seed}"
-        try:
-            run_config = load_config(source, variant.set, self.registry)
-            if run_config.sampler is None:
-                raise ConfigError("its run config names no sampler")
-            sweep_points(run_config.sampler, self.sweeps(variant))
-        except StratagenError as exc:
-            raise ConfigError(f"variant {name}: {exc}") from None
-        update = {} if self.config.device == "auto" else {"device": self.config.device}
-        if seed is not None and variant.config is not None:
-            update |= {"seed": seed, "dir": f"{run_config.run.dir.rstrip('/')}-seed{seed}"}
-        if update:
-            run_config = run_config.model_copy(update={"run": run_config.run.model_copy(update=update)})
-        return run_config
-
-    def _run_variant(self, name: str, variant: Any, run_config: BaseModel | None, metrics: list,
-                     result: CompareResult) -> None:
+    def _run_variant(self, plan: VariantPlan, metrics: list, result: CompareResult) -> None:
+        name, variant = plan.name, self.config.variants[plan.name]
         per_seed_training = self.config.train_per_seed
         reports = []
         for seed in self.seeds:
             if per_seed_training or not reports:  # one trained model, or one per seed
-                if per_seed_training:
-                    run_config = self._variant_config(name, variant, seed)
-                run_config = run_config or self._variant_config(name, variant)
+                run_config = plan.run_configs[seed if per_seed_training else None]
                 if variant.config is not None:
                     pipe = train(run_config, resume=True, registry=self.registry)
                 else:
+                    if plan.trained_by is not None:  # an earlier variant trained it: read what it saved
+                        run_config = variant_configs(self.config, name, variant, self.registry,
+                                                     source=(run_config.run.dir, variant.set))[None]
                     pipe = Pipeline.from_config(run_config, registry=self.registry)
                 reference = evaluate.reference_set(pipe.built, self.path("cache", "reference"))
                 result.class_names = list(getattr(reference.dataset, "class_names", []))
@@ -194,7 +150,7 @@ class CompareRunner:
                                                                             variant=name)
             self._sample_seed(name, seed, pipe, run_config, reference, metrics, result)
         kinds = {tid: _tokenizer_kind(run_config, tid) for tid in reports[0]}
-        result.tokenizers[name] = {tid: {"kind": kinds[tid], **values}
+        result.tokenizers[name] = {tid: {"kind": kinds[tid], "seeds": len(reports), **values}
                                    for tid, values in _mean_reports(reports).items()}
         if self.procs.is_main:
             first = self.path("cache", name, f"seed{self.seeds[0]}", "grid.safetensors")
@@ -204,7 +160,7 @@ class CompareRunner:
                      result: CompareResult) -> None:
         """Every sweep point of one variant, sampled and scored with ``seed`` (cached per seed)."""
         labels = evaluate.sample_labels(pipe.model.num_classes, self.config.eval)
-        sweeps = self.sweeps(self.config.variants[name])
+        sweeps = variant_sweeps(self.config, self.config.variants[name])
         for sweep, value, sampler_config in sweep_points(run_config.sampler, sweeps):
             sampler = pipe.sampler(sampler_config)
 
@@ -254,6 +210,10 @@ class CompareRunner:
                 writer = csv.DictWriter(f, _columns(rows))
                 writer.writeheader()
                 writer.writerows(rows)
+        with open(self.path("claims.csv"), "w", newline="") as f:
+            writer = csv.DictWriter(f, ["table", "claim", "evidence", "verdict"])
+            writer.writeheader()
+            writer.writerows(asdict(c) for c in result.claims)
         with open(self.path("results.md"), "w") as f:
             f.write(results_markdown(result))
         with open(self.path("tokenizers.md"), "w") as f:
@@ -306,6 +266,8 @@ class CompareRunner:
                     writer.file_writer.add_summary(summary)
                 for metric in metrics:
                     writer.add_scalar(f"hparam/{metric}", default[metric], 0)
+        with SummaryWriter(self.path("tb", "claims")) as writer:  # the Text tab, beside the variants
+            writer.add_text("claims", claims_markdown(result.claims, result.spread), 0)
 
 
 def _columns(rows: list[dict[str, Any]]) -> list[str]:
@@ -345,12 +307,9 @@ def _table(rows: list[dict[str, Any]], head: list[str]) -> str:
 
 def results_markdown(result: CompareResult) -> str:
     """The Table 6-shaped summary (best FID over the temperature sweep), every sweep point, the claims."""
-    from .claims import check_claims, claims_markdown
-
     best = best_rows(result.rows)
-    seeds = sorted({r["seed"] for r in result.seed_rows})
-    text = (f"## Results (best FID over the temperature sweep; mean ± std over seeds {seeds})\n\n"
-            "(best) marks the best value of a column, (tie) a value within the spread of it "
+    text = ("## Results (best FID over the temperature sweep; mean ± std over seeds)\n\n"
+            f"{result.spread} (best) marks the best value of a column, (tie) a value within the spread of it "
             "(|difference| <= sum of the two stds).\n\n")
     text += _table(best, ["variant", "tokens", "steps", "order", "params", "sec_per_image", "temperature", "seeds"])
     text += "\n## Every sweep point\n\n"
@@ -359,7 +318,7 @@ def results_markdown(result: CompareResult) -> str:
                                                ["variant", "value", "tokens", "steps", "order", "seeds"]) + "\n"
     if result.failures:
         text += "## Failed variants\n\n" + "".join(f"- {k}: {v}\n" for k, v in result.failures.items()) + "\n"
-    return text + claims_markdown(check_claims(result.rows, best, result.tokenizers))
+    return text + claims_markdown(result.claims, result.spread)
 
 
 def tokenizers_markdown(reports: dict[str, dict[str, dict[str, Any]]]) -> str:
@@ -390,3 +349,21 @@ def _mean_reports(reports: list[dict[str, dict[str, float]]]) -> dict[str, dict[
 def compare(source: str, overrides: list[str] | None = None, registry: Registry | None = None) -> CompareResult:
     """Load a compare config and run it."""
     return CompareRunner(cfg.load_compare_config(source, overrides, registry), registry).run()
+
+
+def check_compare(source: str, overrides: list[str] | None = None, registry: Registry | None = None) -> ComparePlan:
+    """Load a compare config and check the whole comparison (:func:`.compare_plan.plan_comparison`);
+    nothing is trained, sampled or written."""
+    return plan_comparison(cfg.load_compare_config(source, overrides, registry), registry)
+
+
+def show_compare(source: str, overrides: list[str] | None = None, registry: Registry | None = None) -> str:
+    """The resolved compare config, then every variant's resolved run config beneath it (YAML documents)."""
+    config = cfg.load_compare_config(source, overrides, registry)
+    documents = [f"# compare config {source}, resolved\n{cfg.dump_config(config)}"]
+    for plan in resolve_variants(config, registry).values():
+        for seed, run_config in plan.run_configs.items():
+            how = (f" (trained by variant {plan.trained_by})" if plan.trained_by else "") + (
+                f", training seed {seed}" if seed is not None else "")
+            documents.append(f"# variant {plan.name}: {plan.source}{how}, resolved\n{cfg.dump_config(run_config)}")
+    return "---\n".join(documents)
