@@ -25,7 +25,7 @@ def load_torch_file(url: str, allowed: Sequence[type] = ()) -> Any:
     containers and ``allowed``, or that is not a PyTorch file.
     """
     data = checkpoint.read_bytes(url)
-    accepted = ", ".join(t.__qualname__ for t in allowed)
+    accepted = ", ".join(f"{t.__module__}.{t.__qualname__}" for t in allowed)
     try:
         with torch.serialization.safe_globals(list(allowed)):
             return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
