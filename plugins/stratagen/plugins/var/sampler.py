@@ -86,7 +86,7 @@ class NextScaleSampler(Sampler):
                 f"({'KV cache' if self.use_cache else 'no cache: every prefix recomputed'}): {scales}, "
                 f"{sum(prior.lengths)} tokens; {'text' if prior.text is not None else 'class'}-conditioned; "
                 f"temperature {s.temperature:g}, top-k {s.top_k or 'off'}, top-p {s.top_p if s.top_p < 1 else 'off'}, "
-                f"guidance {guidance}")
+                f"guidance {guidance}" + ("; more_smooth (codes blended)" if self.more_smooth else ""))
 
     def check_captions(self, model: GenerativeModel) -> None:
         """Refuse a class-conditioned next-scale prior (captions need STAR's text conditioning)."""
