@@ -32,13 +32,11 @@ def llamagen_state(loaded: Any, source: str) -> tuple[dict[str, Any], dict[str, 
         raise StratagenError(f"{source}: not a LlamaGen VQ checkpoint (no model weights with quantize.embedding)")
     args = loaded.get("args") if isinstance(loaded.get("args"), argparse.Namespace) else argparse.Namespace()
     try:
-        sizes = autoencoder_sizes(state, "llamagen")
+        sizes, weights = autoencoder_sizes(state, "llamagen"), autoencoder_state(state, "llamagen")
     except StratagenError as exc:
         raise StratagenError(f"{source}: {exc}") from None
-    codebook_size, embedding_dim = state["quantize.embedding.weight"].shape
-    fields = {"name": "llamagen-vq", **sizes, "codebook_size": codebook_size,
+    fields = {"name": "llamagen-vq", **sizes, "codebook_size": state["quantize.embedding.weight"].shape[0],
               "l2_normalized_codes": bool(getattr(args, "codebook_l2_norm", True))}
-    weights = autoencoder_state(state, "llamagen")
     weights["quantizer.codebook.weight"] = state["quantize.embedding.weight"]
     return fields, weights
 

@@ -48,22 +48,22 @@ def _state_dict(url: str) -> dict[str, torch.Tensor]:
 def vqvae_state(state: dict[str, torch.Tensor], source: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """(the ``var-vqvae`` fields except scales, its state dict) of VAR's VQVAE state dict."""
     try:
-        sizes = autoencoder_sizes(state, "taming")
+        sizes, weights = autoencoder_sizes(state, "taming"), autoencoder_state(state, "taming")
         codebook = state["quantize.embedding.weight"]
     except (StratagenError, KeyError) as exc:
         raise StratagenError(f"{source}: not VAR's VQVAE ({exc})") from None
-    weights = autoencoder_state(state, "taming")
     weights["quantizer.codebook.weight"] = codebook
-    phis = {}
+    phis = 0
     for key, value in state.items():
         # partially shared (qresi_ls.i), one per scale (quant_resi.i) or fully shared (qresi)
         found = re.fullmatch(r"quantize\.quant_resi\.(?:qresi_ls\.(\d+)|(\d+)|qresi)\.(weight|bias)", key)
         if found:
-            phis[int(found.group(1) or found.group(2) or 0)] = True
-            weights[f"phis.{found.group(1) or found.group(2) or 0}.conv.{found.group(3)}"] = value
+            index = found.group(1) or found.group(2) or "0"
+            weights[f"phis.{index}.conv.{found.group(3)}"] = value
+            phis = max(phis, int(index) + 1)
     if not phis:
         raise StratagenError(f"{source}: VAR's VQVAE without phi convolutions (quant_resi 0) is not supported")
-    shared = 0 if any(re.fullmatch(r"quantize\.quant_resi\.\d+\.weight", k) for k in state) else len(phis)
+    shared = 0 if any(re.fullmatch(r"quantize\.quant_resi\.\d+\.weight", k) for k in state) else phis
     return {"name": "var-vqvae", **sizes, "codebook_size": codebook.shape[0], "shared_phis": shared}, weights
 
 

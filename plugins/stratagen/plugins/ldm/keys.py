@@ -81,7 +81,11 @@ def autoencoder_state(state: dict[str, torch.Tensor], layout: Layout) -> dict[st
     levels = len(channel_mult(state, layout))
     network = {_rename(k, layout, levels): v for k, v in state.items()
                if k.split(".")[0] in ("encoder", "decoder", "quant_conv", "post_quant_conv")}
-    return _attention(network)
+    try:
+        return _attention(network)
+    except KeyError as exc:
+        raise StratagenError(f"not an LDM-style autoencoder state dict (an attention block without {exc.args[0]})"
+                             ) from None
 
 
 def channel_mult(state: dict[str, torch.Tensor], layout: Layout) -> list[int]:

@@ -7,14 +7,13 @@ allowlisted for this one call, and anything else (a class, a function, a payload
 """
 from __future__ import annotations
 
-import io
 import pickle
 import re
 from typing import Any, Sequence
 
+import fsspec
 import torch
 
-from stratagen.io import checkpoint
 from stratagen.registry import StratagenError
 
 
@@ -24,11 +23,13 @@ def load_torch_file(url: str, allowed: Sequence[type] = ()) -> Any:
     Raises StratagenError (one line) for a file that holds any global beyond tensors, plain
     containers and ``allowed``, or that is not a PyTorch file.
     """
-    data = checkpoint.read_bytes(url)
     accepted = ", ".join(f"{t.__module__}.{t.__qualname__}" for t in allowed)
     try:
-        with torch.serialization.safe_globals(list(allowed)):
-            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        # streamed from the (seekable) file: a multi-GB checkpoint is not held twice in memory
+        with fsspec.open(url, "rb") as file, torch.serialization.safe_globals(list(allowed)):
+            return torch.load(file, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise StratagenError(f"{url}: file not found") from None
     except pickle.UnpicklingError as exc:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
         if found is None:
@@ -41,4 +42,9 @@ def load_torch_file(url: str, allowed: Sequence[type] = ()) -> Any:
 
 
 def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    """The reason in torch's message (its advice to load with ``weights_only=False`` left out)."""
+    text = str(exc).strip()
+    reason = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    if reason:
+        return reason.group(1).strip()
+    return type(exc).__name__ if not text or text.startswith("Weights only load failed") else text.splitlines()[0]

@@ -276,7 +276,8 @@ class NextScaleTransformer(Prior):
         return self._head(h, state.cond)
 
     def advance(self, state: ScaleState, tokens: torch.Tensor) -> None:
-        """Record scale k's tokens ``[B, h_k, w_k]``: add them to f_hat and embed the next scale's input."""
+        """Record scale k's tokens ``[B, h_k, w_k]`` (or weights over the codebook ``[B, h_k, w_k, V]``,
+        VAR's ``more_smooth``): add them to f_hat and embed the next scale's input."""
         k = state.scale
         state.scale += 1
         if state.scale < len(self.scales):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from stratagen.registry import (UNKNOWN, GenerativeModel, IncompatibleComponentsError, Sampler, SampleOutput, Stage,
                                 StageSettings, split_stream_key, stream_key)
@@ -131,7 +132,7 @@ class NextScaleSampler(Sampler):
             if self.more_smooth:
                 added = smooth_codes(logits, k / max(K - 1, 1), generator, settings).view(*tokens.shape, -1)
                 if known is not None:  # known tokens keep their own code
-                    hard = torch.nn.functional.one_hot(known.clamp_min(0), added.shape[-1]).to(added.dtype)
+                    hard = F.one_hot(known.clamp_min(0), added.shape[-1]).to(added.dtype)
                     added = torch.where((known == UNKNOWN)[..., None], added, hard)
             decoded[spec.name] = added
             prior.advance(state, torch.cat([added, added]) if guided else added)
