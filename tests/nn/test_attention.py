@@ -145,3 +145,25 @@ def test_block_without_cross_attention_rejects_context():
         block.project_context(torch.randn(1, 3, 16))
     with pytest.raises(ValueError, match="cross-attention"):
         block(torch.randn(1, 2, 16), context=torch.randn(1, 3, 16))
+
+
+def test_qk_norm_attention_is_cosine_attention_with_a_capped_learned_scale_per_head():
+    """VAR's attn_l2_norm: softmax(min(exp(s_h), 100) * q_hat . k_hat) v, no 1/sqrt(d), no key bias."""
+    torch.manual_seed(0)
+    attn = Attention(dim=16, num_heads=2, qk_norm=True, key_bias=False)
+    assert attn.kv.bias is None and attn.v_bias.shape == (16,)
+    with torch.no_grad():
+        attn.v_bias.normal_()
+        attn.log_scale.copy_(torch.tensor([math.log(3.0), math.log(500.0)]).view(1, 2, 1, 1))
+    x = torch.randn(2, 5, 16)
+    B, N, H, d = 2, 5, 2, 8
+    q = (x @ attn.q.weight.T + attn.q.bias).view(B, N, H, d).transpose(1, 2)
+    k, v = (x @ attn.kv.weight.T).chunk(2, dim=-1)
+    k, v = k.view(B, N, H, d).transpose(1, 2), (v + attn.v_bias).view(B, N, H, d).transpose(1, 2)
+    cosine = torch.nn.functional.normalize(q, dim=-1) @ torch.nn.functional.normalize(k, dim=-1).transpose(-1, -2)
+    scale = torch.tensor([3.0, 100.0]).view(1, 2, 1, 1)  # the second head's 500 is capped at 100
+    out = (torch.softmax(scale * cosine, dim=-1) @ v).transpose(1, 2).reshape(B, N, 16)
+    torch.testing.assert_close(attn(x), out @ attn.proj.weight.T + attn.proj.bias)
+    # parameters: no key bias, one scale per head
+    plain = Attention(dim=16, num_heads=2)
+    assert sum(p.numel() for p in attn.parameters()) == sum(p.numel() for p in plain.parameters()) - 16 + 2

@@ -83,7 +83,7 @@ def test_cli_converts_and_samples_the_converted_run(tmp_path, capsys):
 
 def test_convert_errors_are_one_line(tmp_path, capsys):
     assert main(["convert", "maskgit-offical", str(tmp_path / "run")]) == 2
-    assert "unknown converter 'maskgit-offical'; installed: maskgit-official" in capsys.readouterr().err
+    assert "unknown converter 'maskgit-offical'; installed: llamagen-vq, maskgit-official, var-official" in capsys.readouterr().err
     garbage = tmp_path / "garbage.msgpack"
     garbage.write_bytes(b"\x00not msgpack")
     assert main(["convert", "maskgit-official", "--tokenizer", str(garbage), "--transformer", str(garbage),

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from stratagen.data.transforms import resize_center_crop, resize_images, to_tensor
@@ -60,14 +61,13 @@ class EditResult:
 def project_mask(pixel_mask: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Pixel mask ``[B, H, W]`` bool -> token mask ``[B, height, width]`` bool.
 
-    A token is regenerated iff any pixel of its cell is masked: a max-pool over cells of
-    ``H / height`` x ``W / width`` pixels, so no masked pixel is left to a kept token.
+    A token is regenerated iff any pixel of its cell is masked, so no masked pixel is left to a
+    kept token: a max-pool over cells of ``H / height`` x ``W / width`` pixels. Where the grid does
+    not divide the image (VAR's scales 3, 5, 6, 10, 13 at 256 px), cell ``i`` spans pixels
+    ``floor(i H / height)`` to ``ceil((i + 1) H / height)`` (adaptive pooling), so neighbouring
+    cells share their border pixels.
     """
-    B, H, W = pixel_mask.shape
-    if H % height or W % width:
-        raise StratagenError(f"a {H}x{W} mask does not split into {height}x{width} token cells")
-    cells = pixel_mask.view(B, height, H // height, width, W // width)
-    return cells.any(dim=4).any(dim=2)
+    return F.adaptive_max_pool2d(pixel_mask.float()[:, None], (height, width))[:, 0] > 0
 
 
 def box_mask(batch: int, height: int, width: int, top: int, left: int, box_h: int, box_w: int,

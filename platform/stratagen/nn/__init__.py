@@ -1,7 +1,7 @@
 """Shared neural-network building blocks."""
 
 from stratagen.nn.attention import Attention, KVCache, get_attention_backend, set_attention_backend
-from stratagen.nn.conv import Blur, BlurDownsample, BlurUpsample, ResBlock, ResStage, group_norm
+from stratagen.nn.conv import Blur, BlurDownsample, BlurUpsample, NearestUpsample, ResBlock, ResStage, group_norm
 from stratagen.nn.discriminator import (
     DiscriminatorBlock,
     StyleGANDiscriminator,
@@ -10,6 +10,7 @@ from stratagen.nn.discriminator import (
     generator_adversarial_loss,
     r1_penalty,
 )
+from stratagen.nn.ldm import LDMDecoder, LDMEncoder, SpatialSelfAttention
 from stratagen.nn.perceptual import PerceptualLoss, lpips_vgg_heads
 from stratagen.nn.rope import NormalizedRope2D, grid_positions
 from stratagen.nn.quantize import QuantizerOutput, VectorQuantizer, codebook_stats, entropy_loss
@@ -23,12 +24,16 @@ __all__ = [
     "BlurUpsample",
     "DiscriminatorBlock",
     "KVCache",
+    "LDMDecoder",
+    "LDMEncoder",
+    "NearestUpsample",
     "NormalizedRope2D",
     "PerceptualLoss",
     "PostNormBlock",
     "QuantizerOutput",
     "ResBlock",
     "ResStage",
+    "SpatialSelfAttention",
     "StyleGANDiscriminator",
     "TransformerBlock",
     "VectorQuantizer",

@@ -12,6 +12,7 @@ kernels, so with the "xformers" backend CPU tensors still go through SDPA.
 """
 
 import importlib
+import math
 from types import ModuleType
 from typing import Callable
 
@@ -22,6 +23,8 @@ from torch import Tensor, nn
 _BACKENDS = ("sdpa", "xformers")
 _backend = "sdpa"
 _xformers_ops: ModuleType | None = None
+#: VAR's cap on the learned per-head logit scale of ``qk_norm`` attention: scale <= 100
+_LOG_MAX_SCALE = math.log(100.0)
 
 
 def set_attention_backend(name: str) -> None:
@@ -48,18 +51,19 @@ def get_attention_backend() -> str:
     return _backend
 
 
-def _attend(q: Tensor, k: Tensor, v: Tensor, dropout_p: float, mask: Tensor | None = None) -> Tensor:
-    """softmax(q k^T / sqrt(d)) v. q: [B,H,N,D], k/v: [B,H,M,D] -> [B,H,N,D].
+def _attend(q: Tensor, k: Tensor, v: Tensor, dropout_p: float, mask: Tensor | None = None,
+            scale: float | None = None) -> Tensor:
+    """softmax(scale q k^T) v, scale 1/sqrt(d) unless given. q: [B,H,N,D], k/v: [B,H,M,D] -> [B,H,N,D].
 
     ``mask`` [N,M] bool (True: may attend) goes to SDPA; masked calls never use xformers.
     """
     if _backend == "xformers" and q.is_cuda and mask is None:
         # xformers expects [B, seq, heads, head_dim].
         out = _xformers_ops.memory_efficient_attention(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), p=dropout_p
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), p=dropout_p, scale=scale
         )
         return out.transpose(1, 2)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
 
 
 class KVCache:
@@ -93,6 +97,15 @@ class Attention(nn.Module):
     ``x`` [B,N,dim] and keys/values from a context [B,M,context_dim]. Keys and
     values have their own projection so that, for a fixed context, they can be
     computed once with :meth:`project_kv` and reused across forward calls.
+
+    Two options of VAR's attention (its ``SelfAttention`` with ``attn_l2_norm``):
+
+    - ``qk_norm``: queries and keys are L2-normalised per head and the logits are
+      ``exp(min(s_h, log 100)) * q_hat . k_hat`` with a learned per-head log-scale ``s_h``
+      (``log_scale`` [1,heads,1,1], initialised to log 4), instead of ``q . k / sqrt(d)``:
+      cosine attention whose temperature each head learns, capped at 100.
+    - ``key_bias=False``: with ``qkv_bias``, queries and values have biases but keys do not
+      (a key bias only shifts every logit of a query by the same amount).
     """
 
     def __init__(
@@ -103,6 +116,8 @@ class Attention(nn.Module):
         qkv_bias: bool = True,
         attn_dropout: float = 0.0,
         proj_dropout: float = 0.0,
+        qk_norm: bool = False,
+        key_bias: bool = True,
     ) -> None:
         super().__init__()
         if dim % num_heads != 0:
@@ -112,15 +127,20 @@ class Attention(nn.Module):
         self.is_cross = context_dim is not None
         self.attn_dropout = attn_dropout
         self.q = nn.Linear(dim, dim, bias=qkv_bias)
-        self.kv = nn.Linear(dim if context_dim is None else context_dim, 2 * dim, bias=qkv_bias)
+        self.kv = nn.Linear(dim if context_dim is None else context_dim, 2 * dim, bias=qkv_bias and key_bias)
+        self.v_bias = nn.Parameter(torch.zeros(dim)) if qkv_bias and not key_bias else None
+        self.log_scale = nn.Parameter(torch.full((1, num_heads, 1, 1), math.log(4.0))) if qk_norm else None
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_dropout)
 
     def project_kv(self, context: Tensor) -> tuple[Tensor, Tensor]:
-        """Keys and values of ``context`` [B,M,C], each [B,heads,M,head_dim]."""
+        """Keys and values of ``context`` [B,M,C], each [B,heads,M,head_dim] (keys unit-norm with ``qk_norm``)."""
         B, M, _ = context.shape
-        kv = self.kv(context).view(B, M, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        return kv[0], kv[1]
+        kv = self.kv(context)
+        if self.v_bias is not None:
+            kv = kv + torch.cat([torch.zeros_like(self.v_bias), self.v_bias])
+        k, v = kv.view(B, M, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        return (k if self.log_scale is None else F.normalize(k, dim=-1)), v
 
     def forward(
         self,
@@ -151,8 +171,11 @@ class Attention(nn.Module):
         k, v = kv if kv is not None else self.project_kv(x if context is None else context)
         if rotary is not None:
             q, k = rotary(q), rotary(k)
+        scale = None
+        if self.log_scale is not None:  # keys are normalised in project_kv
+            q, scale = F.normalize(q, dim=-1) * self.log_scale.clamp_max(_LOG_MAX_SCALE).exp(), 1.0
         if cache is not None:
             k, v = cache.extend(k, v)
-        out = _attend(q, k, v, self.attn_dropout if self.training else 0.0, mask)
+        out = _attend(q, k, v, self.attn_dropout if self.training else 0.0, mask, scale)
         out = out.transpose(1, 2).reshape(B, N, C)
         return self.proj_drop(self.proj(out))

@@ -1,5 +1,5 @@
 """Convolutional pieces of the VQGAN (StraIT Table 11): GroupNorm + Swish
-residual blocks and anti-aliased (blurred) 2x resampling."""
+residual blocks and anti-aliased (blurred) or nearest 2x resampling."""
 
 import math
 
@@ -67,6 +67,18 @@ class BlurUpsample(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conv(self.blur(x))
+
+
+class NearestUpsample(nn.Module):
+    """Nearest-neighbour 2x upsampling then conv3x3; [B,C,H,W] -> [B,C,2H,2W] (official MaskGIT's and
+    taming's decoders)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
 
 
 class ResBlock(nn.Module):

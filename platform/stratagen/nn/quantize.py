@@ -157,8 +157,13 @@ class VectorQuantizer(nn.Module):
         return QuantizerOutput(z_q, indices.view(B, H, W), loss, perplexity, usage)
 
     def lookup(self, indices: Tensor) -> Tensor:
-        """Codebook vectors of ``indices`` [B,H,W] -> [B,dim,H,W] (what the decoder receives)."""
-        q = F.embedding(indices, self.codes())
+        """Codebook vectors of ``indices`` [B,H,W] -> [B,dim,H,W] (what the decoder receives).
+
+        Float ``indices`` [B,H,W,K] are weights over the codebook: each position gets the weighted
+        sum of the codes (a soft code, e.g. VAR's ``more_smooth`` blends).
+        """
+        codes = self.codes()
+        q = indices.to(codes.dtype) @ codes if indices.is_floating_point() else F.embedding(indices, codes)
         if self.project_out is not None:
             q = self.project_out(q)
         return q.permute(0, 3, 1, 2)

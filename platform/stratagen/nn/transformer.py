@@ -106,14 +106,16 @@ class AdaLNBlock(nn.Module):
     x = x + gamma2 * mlp(norm(x) * (1 + scale2) + shift2)       # mlp: dim -> mlp_dim -> dim, GELU (tanh)
 
     At width C and FFN 4C a block holds about 18 C^2 weights (4 attention, 8 FFN, 6 AdaLN),
-    which is what puts VAR-d16 at 310M parameters.
+    which is what puts VAR-d16 at 310M parameters. ``qk_norm`` and ``key_bias`` go to the
+    self-attention (:class:`Attention`; VAR's official attention: ``qk_norm=True, key_bias=False``).
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_dim: int, cond_dim: int, dropout: float = 0.0,
-                 context_dim: int | None = None) -> None:
+                 context_dim: int | None = None, qk_norm: bool = False, key_bias: bool = True) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6, elementwise_affine=False)
-        self.attn = Attention(dim, num_heads, attn_dropout=dropout, proj_dropout=dropout)
+        self.attn = Attention(dim, num_heads, attn_dropout=dropout, proj_dropout=dropout, qk_norm=qk_norm,
+                              key_bias=key_bias)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6, elementwise_affine=False)
         self.mlp = Mlp(dim, hidden_features=mlp_dim, act_layer=lambda: nn.GELU(approximate="tanh"), drop=dropout)
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, 6 * dim))

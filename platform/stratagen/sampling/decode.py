@@ -162,8 +162,7 @@ def iterative_decode(
     B, N = ids.shape
     trace: list[torch.Tensor] = []
     for step in range(settings.steps):
-        ratio = (step + 1) / settings.steps
-        scale = settings.guidance_scale * (ratio if settings.guidance_schedule == "linear" else 1.0)
+        scale = settings.guidance_at(step, settings.steps)
         unknown = ids == mask_id
         positions = masked_positions(unknown, widths[step])
         if guided:

@@ -101,7 +101,9 @@ class MultiScaleTokenizer(Tokenizer):
     @abstractmethod
     def accumulate(self, features: torch.Tensor | None, scale: int, tokens: torch.Tensor) -> torch.Tensor:
         """f_hat ``[B, C, H, W]`` (finest grid) after adding the contribution of scale ``scale``
-        (0-based) with tokens ``[B, h, w]`` to ``features`` (None: the empty map), VAR Alg. 2 line 8."""
+        (0-based) with tokens ``[B, h, w]`` to ``features`` (None: the empty map), VAR Alg. 2 line 8.
+        Float ``tokens`` ``[B, h, w, V]`` are weights over the codebook (a blend of codes, VAR's
+        ``more_smooth``); :meth:`decode` takes them too."""
 
 
 # ----------------------------------------------------------------------------- prior

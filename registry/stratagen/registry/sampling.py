@@ -41,8 +41,18 @@ class StageSettings(ComponentConfig):
     top_p: float = Field(1.0, gt=0, le=1, description="sample within the smallest set of tokens whose "
                                                       "probability reaches p (nucleus; 1: all)")
     guidance_scale: float = Field(0.0, ge=0, description="classifier-free guidance scale (0: off)")
-    guidance_schedule: Literal["constant", "linear"] = Field(
-        "constant", description="constant scale, or ramped linearly from 0 to the scale over the steps")
+    guidance_schedule: Literal["constant", "linear", "var"] = Field(
+        "constant", description="constant scale; linear: scale * t / T at step t = 1 .. T; var: VAR's ramp, "
+                                "scale * t / (T - 1) at step t = 0 .. T - 1 (0 at the first step)")
+
+    def guidance_at(self, step: int, steps: int) -> float:
+        """The guidance scale at step ``step`` (0-based) of ``steps`` under ``guidance_schedule``
+        (``var`` with one step: the scale)."""
+        if self.guidance_schedule == "linear":
+            return self.guidance_scale * (step + 1) / steps
+        if self.guidance_schedule == "var" and steps > 1:
+            return self.guidance_scale * step / (steps - 1)
+        return self.guidance_scale
 
     @field_validator("schedule")
     @classmethod

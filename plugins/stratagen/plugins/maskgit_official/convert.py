@@ -17,10 +17,11 @@ from torch import nn
 from stratagen import config as cfg
 from stratagen.io import checkpoint
 from stratagen.io.run import Run
+from stratagen.nn import NearestUpsample
 from stratagen.registry import StratagenError, get_registry
 
 from .flax_msgpack import read_flax_checkpoint
-from .tokenizer import NearestUpsample, OfficialResBlock, OfficialVQGANTokenizer
+from .tokenizer import OfficialResBlock, OfficialVQGANTokenizer
 from .transformer import BertMaskedTokenTransformer
 
 TOKENIZER_ID, PRIOR_ID = "vq", "main"

@@ -12,10 +12,9 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from stratagen.nn import group_norm
+from stratagen.nn import NearestUpsample, group_norm
 from stratagen.plugins.vqgan import VQGANTokenizer
 
 
@@ -64,17 +63,6 @@ class OfficialEncoder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(self.conv_in((images + 1) / 2)))
-
-
-class NearestUpsample(nn.Module):
-    """Nearest-neighbour 2x upsampling then conv3x3; [B,C,H,W] -> [B,C,2H,2W]."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
 
 
 class OfficialDecoder(nn.Module):

@@ -10,11 +10,12 @@
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated, Literal, Sequence, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from stratagen.plugins.vqgan import TINY_CONV_VQ, ConvVQConfig, build_loss
+from stratagen.plugins.vqgan import TINY_CONV_VQ, ConvVQConfig, Decoder, Encoder, build_loss
 from stratagen.registry import ComponentConfig, ConfigError, SamplerConfig, StageSettings, hookimpl
 
 from .clip import ClipTextEncoder
@@ -33,6 +34,8 @@ class MultiScaleVQConfig(ConvVQConfig):
     scales: tuple[int, ...] = Field((1, 2, 3, 4, 5, 6, 8, 10, 13, 16), min_length=1,
                                     description="token-grid sides, coarse to fine; the last is resolution / f")
     phi_ratio: float = Field(0.5, ge=0, le=1, description="residual ratio of each scale's conv phi_k (VAR: 0.5)")
+    shared_phis: int = Field(0, ge=0, description="0: one phi conv per scale; n: VAR's partially shared phi, n convs "
+                                                  "shared by the scales by position (VAR: 4)")
 
 
 class SmallTextEncoderConfig(BaseModel):
@@ -75,6 +78,9 @@ class NextScaleConfig(ComponentConfig):
     feature_dim: int = Field(32, ge=1, description="channels of the tokenizer's feature map (its embedding_dim)")
     position: Literal["absolute", "rope"] = Field(
         "absolute", description="absolute: VAR's learned positions; rope: STAR's normalized 2D RoPE")
+    qk_norm: bool = Field(False, description="VAR's official attention (attn_l2_norm): q and k L2-normalised, "
+                                             "times a learned per-head scale (at most 100), no 1/sqrt(d)")
+    key_bias: bool = Field(True, description="a bias on the keys; VAR's official layout has none (q and v biases only)")
     dropout: float = Field(0.0, ge=0, lt=1)
     class_dropout: float = Field(0.1, ge=0, le=1, description="null-class share in training (guidance)")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
@@ -100,6 +106,8 @@ class NextScaleSamplerConfig(SamplerConfig):
     scales: StageSettings = Field(StageSettings(steps=1), description="settings of every scale (steps: 1)")
     tokenizer: str | None = Field(None, description="the multi-scale tokenizer; default: the next-scale prior's")
     use_cache: bool = Field(True, description="KV cache: each scale is one forward over its own tokens")
+    more_smooth: bool = Field(False, description="VAR's visual option: each scale adds a Gumbel-softmax blend of "
+                                                 "codes instead of the drawn tokens' codes (off for FID, as in VAR)")
 
     @field_validator("scales")
     @classmethod
@@ -129,9 +137,15 @@ def build_var(*, captions: Sequence[str] | None, text_encoder: SmallTextEncoderC
     return NextScaleTransformer(captions=captions, text=text, width=width, heads=heads, **fields)
 
 
-def build_msvq(*, resolution: int, loss, **fields) -> MultiScaleVQTokenizer:
+def build_msvq(*, resolution: int, loss, channels: int, channel_mult: Sequence[int], num_res_blocks: int,
+               embedding_dim: int, **fields) -> MultiScaleVQTokenizer:
+    """Registry factory: the multi-scale quantizer around stratagen's VQGAN encoder and decoder."""
     try:
-        return MultiScaleVQTokenizer(resolution=resolution, loss=build_loss(resolution, loss), **fields)
+        return MultiScaleVQTokenizer(
+            encoder=partial(Encoder, channels, channel_mult, num_res_blocks, embedding_dim),
+            decoder=partial(Decoder, channels, channel_mult, num_res_blocks, embedding_dim),
+            factor=2 ** (len(channel_mult) - 1),
+            resolution=resolution, loss=build_loss(resolution, loss), embedding_dim=embedding_dim, **fields)
     except ValueError as exc:
         raise ConfigError(f"msvq: {exc}") from None
 

@@ -69,12 +69,15 @@ class NextScaleTransformer(Prior):
         captions: one caption per class (STAR's text conditioning); None: class conditioning.
         text: the text encoder reading them (given exactly when ``captions`` are); its features
             have the prior's ``width``.
+        qk_norm, key_bias: the self-attention's options (:class:`stratagen.nn.Attention`); VAR's
+            released models: ``qk_norm=True`` (its ``attn_l2_norm``), ``key_bias=False``.
     """
 
     def __init__(self, *, target: LevelSpec, conditions: Sequence[LevelSpec] = (), num_classes: int, depth: int,
                  width: int, heads: int, mlp_ratio: float, feature_dim: int,
                  position: Literal["absolute", "rope"], dropout: float, class_dropout: float,
-                 label_smoothing: float, captions: Sequence[str] | None = None, text: CaptionEncoder | None = None):
+                 label_smoothing: float, captions: Sequence[str] | None = None, text: CaptionEncoder | None = None,
+                 qk_norm: bool = False, key_bias: bool = True):
         super().__init__()
         self.target = target
         self.conditions = tuple(conditions)
@@ -110,7 +113,8 @@ class NextScaleTransformer(Prior):
             self.rope = NormalizedRope2D(width // heads, positions)
         context_dim = None if captions is None else width
         self.blocks = nn.ModuleList(AdaLNBlock(width, heads, int(width * mlp_ratio), cond_dim=width, dropout=dropout,
-                                               context_dim=context_dim) for _ in range(depth))
+                                               context_dim=context_dim, qk_norm=qk_norm, key_bias=key_bias)
+                                    for _ in range(depth))
         self.head_norm = nn.LayerNorm(width, eps=1e-6, elementwise_affine=False)
         self.head_ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
         self.head = nn.Linear(width, target.codebook_size)
@@ -272,7 +276,8 @@ class NextScaleTransformer(Prior):
         return self._head(h, state.cond)
 
     def advance(self, state: ScaleState, tokens: torch.Tensor) -> None:
-        """Record scale k's tokens ``[B, h_k, w_k]``: add them to f_hat and embed the next scale's input."""
+        """Record scale k's tokens ``[B, h_k, w_k]`` (or weights over the codebook ``[B, h_k, w_k, V]``,
+        VAR's ``more_smooth``): add them to f_hat and embed the next scale's input."""
         k = state.scale
         state.scale += 1
         if state.scale < len(self.scales):

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from stratagen.registry import (UNKNOWN, GenerativeModel, IncompatibleComponentsError, Sampler, SampleOutput, Stage,
                                 StageSettings, split_stream_key, stream_key)
-from stratagen.sampling import guide, sample_tokens
+from stratagen.sampling import filter_logits, guide, sample_tokens
 
 from .prior import NextScaleTransformer
 
@@ -19,9 +20,15 @@ class NextScaleSampler(Sampler):
 
     Every scale is a stage of one step. Tokens are drawn with ``temperature``, ``top_k`` and
     ``top_p``; classifier-free guidance runs the conditional and null-class rows as one batch,
-    with VAR's schedule when ``guidance_schedule`` is ``linear`` (scale k of K gets
-    ``guidance_scale * k / K``). ``use_cache: false`` recomputes every prefix instead of the
-    KV cache (same tokens, more compute; for checks and timing).
+    ramped over the scales by ``guidance_schedule``: ``var`` is VAR's ramp (scale k = 0 .. K-1
+    gets ``guidance_scale * k / (K - 1)``), ``linear`` gives ``guidance_scale * (k + 1) / K``.
+    ``use_cache: false`` recomputes every prefix instead of the KV cache (same tokens, more
+    compute; for checks and timing).
+
+    ``more_smooth`` is VAR's visual option (off in its FID runs): the features each scale adds are
+    a Gumbel-softmax blend of the codes (logits sharpened by ``1 + k / (K - 1)``, temperature
+    ``max(0.27 (1 - 0.95 k / (K - 1)), 0.005)``, after top-k / top-p) instead of the drawn
+    tokens' codes, and the image is decoded from those blends; the tokens returned are the drawn ones.
 
     Args:
         scales: settings shared by every scale (``steps`` must be 1; schedule, order and
@@ -30,8 +37,8 @@ class NextScaleSampler(Sampler):
     """
 
     def __init__(self, scales: StageSettings = StageSettings(steps=1), tokenizer: str | None = None,
-                 use_cache: bool = True):
-        self.settings, self.tokenizer, self.use_cache = scales, tokenizer, use_cache
+                 use_cache: bool = True, more_smooth: bool = False):
+        self.settings, self.tokenizer, self.use_cache, self.more_smooth = scales, tokenizer, use_cache, more_smooth
 
     def _prior(self, model: GenerativeModel) -> tuple[str, NextScaleTransformer]:
         """The tokenizer id and the next-scale prior generating its finest scale."""
@@ -80,7 +87,7 @@ class NextScaleSampler(Sampler):
                 f"({'KV cache' if self.use_cache else 'no cache: every prefix recomputed'}): {scales}, "
                 f"{sum(prior.lengths)} tokens; {'text' if prior.text is not None else 'class'}-conditioned; "
                 f"temperature {s.temperature:g}, top-k {s.top_k or 'off'}, top-p {s.top_p if s.top_p < 1 else 'off'}, "
-                f"guidance {guidance}")
+                f"guidance {guidance}" + ("; more_smooth (codes blended)" if self.more_smooth else ""))
 
     def check_captions(self, model: GenerativeModel) -> None:
         """Refuse a class-conditioned next-scale prior (captions need STAR's text conditioning)."""
@@ -108,11 +115,12 @@ class NextScaleSampler(Sampler):
             ids = torch.cat([ids, prior.caption_ids[null]]) if guided else ids
         state = prior.begin(rows, use_cache=self.use_cache, captions=ids)
         generated: dict[str, torch.Tensor] = {}
+        decoded: dict[str, torch.Tensor] = {}  # what each scale adds to the features: tokens, or blends
+        K = len(prior.scales)
         for k, spec in enumerate(prior.scales):
             logits = prior.scale_logits(state).float()
             if guided:
-                weight = (k + 1) / len(prior.scales) if settings.guidance_schedule == "linear" else 1.0
-                logits = guide(*logits.chunk(2), settings.guidance_scale * weight)
+                logits = guide(*logits.chunk(2), settings.guidance_at(k, K))
             tokens = sample_tokens(logits, settings.temperature, generator, settings.top_k, settings.top_p)[0]
             tokens = tokens.view(-1, spec.height, spec.width)
             stream = stream_key(tid, spec.name)
@@ -120,6 +128,24 @@ class NextScaleSampler(Sampler):
             if known is not None:
                 tokens = torch.where(known == UNKNOWN, tokens, known)
             generated[stream] = tokens
-            prior.advance(state, torch.cat([tokens, tokens]) if guided else tokens)
-        images = model.tokenizers[tid].decode({split_stream_key(s)[1]: t for s, t in generated.items()})
+            added = tokens
+            if self.more_smooth:
+                added = smooth_codes(logits, k / max(K - 1, 1), generator, settings).view(*tokens.shape, -1)
+                if known is not None:  # known tokens keep their own code
+                    hard = F.one_hot(known.clamp_min(0), added.shape[-1]).to(added.dtype)
+                    added = torch.where((known == UNKNOWN)[..., None], added, hard)
+            decoded[spec.name] = added
+            prior.advance(state, torch.cat([added, added]) if guided else added)
+        images = model.tokenizers[tid].decode(decoded)
         return SampleOutput(images=images, tokens=generated, steps=len(prior.scales))
+
+
+def smooth_codes(logits: torch.Tensor, ratio: float, generator: torch.Generator, settings: StageSettings
+                 ) -> torch.Tensor:
+    """VAR's ``more_smooth`` weights ``[B, n, V]`` over the codebook of one scale's (guided) logits
+    ``[B, n, V]`` at ``ratio = k / (K - 1)``: a Gumbel-softmax of the top-k / top-p filtered logits
+    times ``1 + ratio``, at temperature ``max(0.27 (1 - 0.95 ratio), 0.005)`` (VAR's values, after
+    MaskGIT's annealing)."""
+    filtered = filter_logits(logits / settings.temperature, settings.top_k, settings.top_p) * (1 + ratio)
+    gumbel = -torch.empty_like(filtered).exponential_(generator=generator).log()
+    return ((filtered + gumbel) / max(0.27 * (1 - 0.95 * ratio), 0.005)).softmax(-1)

@@ -14,14 +14,15 @@ per-scale form keeps :class:`~stratagen.nn.VectorQuantizer` unchanged), averaged
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from stratagen.nn import QuantizerOutput, VectorQuantizer
-from stratagen.plugins.vqgan import Decoder, Encoder, VQGANLoss, VQTokenizer
+from stratagen.plugins.vqgan import VQGANLoss, VQTokenizer
 from stratagen.registry import AutoencoderOutput, LevelSpec, MultiScaleTokenizer, TokenGrids
 
 
@@ -38,37 +39,60 @@ class Phi(nn.Module):
         return (1 - self.ratio) * z + self.ratio * self.conv(z)
 
 
+def phi_index(scale: int, num_scales: int, num_phis: int) -> int:
+    """Which of ``num_phis`` partially shared phi convs scale ``scale`` (0-based) of ``num_scales`` uses.
+
+    VAR's ``PhiPartiallyShared``: the phis sit at ticks spread over [0, 1] (from 1/(3n) to
+    1 - 1/(3n) for n = 4, from 1/(2n) to 1 - 1/(2n) otherwise) and scale k takes the tick nearest
+    to k / (K - 1), the first on a tie. For 10 scales and 4 phis: 0, 0, 1, 1, 1, 2, 2, 3, 3, 3.
+    """
+    if num_phis == 1 or num_scales == 1:
+        return 0
+    margin = 1 / (3 * num_phis) if num_phis == 4 else 1 / (2 * num_phis)
+    # Ties are real (10 scales, 4 phis: scales 2 and 7 sit halfway between two ticks): numpy's float64
+    # linspace and argmin, as VAR computes them, decide them.
+    ticks = np.linspace(margin, 1 - margin, num_phis)
+    return int(np.argmin(np.abs(ticks - scale / (num_scales - 1))))
+
+
 class MultiScaleVQTokenizer(VQTokenizer, MultiScaleTokenizer):
-    """K scales of residual VQ over one f = 2^(len(channel_mult) - 1) encoder map.
+    """K scales of residual VQ over the map of one encoder with downsampling factor ``factor``.
 
     Args:
+        encoder, decoder: build the networks images ``[B, 3, H, W]`` -> features
+            ``[B, embedding_dim, H/f, W/f]`` and back (``msvq``: stratagen's VQGAN networks,
+            ``var-vqvae``: VAR's LDM ones); called in the order encoder, quantizer, phis, decoder
+            so that a seeded initialisation stays what it was.
+        factor: the encoder's downsampling factor f.
         resolution: training image size; ``scales[-1]`` must be ``resolution / f``.
         scales: token-grid sides, coarse to fine (VAR at 256 px, f16: 1, 2, 3, 4, 5, 6, 8, 10, 13, 16).
-        phi_ratio: residual ratio of each phi_k (VAR: 0.5).
+        phi_ratio: residual ratio of each phi (VAR: 0.5).
+        shared_phis: 0: one phi_k per scale; n: n phi convs shared by the K scales as VAR's
+            partially shared phi (:func:`phi_index`; VAR: 4).
         Others as :class:`stratagen.plugins.vqgan.VQGANTokenizer`.
     """
 
-    def __init__(self, *, resolution: int, scales: Sequence[int], phi_ratio: float, channels: int,
-                 channel_mult: Sequence[int], num_res_blocks: int, codebook_size: int, embedding_dim: int,
-                 commitment_cost: float, restart_dead_codes: bool, dead_code_steps: int = 100,
-                 code_dim: int | None = None,
-                 l2_normalized_codes: bool = False, entropy_loss_weight: float = 0.0,
+    def __init__(self, *, encoder: Callable[[], nn.Module], decoder: Callable[[], nn.Module], factor: int, resolution: int,
+                 scales: Sequence[int], phi_ratio: float, shared_phis: int = 0, codebook_size: int,
+                 embedding_dim: int, commitment_cost: float, restart_dead_codes: bool, dead_code_steps: int = 100,
+                 code_dim: int | None = None, l2_normalized_codes: bool = False, entropy_loss_weight: float = 0.0,
                  entropy_temperature: float = 0.01, loss: VQGANLoss):
         super().__init__()
-        self.factor = 2 ** (len(channel_mult) - 1)
+        self.factor = factor
         if list(scales) != sorted(set(scales)) or scales[-1] != resolution // self.factor:
             raise ValueError(f"scales {list(scales)} must increase strictly and end at the token grid side "
                              f"{resolution // self.factor} (resolution {resolution} / factor {self.factor})")
         self.scales = tuple(scales)
         self.codebook_size = codebook_size
         self.embedding_dim = embedding_dim
-        self.encoder = Encoder(channels, channel_mult, num_res_blocks, embedding_dim)
+        self.encoder = encoder()
         self.quantizer = VectorQuantizer(codebook_size, embedding_dim, commitment_cost, restart_dead_codes,
                                          dead_code_steps, code_dim=code_dim, l2_normalize=l2_normalized_codes,
                                          entropy_loss_weight=entropy_loss_weight,
                                          entropy_temperature=entropy_temperature)
-        self.phis = nn.ModuleList(Phi(embedding_dim, phi_ratio) for _ in scales)
-        self.decoder = Decoder(channels, channel_mult, num_res_blocks, embedding_dim)
+        self.phis = nn.ModuleList(Phi(embedding_dim, phi_ratio) for _ in range(shared_phis or len(scales)))
+        self.phi_of_scale = [phi_index(k, len(scales), shared_phis) if shared_phis else k for k in range(len(scales))]
+        self.decoder = decoder()
         self.loss_fn = loss
 
     @property
@@ -95,7 +119,7 @@ class MultiScaleVQTokenizer(VQTokenizer, MultiScaleTokenizer):
         side = self.scales[-1]
         if codes.shape[-1] != side:
             codes = F.interpolate(codes, size=(side, side), mode="bicubic")
-        return self.phis[scale](codes)
+        return self.phis[self.phi_of_scale[scale]](codes)
 
     def accumulate(self, features: torch.Tensor | None, scale: int, tokens: torch.Tensor) -> torch.Tensor:
         contribution = self._contribution(scale, self.quantizer.lookup(tokens))
