@@ -2,7 +2,9 @@
 
 In-domain metrics (the default, offline) score images in the feature space of a small
 classifier trained on the run's eval split; they rank models on the same data but are
-not comparable to published Inception FIDs.
+not comparable to published Inception FIDs. Against an ADM reference batch
+(:mod:`stratagen.eval.adm`, written by :func:`reference_statistics`) the samples also get the
+published tables' protocol: ``fid_adm``, ``sfid_adm``, ``is_adm``, ``precision_adm``, ``recall_adm``.
 """
 from __future__ import annotations
 
@@ -11,13 +13,18 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
+from torch.utils.data import DataLoader, Dataset
 
+from stratagen.data import Key, UnreadableImage
 from stratagen.eval import ReferenceSet, evaluate_tokenizer, from_uint8, to_uint8
-from stratagen.registry import Sampler
+from stratagen.eval.adm import (NEIGHBOURS, POOL_DIM, SPATIAL_DIM, AdmEvaluator, AdmInception, GaussianAccumulator,
+                                ImageSink, write_reference)
+from stratagen.registry import Sampler, StratagenError
 
 from .build import BuiltRun, build_metrics
 from .distributed import Processes
 from .gather import gather_batches, on_main
+from .logger import progress
 
 #: batch seeds of sampling seed ``s`` are ``s * SEED_STRIDE + batch index``
 SEED_STRIDE = 1_000_003
@@ -99,10 +106,12 @@ def tokenizer_report(pipe: Any, reference: ReferenceSet, metrics: list[tuple[str
             for tid, tokenizer in model.tokenizers.items() if model.owns_weights(tid)}
 
 
-def evaluate_run(pipe: Any, procs: Processes, samples: bool = True) -> dict[str, Any]:
+def evaluate_run(pipe: Any, procs: Processes, samples: bool = True, adm: AdmEvaluator | None = None
+                 ) -> dict[str, Any]:
     """``stratagen eval``'s report: ``tokenizers`` (:func:`tokenizer_report`) and, with ``samples`` and a
     sampler, ``samples``: the configured metrics of ``eval.samples_per_class`` images per class, their
-    wall time per image and count.
+    wall time per image and count; with ``adm``, also the ADM protocol's scores against its reference
+    batch (:meth:`stratagen.eval.adm.AdmEvaluator.score`).
 
     Under torchrun the sampling is split over the processes (:func:`generate`); the tokenizer report
     and the metrics are computed on rank 0 alone, which reads the reference set. Every process
@@ -110,12 +119,76 @@ def evaluate_run(pipe: Any, procs: Processes, samples: bool = True) -> dict[str,
     """
     settings = pipe.config.eval
     metrics = build_metrics(settings, pipe.registry)
-    reference = reference_set(pipe.built, pipe.run.local_path("eval_cache"))
+    cache_dir = pipe.run.local_path("eval_cache")
+    reference = reference_set(pipe.built, cache_dir)
+    labels = sample_labels(pipe.model.num_classes, settings)
+    if adm is not None and adm.reference.images is not None and len(labels) <= NEIGHBOURS:
+        raise StratagenError(f"precision/recall against {adm.reference.url} (k = {NEIGHBOURS}) need at least "
+                             f"{NEIGHBOURS + 1} samples; eval draws {len(labels)}")
     report: dict[str, Any] = {"tokenizers": on_main(procs, lambda: tokenizer_report(pipe, reference, metrics))}
     if samples and pipe.config.sampler is not None:
-        labels = sample_labels(pipe.model.num_classes, settings)
         generated = generate(pipe, labels, settings.seed, settings.batch_size, procs=procs)
-        report["samples"] = on_main(procs, lambda: {**score(generated, metrics, reference),
-                                                    "sec_per_image": generated.seconds_per_image,
-                                                    "count": len(labels)})
+
+        def scores() -> dict[str, Any]:
+            protocol = adm.score(generated.images, cache_dir) if adm is not None else {}
+            return {**score(generated, metrics, reference), **protocol,
+                    "sec_per_image": generated.seconds_per_image, "count": len(labels)}
+
+        report["samples"] = on_main(procs, scores)
     return report
+
+
+class _EvaluationView(Dataset):
+    """Item ``i`` of a dataset's evaluation view (centre crop) as ``(uint8 [3, R, R], readable)``;
+    an unreadable file gives zeros and False (and its path, for the report)."""
+
+    def __init__(self, dataset: Any):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, bool, str]:
+        try:
+            image, _ = self.dataset[Key(index, None)]
+        except UnreadableImage as exc:
+            size = self.dataset.resolution
+            return torch.zeros(3, size, size, dtype=torch.uint8), False, exc.path
+        return to_uint8(image), True, ""
+
+
+def reference_statistics(dataset: Any, out: str, inception: AdmInception, images: int = 0,
+                         workers: int = 0) -> tuple[int, int, list[str]]:
+    """Write ``dataset``'s ADM reference batch to ``out`` (:func:`stratagen.eval.adm.write_reference`),
+    streaming: one pass in order, in batches of ``inception.batch_size``, in constant memory (the
+    statistics accumulate; the kept images go to a temporary file).
+
+    ``dataset`` is an image folder or tar shards (``dataset[Key(i, None)]``: the centre crop);
+    unreadable files are left out. ``images`` evenly spaced items (``j * len // images``) are
+    kept as ``arr_0``, for precision/recall. Returns (images in the statistics, images kept, paths
+    left out).
+    """
+    size = len(dataset)
+    count = min(images, size)
+    keep = {j * size // count for j in range(count)} if count else set()
+    pool, spatial = GaussianAccumulator(POOL_DIM), GaussianAccumulator(SPATIAL_DIM)
+    sink = ImageSink() if keep else None
+    left_out: list[str] = []
+    loader = DataLoader(_EvaluationView(dataset), batch_size=inception.batch_size, shuffle=False, num_workers=workers)
+    start = 0
+    for batch, readable, paths in progress(loader, desc="reference statistics", total=len(loader)):
+        indices = torch.arange(start, start + len(batch))
+        start += len(batch)
+        left_out += [p for p, ok in zip(paths, readable.tolist()) if not ok]
+        batch, indices = batch[readable], indices[readable]
+        if len(batch) == 0:
+            continue
+        features = inception(batch)
+        pool.add(features.pool)
+        spatial.add(features.spatial)
+        if sink is not None:
+            sink.add(batch[torch.tensor([i in keep for i in indices.tolist()], dtype=torch.bool)])
+    if pool.count < 2:
+        raise StratagenError(f"reference statistics need at least 2 readable images, found {pool.count}")
+    write_reference(out, pool, spatial, sink)
+    return pool.count, sink.count if sink is not None else 0, left_out
