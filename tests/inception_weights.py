@@ -12,9 +12,11 @@ def write_calibrated_inception(path: Path, seed: int = 0) -> Path:
     """torch-fidelity's Inception-v3 with random weights, saved as a plain state dict at ``path``.
 
     PyTorch's default initialisation makes the deep features almost constant; here every batch
-    norm takes the statistics of its input on 4 random images (one forward in training mode), so
+    norm takes the statistics of its input on 4 synthetic images (one forward in training mode), so
     each layer is normalised and the features vary with the image, as a trained network's do.
     """
+    from stratagen.data import SyntheticShapes
+
     torch.manual_seed(seed)
     with mock.patch("torch_fidelity.feature_extractor_inceptionv3.torch.load", lambda *args, **kwargs: {}), \
             mock.patch.object(FeatureExtractorInceptionV3, "load_state_dict", lambda self, state: None):
@@ -25,6 +27,6 @@ def write_calibrated_inception(path: Path, seed: int = 0) -> Path:
             module.momentum = None  # the running statistics become this batch's exactly
             module.train()
     with torch.no_grad():
-        network((torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(seed)) * 255).to(torch.uint8))
+        network(SyntheticShapes(4, 32, 4, seed=seed).images)
     torch.save({k: v.clone() for k, v in network.state_dict().items()}, path)
     return path

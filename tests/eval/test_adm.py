@@ -3,8 +3,6 @@ the Inception Score, streaming statistics, the Fréchet distance of few samples,
 layer, and reference batches (written, read back, and refused when malformed)."""
 from __future__ import annotations
 
-import pickle
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +18,7 @@ from stratagen.eval.adm import (SPATIAL_DIM, AdmEvaluator, AdmFeatures, AdmIncep
 from stratagen.eval.fidelity import features_frechet_distance, frechet_distance_to
 from stratagen.registry import StratagenError
 from inception_weights import write_calibrated_inception
-from weightfiles import CarriesCode
+from referencefiles import statistics, write_npz_with_code
 
 
 # ----------------------------------------------------------------------------- numpy reference of ADM's P/R
@@ -204,26 +202,20 @@ def test_a_set_scored_against_its_own_reference_batch(inception, reference, tmp_
 
 
 # ----------------------------------------------------------------------------- malformed reference batches
-def stats(**override) -> dict[str, np.ndarray]:
-    arrays = {"mu": np.zeros(2048), "sigma": np.eye(2048), "mu_s": np.zeros(2023), "sigma_s": np.eye(2023)}
-    arrays.update(override)
-    return {k: v for k, v in arrays.items() if v is not None}
-
-
 def test_statistics_only_batch_reads(tmp_path) -> None:
-    np.savez(tmp_path / "ok.npz", **stats())
+    np.savez(tmp_path / "ok.npz", **statistics())
     read = ReferenceBatch.read(str(tmp_path / "ok.npz"))
     assert read.images is None and read.stats["sigma"].shape == (2048, 2048)
 
 
 @pytest.mark.parametrize("make,fragment", [
-    (lambda p: np.savez(p, **stats(sigma_s=None)), "missing sigma_s"),
+    (lambda p: np.savez(p, **statistics(sigma_s=None)), "missing sigma_s"),
     (lambda p: np.savez(p, foo=np.zeros(3)), "holds foo; an ADM reference batch holds"),
-    (lambda p: np.savez(p, **stats(mu=np.zeros(1000))), "mu is float64 [1000]; expected float [2048]"),
-    (lambda p: np.savez(p, **stats(mu=np.full(2048, np.nan))), "mu holds NaN or infinite values"),
-    (lambda p: np.savez(p, **stats(mu=np.array([None] * 2048, dtype=object))), "mu is a pickled object array"),
-    (lambda p: np.savez(p, **stats(), arr_0=np.zeros((5, 8, 8, 3), np.float32)), "arr_0 is float32 [5, 8, 8, 3]"),
-    (lambda p: np.savez(p, **stats(), arr_0=np.zeros((3, 8, 8, 3), np.uint8)), "holds 3 images"),
+    (lambda p: np.savez(p, **statistics(mu=np.zeros(1000))), "mu is float64 [1000]; expected float [2048]"),
+    (lambda p: np.savez(p, **statistics(mu=np.full(2048, np.nan))), "mu holds NaN or infinite values"),
+    (lambda p: np.savez(p, **statistics(mu=np.array([None] * 2048, dtype=object))), "mu is a pickled object array"),
+    (lambda p: np.savez(p, **statistics(), arr_0=np.zeros((5, 8, 8, 3), np.float32)), "arr_0 is float32 [5, 8, 8, 3]"),
+    (lambda p: np.savez(p, **statistics(), arr_0=np.zeros((3, 8, 8, 3), np.uint8)), "holds 3 images"),
     (lambda p: np.savez(p, arr_0=np.array([None] * 5, dtype=object)), "arr_0 is a pickled object array"),
     (lambda p: np.save(p, np.zeros(3)), "a single .npy array, not an .npz archive"),
     (lambda p: p.write_bytes(b"not an archive at all"), "not a readable .npz file"),
@@ -242,14 +234,6 @@ def test_malformed_reference_batch_is_one_line(tmp_path, make, fragment) -> None
 
 def test_an_object_array_carrying_code_is_never_unpickled(tmp_path) -> None:
     marker = tmp_path / "MARKER"
-    path = tmp_path / "ref.npz"
-    with zipfile.ZipFile(path, "w") as archive:  # what np.savez writes for an object array, by hand
-        for key, value in stats(mu=None).items():
-            with archive.open(f"{key}.npy", "w") as member:
-                np.lib.format.write_array(member, value)
-        with archive.open("mu.npy", "w") as member:
-            np.lib.format.write_array_header_1_0(member, {"descr": "|O", "fortran_order": False, "shape": (1,)})
-            member.write(pickle.dumps([CarriesCode(marker)]))
     with pytest.raises(StratagenError, match="mu is a pickled object array"):
-        ReferenceBatch.read(str(path))
+        ReferenceBatch.read(str(write_npz_with_code(tmp_path / "ref.npz", marker)))
     assert not marker.exists()
