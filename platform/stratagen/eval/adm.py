@@ -403,10 +403,10 @@ def inception_score(logits: torch.Tensor, split_size: int = IS_SPLIT_SIZE) -> fl
     """ADM's Inception Score of ``logits`` ``[N, 1008]``: exp of the mean KL divergence between each
     image's class distribution and the split's marginal, over consecutive splits of ``split_size``
     (the last may be smaller; not shuffled), averaged."""
-    probs = torch.softmax(logits.double(), dim=1)
     scores = []
-    for part in probs.split(split_size):
-        kl = part * (part.log() - part.mean(0, keepdim=True).log())
+    for part in logits.double().split(split_size):
+        log_p = part.log_softmax(dim=1)
+        kl = log_p.exp() * (log_p - log_p.exp().mean(0, keepdim=True).log())
         scores.append(kl.sum(1).mean().exp())
     return float(torch.stack(scores).mean())
 
