@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any, Callable
 
 import torch
@@ -181,17 +180,13 @@ def _eval(args: argparse.Namespace) -> int:
     import json
 
     from stratagen.engine.distributed import setup_processes
-    from stratagen.engine.evaluate import evaluate_run
+    from stratagen.engine.evaluate import adm_evaluator, evaluate_run
     from stratagen.io import checkpoint
 
     config = api.load(args.source, args.set)
     reference = _reference(args, config) if args.reference is not None else None
     procs = setup_processes(config.run.device)  # under torchrun: joins the group, picks this process's GPU
-    adm = None
-    if reference is not None:
-        from stratagen.eval.adm import AdmEvaluator, AdmInception
-
-        adm = AdmEvaluator(reference[0], AdmInception(reference[1], procs.device))
+    adm = adm_evaluator(*reference, procs.device) if reference is not None else None
     pipe = api.Pipeline.from_config(config)
     report = evaluate_run(pipe, procs, samples=not args.tokenizers_only, adm=adm)
     if procs.is_main:
@@ -202,26 +197,13 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _reference(args: argparse.Namespace, config: Any) -> tuple[Any, str]:
     """``eval --reference``'s reference batch and Inception weights path, checked before any work."""
-    from stratagen.eval.adm import ReferenceBatch
+    from stratagen.engine.evaluate import read_reference
 
     if args.tokenizers_only:
         raise StratagenError("eval: --reference scores samples; drop --tokenizers-only")
-    reference = ReferenceBatch.read(args.reference)
     weights = args.inception_weights or next(
         (m.weights for m in config.eval.metrics if m.name == "inception" and m.weights is not None), None)
-    return reference, _inception_weights(weights, "eval --reference")
-
-
-def _inception_weights(path: str | None, what: str) -> str:
-    """``path`` of torch-fidelity's Inception weights, checked to be a file."""
-    from stratagen.eval.fidelity import INCEPTION_FILE
-
-    if path is None:
-        raise StratagenError(f"{what} needs torch-fidelity's Inception weights ({INCEPTION_FILE}): give "
-                             f"--inception-weights PATH (or an 'inception' metric with weights in eval.metrics)")
-    if not os.path.isfile(path):
-        raise StratagenError(f"--inception-weights {path} does not exist (expected {INCEPTION_FILE})")
-    return path
+    return read_reference(args.reference, weights)
 
 
 @verb("compare")
@@ -349,8 +331,7 @@ def _data_stats(args: argparse.Namespace) -> int:
 
     from stratagen.data import ImageFolder
     from stratagen.data.shards import TarShards
-    from stratagen.engine.evaluate import reference_statistics
-    from stratagen.eval.adm import AdmInception
+    from stratagen.engine.evaluate import load_inception, reference_statistics
 
     if not args.out.endswith(".npz"):
         raise StratagenError(f"data stats: OUT must end in .npz, got {args.out}")
@@ -369,7 +350,7 @@ def _data_stats(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as exc:
         raise StratagenError(f"data stats: {exc}; expected an image folder (one sub-folder per class) or tar "
                              f"shards") from None
-    inception = AdmInception(_inception_weights(args.inception_weights, "data stats"), args.device, args.batch_size)
+    inception = load_inception(args.inception_weights, "data stats", args.device, args.batch_size)
     count, kept, left_out = reference_statistics(dataset, args.out, inception, args.images)
     for item in left_out:
         print(f"left out (not an image): {item}")

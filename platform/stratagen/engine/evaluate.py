@@ -8,6 +8,7 @@ published tables' protocol: ``fid_adm``, ``sfid_adm``, ``is_adm``, ``precision_a
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -18,7 +19,8 @@ from torch.utils.data import DataLoader, Dataset
 from stratagen.data import Key, UnreadableImage
 from stratagen.eval import ReferenceSet, evaluate_tokenizer, from_uint8, to_uint8
 from stratagen.eval.adm import (NEIGHBOURS, POOL_DIM, SPATIAL_DIM, AdmEvaluator, AdmInception, GaussianAccumulator,
-                                ImageSink, write_reference)
+                                ImageSink, ReferenceBatch, write_reference)
+from stratagen.eval.fidelity import INCEPTION_FILE
 from stratagen.registry import Sampler, StratagenError
 
 from .build import BuiltRun, build_metrics
@@ -136,6 +138,33 @@ def evaluate_run(pipe: Any, procs: Processes, samples: bool = True, adm: AdmEval
 
         report["samples"] = on_main(procs, scores)
     return report
+
+
+def inception_weights(path: str | None, what: str) -> str:
+    """``path`` of torch-fidelity's Inception weights, checked to be a file; ``what`` needs it."""
+    if path is None:
+        raise StratagenError(f"{what} needs torch-fidelity's Inception weights ({INCEPTION_FILE}): give "
+                             f"--inception-weights PATH (or an 'inception' metric with weights in eval.metrics)")
+    if not os.path.isfile(path):
+        raise StratagenError(f"--inception-weights {path} does not exist (expected {INCEPTION_FILE})")
+    return path
+
+
+def read_reference(url: str, weights: str | None) -> tuple[ReferenceBatch, str]:
+    """``eval --reference``'s inputs, checked before any work: the reference batch at ``url`` and the
+    path of the Inception weights."""
+    return ReferenceBatch.read(url), inception_weights(weights, "eval --reference")
+
+
+def load_inception(weights: str | None, what: str, device: torch.device | str = "auto",
+                   batch_size: int = 64) -> AdmInception:
+    """The Inception of ADM's protocol from the weights file ``weights`` (checked; ``what`` needs it)."""
+    return AdmInception(inception_weights(weights, what), device, batch_size)
+
+
+def adm_evaluator(reference: ReferenceBatch, weights: str, device: torch.device | str) -> AdmEvaluator:
+    """ADM's evaluator of ``reference``, its Inception on ``device``."""
+    return AdmEvaluator(reference, load_inception(weights, "eval --reference", device))
 
 
 class _EvaluationView(Dataset):
