@@ -209,7 +209,7 @@ def write_reference(url: str, pool: GaussianAccumulator, spatial: GaussianAccumu
                 with archive.open(f"{IMAGES}.npy", "w", force_zip64=True) as member:
                     header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
                               "shape": (images.count, *images.shape, 3)}
-                    np.lib.format.write_array_header_2_0(member, header)
+                    np.lib.format.write_array_header_1_0(member, header)
                     images.copy_to(member)
             for key, value in arrays.items():
                 with archive.open(f"{key}.npy", "w", force_zip64=True) as member:
