@@ -13,8 +13,8 @@ from PIL import Image
 from stratagen.data import ImageFolder, SyntheticShapes
 from stratagen.engine.evaluate import reference_statistics
 from stratagen.eval import frechet_distance, gaussian_stats, to_uint8
-from stratagen.eval.adm import (SPATIAL_DIM, AdmEvaluator, AdmFeatures, AdmInception, GaussianAccumulator, ReferenceBatch,
-                                inception_score, precision_recall)
+from stratagen.eval.adm import (SPATIAL_DIM, AdmEvaluator, AdmFeatures, AdmInception, GaussianAccumulator,
+                                ReferenceBatch, inception_score, precision_recall)
 from stratagen.eval.fidelity import features_frechet_distance, frechet_distance_to
 from stratagen.registry import StratagenError
 from inception_weights import write_calibrated_inception
@@ -120,7 +120,49 @@ def test_frechet_distance_of_few_samples_is_exact() -> None:
     assert abs(frechet_distance_to(spatial, *gaussian_stats(spatial))) < 1e-9
 
 
-# ----------------------------------------------------------------------------- the network and the files
+# ----------------------------------------------------------------------------- the files
+class PixelFeatures:
+    """A fast stand-in for :class:`AdmInception`: fixed random projections of the pixels."""
+
+    batch_size = 3
+
+    def __init__(self) -> None:
+        generator = torch.Generator().manual_seed(0)
+        self.pool = torch.randn(3 * 16 * 16, 2048, generator=generator)
+        self.spatial = torch.randn(3 * 16 * 16, SPATIAL_DIM, generator=generator)
+
+    def __call__(self, images: torch.Tensor) -> AdmFeatures:
+        pixels = images.double().flatten(1) / 255  # float64: the same values whatever the batch
+        return AdmFeatures((pixels @ self.pool.double()).float(), (pixels @ self.spatial.double()).float(),
+                           torch.zeros(len(images), 1008))
+
+
+def test_data_stats_stream_a_folder_and_its_shards_alike(tmp_path) -> None:
+    from stratagen.data.shards import TarShards, pack_folder
+
+    data = SyntheticShapes(2, 16, 7, seed=3)
+    folder = write_folder(data.images, data.labels, tmp_path / "images")
+    (folder / "c0" / "003.png").write_text("not an image")  # the third of 8 files (sorted), a chosen one
+    pack_folder(str(folder), str(tmp_path / "shards"), shard_size=3)
+    features = PixelFeatures()
+    files = ImageFolder(str(folder), 16)
+    readable = [i for i in range(len(files)) if files.path(i) != "c0/003.png"]
+    images = torch.stack([to_uint8(files[i][0]) for i in readable])
+    full = torch.cat([features(images).pool, features(images).spatial], 1).double().numpy()
+    # the folder's files 0, 2, 4, 6 of 8 are chosen (j * 8 // 4); file 2 is unreadable, file 3 stands in for it;
+    # the shards hold the 7 readable images (packing leaves the other out): items 0, 1, 3, 5 (j * 7 // 4)
+    arr_0 = {"folder": [0, 2, 3, 5], "shards": [0, 1, 3, 5]}  # positions among the readable images
+    for name, dataset in (("folder", files), ("shards", TarShards(str(tmp_path / "shards"), 16))):
+        out = tmp_path / f"{name}.npz"
+        count, kept, left_out = reference_statistics(dataset, str(out), features, images=4)
+        assert (count, kept) == (7, 4) and left_out == ([str(folder / "c0/003.png")] if name == "folder" else [])
+        with np.load(out, allow_pickle=False) as npz:
+            np.testing.assert_allclose(npz["mu"], full[:, :2048].mean(0), rtol=0, atol=1e-10)
+            np.testing.assert_allclose(npz["sigma_s"], np.cov(full[:, 2048:], rowvar=False), rtol=0, atol=1e-9)
+            np.testing.assert_array_equal(npz["arr_0"], images[arr_0[name]].permute(0, 2, 3, 1).numpy())
+
+
+# ----------------------------------------------------------------------------- the network
 @pytest.fixture(scope="module")
 def inception(tmp_path_factory) -> tuple[Path, AdmInception]:
     weights = write_calibrated_inception(tmp_path_factory.mktemp("inception") / "inception.pth")
@@ -158,8 +200,8 @@ def test_spatial_features_are_mixed_6d_branch1x1(inception) -> None:
 
 
 @pytest.fixture(scope="module")
-def reference(inception, tmp_path_factory) -> tuple[Path, AdmFeatures, torch.Tensor]:
-    """6 images as a class folder, their ADM reference batch (all kept as arr_0), their features at once."""
+def reference(inception, tmp_path_factory) -> tuple[Path, torch.Tensor]:
+    """6 images as a class folder, and their ADM reference batch (all kept as arr_0)."""
     _, network = inception
     root = tmp_path_factory.mktemp("reference")
     data = SyntheticShapes(3, 16, 6, seed=11)
@@ -167,29 +209,22 @@ def reference(inception, tmp_path_factory) -> tuple[Path, AdmFeatures, torch.Ten
     out = root / "ref.npz"
     count, kept, left_out = reference_statistics(ImageFolder(str(folder), 16), str(out), network, images=6)
     assert (count, kept, left_out) == (6, 6, [])
-    images = torch.stack([to_uint8(ImageFolder(str(folder), 16)[i][0]) for i in range(6)])
-    return out, network.features([images]), images
+    return out, torch.stack([to_uint8(ImageFolder(str(folder), 16)[i][0]) for i in range(6)])
 
 
-
-def test_reference_batch_holds_streamed_statistics_and_images(reference) -> None:
-    out, features, images = reference
-    with np.load(out, allow_pickle=False) as npz:
+def test_reference_batch_reads_back(reference) -> None:
+    out, images = reference
+    with np.load(out, allow_pickle=False) as npz:  # what ADM's evaluator reads
         assert sorted(npz.files) == ["arr_0", "mu", "mu_s", "sigma", "sigma_s"]
+        assert npz["mu"].dtype == npz["sigma_s"].dtype == np.float64 and npz["sigma_s"].shape == (2023, 2023)
         np.testing.assert_array_equal(npz["arr_0"], images.permute(0, 2, 3, 1).numpy())  # NHWC uint8, as ADM
-        for (mu, sigma), f in (((npz["mu"], npz["sigma"]), features.pool),
-                               ((npz["mu_s"], npz["sigma_s"]), features.spatial)):
-            assert mu.dtype == sigma.dtype == np.float64
-            full = f.double().numpy()  # one batch of 6, where the file streamed batches of 3
-            np.testing.assert_allclose(mu, full.mean(0), rtol=0, atol=1e-5)
-            np.testing.assert_allclose(sigma, np.cov(full, rowvar=False), rtol=0, atol=1e-5)
     read = ReferenceBatch.read(str(out))
     assert read.images.count == 6 and (read.images.height, read.images.width) == (16, 16)
     assert torch.equal(torch.cat(list(read.image_batches(5))), images)
 
 
 def test_a_set_scored_against_its_own_reference_batch(inception, reference, tmp_path) -> None:
-    out, _, images = reference
+    out, images = reference
     _, network = inception
     scores = AdmEvaluator(ReferenceBatch.read(str(out)), network).score(images, str(tmp_path / "cache"))
     assert set(scores) == {"fid_adm", "sfid_adm", "is_adm", "precision_adm", "recall_adm"}

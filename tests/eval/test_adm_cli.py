@@ -30,7 +30,8 @@ def test_eval_against_the_reference_batch_of_a_folder_gives_the_folder_fid(train
     with np.load(reference, allow_pickle=False) as npz:
         assert npz["arr_0"].shape == (5, 16, 16, 3) and npz["sigma_s"].shape == (2023, 2023)
 
-    assert cli.main(["eval", str(run), "--reference", str(reference), "--set", smaller[0], "--set", "eval.samples_per_class=1",
+    assert cli.main(["eval", str(run), "--reference", str(reference), "--set", smaller[0],
+                     "--set", "eval.samples_per_class=1",
                      "--set", f"eval.metrics=[{{name: inception, weights: {weights}, metrics: [fid]}}]"]) == 0
     samples = json.loads((run / "eval.json").read_text())["samples"]
     assert samples["count"] == 4

@@ -194,8 +194,8 @@ def reference_statistics(dataset: Any, out: str, inception: AdmInception, images
 
     ``dataset`` is an image folder or tar shards (``dataset[Key(i, None)]``: the centre crop);
     unreadable files are left out. ``images`` evenly spaced items (``j * len // images``) are
-    kept as ``arr_0``, for precision/recall. Returns (images in the statistics, images kept, paths
-    left out).
+    kept as ``arr_0``, for precision/recall; an unreadable one is replaced by the next readable
+    item. Returns (images in the statistics, images kept, paths left out).
     """
     size = len(dataset)
     count = min(images, size)
@@ -204,19 +204,22 @@ def reference_statistics(dataset: Any, out: str, inception: AdmInception, images
     sink = ImageSink() if keep else None
     left_out: list[str] = []
     loader = DataLoader(_EvaluationView(dataset), batch_size=inception.batch_size, shuffle=False, num_workers=workers)
-    start = 0
+    start, owed = 0, 0  # owed: chosen items that were unreadable, taken from the next readable ones
     for batch, readable, paths in progress(loader, desc="reference statistics", total=len(loader)):
-        indices = torch.arange(start, start + len(batch))
+        chosen = []
+        for index, ok in enumerate(readable.tolist(), start):
+            take = ok and (index in keep or owed > 0)
+            owed += int(index in keep and not ok) - int(take and index not in keep)
+            chosen.append(take)
         start += len(batch)
         left_out += [p for p, ok in zip(paths, readable.tolist()) if not ok]
-        batch, indices = batch[readable], indices[readable]
-        if len(batch) == 0:
+        if not readable.any():
             continue
-        features = inception(batch)
+        features = inception(batch[readable])
         pool.add(features.pool)
         spatial.add(features.spatial)
         if sink is not None:
-            sink.add(batch[torch.tensor([i in keep for i in indices.tolist()], dtype=torch.bool)])
+            sink.add(batch[torch.tensor(chosen, dtype=torch.bool)])
     if pool.count < 2:
         raise StratagenError(f"reference statistics need at least 2 readable images, found {pool.count}")
     write_reference(out, pool, spatial, sink)

@@ -63,7 +63,8 @@ LAYOUT = "an ADM reference batch holds mu, sigma, mu_s, sigma_s and optionally a
 
 
 class AdmFeatures(NamedTuple):
-    """Inception features of ``N`` images: ``pool`` ``[N, 2048]``, ``spatial`` ``[N, 2023]``, ``logits`` ``[N, 1008]``."""
+    """Inception features of ``N`` images: ``pool`` ``[N, 2048]``, ``spatial`` ``[N, 2023]``,
+    ``logits`` ``[N, 1008]``."""
 
     pool: torch.Tensor
     spatial: torch.Tensor
@@ -328,7 +329,8 @@ class ReferenceBatch:
                     data = member.read(rows * h * w * 3)
                     if len(data) != rows * h * w * 3:
                         raise StratagenError(f"{self.url}: {IMAGES} ends after {start} images; its header says {n}")
-                    yield torch.from_numpy(np.frombuffer(data, np.uint8).reshape(rows, h, w, 3).copy()).permute(0, 3, 1, 2)
+                    nhwc = np.frombuffer(data, np.uint8).reshape(rows, h, w, 3).copy()
+                    yield torch.from_numpy(nhwc).permute(0, 3, 1, 2)
         except StratagenError:
             raise
         except _READ_ERRORS as exc:
