@@ -125,6 +125,7 @@ class PixelFeatures:
     """A fast stand-in for :class:`AdmInception`: fixed random projections of the pixels."""
 
     batch_size = 3
+    device = torch.device("cpu")
 
     def __init__(self) -> None:
         generator = torch.Generator().manual_seed(0)

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from stratagen.data import Key, UnreadableImage
+from stratagen.data import Key, UnreadableImage, loader_workers
 from stratagen.eval import ReferenceSet, evaluate_tokenizer, from_uint8, to_uint8
 from stratagen.eval.adm import (NEIGHBOURS, POOL_DIM, SPATIAL_DIM, AdmEvaluator, AdmInception, GaussianAccumulator,
                                 ImageSink, ReferenceBatch, write_reference)
@@ -186,11 +186,12 @@ class _EvaluationView(Dataset):
         return to_uint8(image), True, ""
 
 
-def reference_statistics(dataset: Any, out: str, inception: AdmInception, images: int = 0,
-                         workers: int = 0) -> tuple[int, int, list[str]]:
+def reference_statistics(dataset: Any, out: str, inception: AdmInception, images: int = 0
+                         ) -> tuple[int, int, list[str]]:
     """Write ``dataset``'s ADM reference batch to ``out`` (:func:`stratagen.eval.adm.write_reference`),
     streaming: one pass in order, in batches of ``inception.batch_size``, in constant memory (the
-    statistics accumulate; the kept images go to a temporary file).
+    statistics accumulate; the kept images go to a temporary file). Images are decoded by loader
+    workers beside a GPU (:func:`stratagen.data.loader_workers`), in the main process on a CPU.
 
     ``dataset`` is an image folder or tar shards (``dataset[Key(i, None)]``: the centre crop);
     unreadable files are left out. ``images`` evenly spaced items (``j * len // images``) are
@@ -203,7 +204,8 @@ def reference_statistics(dataset: Any, out: str, inception: AdmInception, images
     pool, spatial = GaussianAccumulator(POOL_DIM), GaussianAccumulator(SPATIAL_DIM)
     sink = ImageSink() if keep else None
     left_out: list[str] = []
-    loader = DataLoader(_EvaluationView(dataset), batch_size=inception.batch_size, shuffle=False, num_workers=workers)
+    loader = DataLoader(_EvaluationView(dataset), batch_size=inception.batch_size, shuffle=False,
+                        num_workers=loader_workers(None, inception.device))
     start, owed = 0, 0  # owed: chosen items that were unreadable, taken from the next readable ones
     for batch, readable, paths in progress(loader, desc="reference statistics", total=len(loader)):
         chosen = []
