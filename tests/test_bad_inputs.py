@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pytest
 import yaml
 from PIL import Image
@@ -20,6 +21,7 @@ from stratagen import api, cli
 from stratagen.io import checkpoint
 from stratagen.io.run import Run
 from stratagen.registry import manager
+from referencefiles import statistics, write_npz_with_code
 from tinyconfigs import tiny_config, write_config
 from weightfiles import write_pickle_with_code
 
@@ -59,6 +61,11 @@ def workspace(tmp_path_factory, trained_run) -> Path:
     Image.new("RGB", (16, 16), (200, 10, 10)).save(root / "image.png")
     (root / "notimage.png").write_text("text, not an image\n")
     write_pickle_with_code(root / "code.pth", root / "MARKER")
+    np.savez(root / "ref_missing.npz", mu=np.zeros(2048))
+    np.savez(root / "ref_ok.npz", **statistics())
+    write_npz_with_code(root / "ref_code.npz", root / "MARKER")
+    (root / "images/c0").mkdir(parents=True)
+    Image.new("RGB", (16, 16), (0, 90, 200)).save(root / "images/c0/a.png")
     compare = {"dir": str(root / "cmp"), "variants": {"a": {"config": "ok.yaml"}}}
     (root / "no_source.yaml").write_text(yaml.safe_dump({**compare, "variants": {"a": {"set": []}}}))
     (root / "bad_sweep.yaml").write_text(yaml.safe_dump({**compare, "sweeps": {"steps": [[-3]]}}))
@@ -149,6 +156,25 @@ BAD_INPUTS = [
     ("inception-weights-carry-code", ["eval", "{run}", "--tokenizers-only", "--set",
                                       "eval.metrics=[{{name: inception, weights: {root}/code.pth}}]"], {},
      "not a weights file that loads as plain tensors"),
+    # reference batches (ADM's evaluation protocol)
+    ("reference-missing-keys", ["eval", "{run}", "--reference", "{root}/ref_missing.npz"], {},
+     "ref_missing.npz: missing sigma, mu_s, sigma_s"),
+    ("reference-object-array", ["eval", "{run}", "--reference", "{root}/ref_code.npz"], {},
+     "mu is a pickled object array; refused"),
+    ("reference-not-npz", ["eval", "{run}", "--reference", "{root}/image.png"], {}, "not a readable .npz file"),
+    ("reference-without-inception-weights", ["eval", "{run}", "--reference", "{root}/ref_ok.npz"], {},
+     "eval --reference needs torch-fidelity's Inception weights"),
+    ("reference-with-tokenizers-only", ["eval", "{run}", "--reference", "{root}/ref_ok.npz", "--tokenizers-only"], {},
+     "--reference scores samples; drop --tokenizers-only"),
+    ("stats-weights-carry-code", ["data", "stats", "{root}/images", "{root}/out.npz", "--inception-weights",
+                                  "{root}/code.pth", "--resolution", "16"], {},
+     "not a weights file that loads as plain tensors"),
+    ("stats-source-missing", ["data", "stats", "{root}/absent", "{root}/out.npz", "--inception-weights",
+                              "{root}/code.pth", "--resolution", "16"], {}, "image folder root not found"),
+    ("stats-out-exists", ["data", "stats", "{root}/images", "{root}/ref_ok.npz", "--inception-weights",
+                          "{root}/code.pth", "--resolution", "16"], {}, "ref_ok.npz exists"),
+    ("stats-out-not-npz", ["data", "stats", "{root}/images", "{root}/out.zip", "--inception-weights",
+                           "{root}/code.pth", "--resolution", "16"], {}, "OUT must end in .npz"),
     # processes and plugins
     ("batch-smaller-than-processes", ["train", "{root}/ok.yaml"], {"WORLD_SIZE": "16"},
      "batch_size: 8 does not split over 16 processes"),

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -48,6 +48,13 @@ def add_parsers(sub: argparse._SubParsersAction, add_set: Callable[[argparse.Arg
                                    "process) and rank 0 scores and writes.")
     p.add_argument("source", help="run directory or config")
     p.add_argument("--tokenizers-only", action="store_true", help="skip sampling")
+    p.add_argument("--reference", default=None, metavar="REF.npz",
+                   help="also score the samples as the published tables do (ADM's evaluator): fid_adm, sfid_adm, "
+                        "is_adm and, when REF holds images, precision_adm / recall_adm (Inception, k = 3), against "
+                        "this ADM reference batch (e.g. VIRTUAL_imagenet256_labeled.npz, or `stratagen data stats`)")
+    p.add_argument("--inception-weights", default=None, metavar="PATH",
+                   help="torch-fidelity's weights-inception-2015-12-05-6726825d.pth, for --reference (default: the "
+                        "weights of the run's 'inception' metric)")
     add_set(p)
 
     p = sub.add_parser("compare", help="train/load, sample and score several variants side by side",
@@ -97,6 +104,24 @@ def add_parsers(sub: argparse._SubParsersAction, add_set: Callable[[argparse.Arg
     pack.add_argument("folder")
     pack.add_argument("out")
     pack.add_argument("--shard-size", type=positive_int, default=1000, help="samples per shard (default 1000)")
+    stats = dsub.add_parser("stats", help="write an ADM reference batch (.npz) of an image folder or tar shards",
+                            description="Stream the images of SOURCE (an image folder, one sub-folder per class, or "
+                                        "tar shards as `data pack` writes them) once, centre-cropped to "
+                                        "--resolution, and write OUT.npz in the format of ADM's evaluator: mu, sigma "
+                                        "(Inception pool features), mu_s, sigma_s (spatial features, for sFID) and, "
+                                        "with --images N, N evenly spaced images as arr_0 (for precision/recall). "
+                                        "`stratagen eval RUN --reference OUT.npz` scores against it.")
+    stats.add_argument("source", help="image folder or tar shards (path or fsspec URL)")
+    stats.add_argument("out", help="the .npz to write (path or fsspec URL; must not exist)")
+    stats.add_argument("--inception-weights", required=True, metavar="PATH",
+                       help="torch-fidelity's weights-inception-2015-12-05-6726825d.pth (local file)")
+    stats.add_argument("--resolution", type=positive_int, required=True,
+                       help="centre-crop size in pixels (the run's data.resolution, e.g. 256)")
+    stats.add_argument("--images", type=int, default=0, metavar="N",
+                       help="keep N evenly spaced images as arr_0, for precision/recall (ADM's files hold 10000; "
+                            "default 0: statistics only)")
+    stats.add_argument("--batch-size", type=positive_int, default=64, help="images per Inception forward")
+    stats.add_argument("--device", default="auto", help="where Inception runs: auto (CUDA if available), cpu, cuda")
 
 
 @verb("train")
@@ -159,17 +184,30 @@ def _eval(args: argparse.Namespace) -> int:
     import json
 
     from stratagen.engine.distributed import setup_processes
-    from stratagen.engine.evaluate import evaluate_run
+    from stratagen.engine.evaluate import adm_evaluator, evaluate_run
     from stratagen.io import checkpoint
 
     config = api.load(args.source, args.set)
+    reference = _reference(args, config) if args.reference is not None else None
     procs = setup_processes(config.run.device)  # under torchrun: joins the group, picks this process's GPU
+    adm = adm_evaluator(*reference, procs.device) if reference is not None else None
     pipe = api.Pipeline.from_config(config)
-    report = evaluate_run(pipe, procs, samples=not args.tokenizers_only)
+    report = evaluate_run(pipe, procs, samples=not args.tokenizers_only, adm=adm)
     if procs.is_main:
         checkpoint.write_json(pipe.run.path("eval.json"), report)
         print(json.dumps(report, indent=2))
     return 0
+
+
+def _reference(args: argparse.Namespace, config: Any) -> tuple[Any, str]:
+    """``eval --reference``'s reference batch and Inception weights path, checked before any work."""
+    from stratagen.engine.evaluate import read_reference
+
+    if args.tokenizers_only:
+        raise StratagenError("eval: --reference scores samples; drop --tokenizers-only")
+    weights = args.inception_weights or next(
+        (m.weights for m in config.eval.metrics if m.name == "inception" and m.weights is not None), None)
+    return read_reference(args.reference, weights)
 
 
 @verb("compare")
@@ -277,6 +315,8 @@ def _data(args: argparse.Namespace) -> int:
 
     from stratagen.data.shards import pack_folder
 
+    if args.data_command == "stats":
+        return _data_stats(args)
     for url in (args.folder, args.out):
         try:
             url_to_fs(url)
@@ -291,3 +331,35 @@ def _data(args: argparse.Namespace) -> int:
     print(f"{count} images in {shards} shard(s) under {args.out}")
     return 0
 
+
+
+def _data_stats(args: argparse.Namespace) -> int:
+    from fsspec.core import url_to_fs
+
+    from stratagen.data import ImageFolder
+    from stratagen.data.shards import TarShards
+    from stratagen.engine.evaluate import load_inception, reference_statistics
+
+    if not args.out.endswith(".npz"):
+        raise StratagenError(f"data stats: OUT must end in .npz, got {args.out}")
+    if args.images < 0:
+        raise StratagenError(f"data stats: --images must be at least 0, got {args.images}")
+    try:
+        fs, path = url_to_fs(args.out)
+        if fs.exists(path):
+            raise StratagenError(f"data stats: {args.out} exists; remove it or choose another OUT")
+        try:
+            dataset = TarShards(args.source, args.resolution)
+        except FileNotFoundError:  # no tar shards: an image folder
+            dataset = ImageFolder(args.source, args.resolution)
+    except ImportError as exc:  # e.g. "Install s3fs to access S3"
+        raise StratagenError(f"{exc}") from None
+    except (FileNotFoundError, ValueError) as exc:
+        raise StratagenError(f"data stats: {exc}; expected an image folder (one sub-folder per class) or tar "
+                             f"shards") from None
+    inception = load_inception(args.inception_weights, "data stats", args.device, args.batch_size)
+    count, kept, left_out = reference_statistics(dataset, args.out, inception, args.images)
+    for item in left_out:
+        print(f"left out (not an image): {item}")
+    print(f"{args.out}: statistics of {count} images" + (f", {kept} images as arr_0" if kept else ""))
+    return 0

@@ -2,23 +2,32 @@
 
 In-domain metrics (the default, offline) score images in the feature space of a small
 classifier trained on the run's eval split; they rank models on the same data but are
-not comparable to published Inception FIDs.
+not comparable to published Inception FIDs. Against an ADM reference batch
+(:mod:`stratagen.eval.adm`, written by :func:`reference_statistics`) the samples also get the
+published tables' protocol: ``fid_adm``, ``sfid_adm``, ``is_adm``, ``precision_adm``, ``recall_adm``.
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
+from torch.utils.data import DataLoader, Dataset
 
+from stratagen.data import Key, UnreadableImage, loader_workers
 from stratagen.eval import ReferenceSet, evaluate_tokenizer, from_uint8, level_swap_examples, to_uint8
-from stratagen.registry import Sampler
+from stratagen.eval.adm import (NEIGHBOURS, POOL_DIM, SPATIAL_DIM, AdmEvaluator, AdmInception, GaussianAccumulator,
+                                ImageSink, ReferenceBatch, write_reference)
+from stratagen.eval.fidelity import INCEPTION_FILE
+from stratagen.registry import Sampler, StratagenError
 
 from . import figures
 from .build import BuiltRun, build_metrics
 from .distributed import Processes
 from .gather import gather_batches, on_main
+from .logger import progress
 
 #: batch seeds of sampling seed ``s`` are ``s * SEED_STRIDE + batch index``
 SEED_STRIDE = 1_000_003
@@ -108,8 +117,6 @@ def level_swap_figures(pipe: Any, reference: ReferenceSet, folder: str, variant:
     """One PNG per two-level tokenizer the run trains, ``<folder>/[<variant>_]level_swap_<tid>.png``:
     eval images, their partners and the level-swapped decodes (:func:`stratagen.eval.level_swap_examples`).
     Returns ``{tokenizer id: path}``."""
-    import os
-
     model, paths = pipe.model, {}
     for tid, tokenizer in model.tokenizers.items():
         examples = model.owns_weights(tid) and level_swap_examples(
@@ -135,10 +142,12 @@ def _log_tokenizers(logdir: str, reports: dict[str, dict[str, float]], swap_figu
     logger.close()
 
 
-def evaluate_run(pipe: Any, procs: Processes, samples: bool = True) -> dict[str, Any]:
+def evaluate_run(pipe: Any, procs: Processes, samples: bool = True, adm: AdmEvaluator | None = None
+                 ) -> dict[str, Any]:
     """``stratagen eval``'s report: ``tokenizers`` (:func:`tokenizer_report`) and, with ``samples`` and a
     sampler, ``samples``: the configured metrics of ``eval.samples_per_class`` images per class, their
-    wall time per image and count. Two-level tokenizers also get a level-swap figure
+    wall time per image and count; with ``adm``, also the ADM protocol's scores against its reference
+    batch (:meth:`stratagen.eval.adm.AdmEvaluator.score`). Two-level tokenizers also get a level-swap figure
     (:func:`level_swap_figures`, under ``<run>/figures/``, listed in ``figures``); the tokenizer numbers
     and the figures are logged to the run's TensorBoard under ``eval/``.
 
@@ -148,7 +157,12 @@ def evaluate_run(pipe: Any, procs: Processes, samples: bool = True) -> dict[str,
     """
     settings = pipe.config.eval
     metrics = build_metrics(settings, pipe.registry)
-    reference = reference_set(pipe.built, pipe.run.local_path("eval_cache"))
+    cache_dir = pipe.run.local_path("eval_cache")
+    reference = reference_set(pipe.built, cache_dir)
+    labels = sample_labels(pipe.model.num_classes, settings)
+    if adm is not None and adm.reference.images is not None and len(labels) <= NEIGHBOURS:
+        raise StratagenError(f"precision/recall against {adm.reference.url} (k = {NEIGHBOURS}) need at least "
+                             f"{NEIGHBOURS + 1} samples; eval draws {len(labels)}")
     report: dict[str, Any] = {"tokenizers": on_main(procs, lambda: tokenizer_report(pipe, reference, metrics))}
     swap_figures = on_main(procs, lambda: level_swap_figures(pipe, reference, pipe.run.local_path("figures")))
     if swap_figures:
@@ -156,9 +170,100 @@ def evaluate_run(pipe: Any, procs: Processes, samples: bool = True) -> dict[str,
     if procs.is_main:
         _log_tokenizers(pipe.run.local_path("tb", "eval"), report["tokenizers"], swap_figures)
     if samples and pipe.config.sampler is not None:
-        labels = sample_labels(pipe.model.num_classes, settings)
         generated = generate(pipe, labels, settings.seed, settings.batch_size, procs=procs)
-        report["samples"] = on_main(procs, lambda: {**score(generated, metrics, reference),
-                                                    "sec_per_image": generated.seconds_per_image,
-                                                    "count": len(labels)})
+
+        def scores() -> dict[str, Any]:
+            protocol = adm.score(generated.images, cache_dir) if adm is not None else {}
+            return {**score(generated, metrics, reference), **protocol,
+                    "sec_per_image": generated.seconds_per_image, "count": len(labels)}
+
+        report["samples"] = on_main(procs, scores)
     return report
+
+
+def inception_weights(path: str | None, what: str) -> str:
+    """``path`` of torch-fidelity's Inception weights, checked to be a file; ``what`` needs it."""
+    if path is None:
+        raise StratagenError(f"{what} needs torch-fidelity's Inception weights ({INCEPTION_FILE}): give "
+                             f"--inception-weights PATH (or an 'inception' metric with weights in eval.metrics)")
+    if not os.path.isfile(path):
+        raise StratagenError(f"--inception-weights {path} does not exist (expected {INCEPTION_FILE})")
+    return path
+
+
+def read_reference(url: str, weights: str | None) -> tuple[ReferenceBatch, str]:
+    """``eval --reference``'s inputs, checked before any work: the reference batch at ``url`` and the
+    path of the Inception weights."""
+    return ReferenceBatch.read(url), inception_weights(weights, "eval --reference")
+
+
+def load_inception(weights: str | None, what: str, device: torch.device | str = "auto",
+                   batch_size: int = 64) -> AdmInception:
+    """The Inception of ADM's protocol from the weights file ``weights`` (checked; ``what`` needs it)."""
+    return AdmInception(inception_weights(weights, what), device, batch_size)
+
+
+def adm_evaluator(reference: ReferenceBatch, weights: str, device: torch.device | str) -> AdmEvaluator:
+    """ADM's evaluator of ``reference``, its Inception on ``device``."""
+    return AdmEvaluator(reference, load_inception(weights, "eval --reference", device))
+
+
+class _EvaluationView(Dataset):
+    """Item ``i`` of a dataset's evaluation view (centre crop) as ``(uint8 [3, R, R], readable)``;
+    an unreadable file gives zeros and False (and its path, for the report)."""
+
+    def __init__(self, dataset: Any):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, bool, str]:
+        try:
+            image, _ = self.dataset[Key(index, None)]
+        except UnreadableImage as exc:
+            size = self.dataset.resolution
+            return torch.zeros(3, size, size, dtype=torch.uint8), False, exc.path
+        return to_uint8(image), True, ""
+
+
+def reference_statistics(dataset: Any, out: str, inception: AdmInception, images: int = 0
+                         ) -> tuple[int, int, list[str]]:
+    """Write ``dataset``'s ADM reference batch to ``out`` (:func:`stratagen.eval.adm.write_reference`),
+    streaming: one pass in order, in batches of ``inception.batch_size``, in constant memory (the
+    statistics accumulate; the kept images go to a temporary file). Images are decoded by loader
+    workers beside a GPU (:func:`stratagen.data.loader_workers`), in the main process on a CPU.
+
+    ``dataset`` is an image folder or tar shards (``dataset[Key(i, None)]``: the centre crop);
+    unreadable files are left out. ``images`` evenly spaced items (``j * len // images``) are
+    kept as ``arr_0``, for precision/recall; an unreadable one is replaced by the next readable
+    item. Returns (images in the statistics, images kept, paths left out).
+    """
+    size = len(dataset)
+    count = min(images, size)
+    keep = {j * size // count for j in range(count)} if count else set()
+    pool, spatial = GaussianAccumulator(POOL_DIM), GaussianAccumulator(SPATIAL_DIM)
+    sink = ImageSink() if keep else None
+    left_out: list[str] = []
+    loader = DataLoader(_EvaluationView(dataset), batch_size=inception.batch_size, shuffle=False,
+                        num_workers=loader_workers(None, inception.device))
+    start, owed = 0, 0  # owed: chosen items that were unreadable, taken from the next readable ones
+    for batch, readable, paths in progress(loader, desc="reference statistics", total=len(loader)):
+        chosen = []
+        for index, ok in enumerate(readable.tolist(), start):
+            take = ok and (index in keep or owed > 0)
+            owed += int(index in keep and not ok) - int(take and index not in keep)
+            chosen.append(take)
+        start += len(batch)
+        left_out += [p for p, ok in zip(paths, readable.tolist()) if not ok]
+        if not readable.any():
+            continue
+        features = inception(batch[readable])
+        pool.add(features.pool)
+        spatial.add(features.spatial)
+        if sink is not None:
+            sink.add(batch[torch.tensor(chosen, dtype=torch.bool)])
+    if pool.count < 2:
+        raise StratagenError(f"reference statistics need at least 2 readable images, found {pool.count}")
+    write_reference(out, pool, spatial, sink)
+    return pool.count, sink.count if sink is not None else 0, left_out
