@@ -79,6 +79,10 @@ class Tokenizer(nn.Module, ABC):
         """Whether :meth:`decode` accepts exactly these levels; by default all are needed."""
         return levels == set(self.level_names)
 
+    def describe(self) -> str:
+        """A short note on a build choice the plugin name does not show (``stratagen info``); "" if none."""
+        return ""
+
 
 class MultiScaleTokenizer(Tokenizer):
     """A tokenizer whose levels are K scales of one feature map, each coding what the coarser
