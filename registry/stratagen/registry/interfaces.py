@@ -180,7 +180,8 @@ class MaskSchedule(ABC):
 
     @abstractmethod
     def __call__(self, ratio: torch.Tensor | float, total: int | torch.Tensor) -> torch.Tensor:
-        """``ratio`` any shape in [0, 1] -> masked fraction (float64), clamped to [0, 1]."""
+        """``ratio`` any shape in [0, 1] -> masked fraction, clamped to [0, 1]. Decoding rounds it
+        to float32 (official MaskGIT computes it in float32; the built-in schedules do too)."""
 
 
 # ----------------------------------------------------------------------------- decode order
