@@ -16,7 +16,8 @@ from pydantic import BaseModel
 
 from stratagen.nn import set_attention_backend
 from stratagen.registry import (ConfigError, CriticSlot, GenerativeModel, IncompatibleComponentsError, LevelSpec,
-                                MaskSchedule, PriorSlot, Registry, Sampler, Tokenizer, get_registry, split_stream_key)
+                                MaskSchedule, PriorSlot, Registry, Sampler, Tokenizer, get_registry, resolve_level,
+                                split_stream_key)
 
 
 @dataclass
@@ -98,10 +99,10 @@ def _level_spec(tokenizers: dict[str, Tokenizer], stream: str, resolutions: dict
     if tokenizer_id not in tokenizers:
         raise ConfigError(f"{where}: stream {stream!r} names tokenizer {tokenizer_id!r}; "
                           f"tokenizers: {', '.join(tokenizers)}")
-    specs = {s.name: s for s in tokenizers[tokenizer_id].level_specs(resolutions[tokenizer_id])}
-    if level not in specs:
-        raise ConfigError(f"{where}: tokenizer {tokenizer_id!r} has no level {level!r}; levels: {', '.join(specs)}")
-    return specs[level]
+    try:
+        return resolve_level(tokenizers[tokenizer_id].level_specs(resolutions[tokenizer_id]), level)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: tokenizer {tokenizer_id!r}: {exc}") from None
 
 
 def _build(registry: Registry, kind: str, model: Any, where: str, **wiring: Any) -> Any:

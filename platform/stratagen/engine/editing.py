@@ -32,7 +32,7 @@ from PIL import Image
 
 from stratagen.data.transforms import resize_center_crop, resize_images, to_tensor
 from stratagen.engine.logger import image_grid
-from stratagen.registry import UNKNOWN, Sampler, StratagenError, TokenGrids, split_stream_key
+from stratagen.registry import UNKNOWN, Sampler, StratagenError, TokenGrids, split_stream_key, stream_parts
 
 if TYPE_CHECKING:
     from stratagen.engine.pipeline import Pipeline
@@ -195,8 +195,9 @@ def domain_transfer(pipe: Pipeline, images: torch.Tensor, new_classes: Sequence[
 
 
 def _streams(pipe: Pipeline, sampler: Sampler) -> list[str]:
-    """The streams ``sampler`` generates on the run's model, in decoding order."""
-    return [stage.stream for stage in sampler.stages(pipe.model)]
+    """The one-level streams ``sampler`` generates on the run's model, in decoding order (a joint
+    stream's levels in its order)."""
+    return [part for stage in sampler.stages(pipe.model) for part in stream_parts(stage.stream)]
 
 
 def _regenerated(canvas: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -15,7 +15,7 @@ from torch import nn
 
 from .errors import IncompatibleComponentsError
 from .sampling import Stage
-from .tokens import LevelSpec, TokenGrids, split_stream_key
+from .tokens import LevelSpec, TokenGrids, resolve_level, split_stream_key
 
 #: Marks an unknown (still to be generated) position in a token canvas given to a sampler.
 UNKNOWN = -1
@@ -323,9 +323,9 @@ class GenerativeModel:
         return found[0]
 
     def level_spec(self, stream: str) -> LevelSpec:
+        """The spec of ``stream`` (a joint stream's: see :func:`~stratagen.registry.tokens.resolve_level`)."""
         tokenizer_id, level = split_stream_key(stream)
-        specs = self.tokenizers[tokenizer_id].level_specs(self.resolution_of(tokenizer_id))
-        return next(s for s in specs if s.name == level)
+        return resolve_level(self.tokenizers[tokenizer_id].level_specs(self.resolution_of(tokenizer_id)), level)
 
     def prior_for(self, stream: str, decoded: Iterable[str] = ()) -> PriorSlot:
         """The prior generating ``stream`` from the streams in ``decoded``.
@@ -352,7 +352,8 @@ class GenerativeModel:
 
 @dataclass
 class SampleOutput:
-    """Images ``[B, 3, H, W]`` and every generated stream's tokens ``[B, h, w]``."""
+    """Images ``[B, 3, H, W]`` and every generated stream's tokens ``[B, h, w]`` (a joint stream's
+    per level: ``vq512.top+bottom`` gives ``vq512.top`` and ``vq512.bottom``)."""
 
     images: torch.Tensor
     tokens: dict[str, torch.Tensor]

@@ -6,7 +6,8 @@
 - ``cmtm-bottom``: the bottom-level prior cross-attending to the top tokens and the class (Eq. 4);
   with other conditions it is also the cascade's f8 prior and the 512 upsampler;
 - ``upsampler``: the 256 -> 512 token-level upsampler prior (§4.2, Table 4), the bottom prior's
-  architecture with 3 layers by default;
+  architecture with 3 layers by default; the paper's one model generates both 512 levels as one
+  joint stream (``vq512.top+bottom``);
 - ``stratified``: top then bottom decoding (§3.3); ``cascade``: the MaskGIT cascade baseline (§4.3);
   ``upsample``: StraIT at 256 px, then the upsampler's 512 px tokens, decoded at 512.
 """
@@ -79,12 +80,21 @@ class UpsamplerConfig(CMTMBottomConfig):
 
 class UpsampleConfig(SamplerConfig):
     name: Literal["upsample"] = "upsample"
+    form: Literal["joint", "two-stage"] = Field(
+        "joint", description="joint (the paper's, §4.2 and Table 4): one upsampler prior generates both high-resolution "
+                             "levels as one stream (<high>.top+bottom) in `up` steps; two-stage (not the paper's): "
+                             "one prior per level, `up_top` then `up_bottom` steps")
     top: StageSettings = StageSettings(steps=18)
     bottom: StageSettings = StageSettings(steps=6)
+    up: StageSettings = StageSettings(steps=12)
     up_top: StageSettings = StageSettings(steps=12)
     up_bottom: StageSettings = StageSettings(steps=12)
     low: str = Field("vq", description="tokenizer id of the low-resolution streams")
     high: str = Field("vq512", description="tokenizer id of the high-resolution streams")
+
+    def stage_names(self) -> list[str]:
+        """The stages of the configured form (a sweep's per-stage lists name these)."""
+        return ["top", "bottom", *(["up"] if self.form == "joint" else ["up_top", "up_bottom"])]
 
 
 class StratifiedConfig(SamplerConfig):
