@@ -239,3 +239,14 @@ def test_a_stream_with_two_priors_uses_the_one_that_fits_what_is_decoded(tmp_pat
     single = api.load(str(write_config(tmp_path / "c.yaml", config)), ["sampler.name=maskgit",
                                                                       "sampler.stream=f8.tokens"])
     build.build(single)  # the unconditioned f8 prior decodes alone
+
+
+def test_guidance_on_a_prior_trained_without_class_dropout_warns(tiny, caplog):
+    from stratagen.engine import build as build_module
+
+    path = str(tiny("strait"))
+    for dropout, warned in ((0.0, True), (0.1, False)):
+        build_module._say_untrained_guidance.cache_clear()
+        caplog.clear()
+        api.build(api.load(path, ["sampler.top.guidance_scale=0.5", f"priors.top.model.class_dropout={dropout}"]))
+        assert ("vq.top: guidance_scale > 0 but its prior trained with class_dropout 0" in caplog.text) == warned

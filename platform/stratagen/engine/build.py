@@ -8,6 +8,8 @@ returned :class:`BuiltRun`; none of them reads component wiring from the config 
 """
 from __future__ import annotations
 
+import functools
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +21,8 @@ from stratagen.registry import (ConfigError, CriticSlot, GenerativeModel, Incomp
                                 MaskSchedule, PriorSlot, Registry, Sampler, Tokenizer, get_registry, resolve_level,
                                 split_stream_key)
 
+
+log = logging.getLogger(__name__)
 
 @dataclass
 class BuiltRun:
@@ -84,7 +88,17 @@ def build_sampler(sampler_config: BaseModel, model: GenerativeModel, registry: R
     for stage in sampler.stages(model):
         if stage.settings.order == "critic":
             model.critic_for(stage.stream)
+        priors = [slot.prior for slot in model.priors.values() if slot.target == stage.stream]
+        if stage.settings.guidance_scale > 0 and priors and all(p.class_dropout == 0 for p in priors):
+            _say_untrained_guidance(stage.stream)
     return sampler
+
+
+@functools.cache
+def _say_untrained_guidance(stream: str) -> None:
+    """Said once per stream and process: a config may sample a run with guidance on purpose."""
+    log.warning("%s: guidance_scale > 0 but its prior trained with class_dropout 0 (its unconditional logits "
+                "are untrained); set priors.<id>.model.class_dropout (Table 12: 0.1) to train for guidance", stream)
 
 
 def build_metrics(settings: Any, registry: Registry | None = None) -> list[tuple[str, Any]]:

@@ -120,11 +120,14 @@ class Prior(nn.Module, ABC):
         target: the level it generates.
         conditions: levels it attends to (empty for an unconditional-on-tokens prior).
         num_classes: class labels are ``[0, num_classes)``; ``num_classes`` means "no class".
+        class_dropout: share of training rows given the null class; 0: its unconditional
+            logits are never trained, so classifier-free guidance has nothing to contrast.
     """
 
     target: LevelSpec
     conditions: tuple[LevelSpec, ...]
     num_classes: int
+    class_dropout: float = 0.0
 
     @property
     def mask_token_id(self) -> int:
