@@ -22,7 +22,7 @@ from stratagen.plugins.vqgan import TINY_CONV_VQ, ConvVQConfig, build_loss
 from stratagen.registry import IncompatibleComponentsError, SamplerConfig, StageSettings, hookimpl
 
 from .samplers import CascadeSampler, StratifiedSampler, UpsampleSampler
-from .tokenizer import VQGAN2Tokenizer
+from .tokenizer import Fusion, VQGAN2Tokenizer
 
 
 #: the fusions each VQGAN2 variant accepts, its default first
@@ -33,7 +33,7 @@ class VQGAN2Config(ConvVQConfig):
     """VQGAN2-R / VQGAN2-C (Table 11); the top factor is 2^(len(channel_mult) - 1), the bottom half of it."""
 
     name: Literal["vqgan2-r", "vqgan2-c"]
-    fusion: Literal["residual", "concat", "concat-stem"] | None = Field(
+    fusion: Fusion | None = Field(
         None, description="vqgan2-r: residual (the default and only one); vqgan2-c: concat (default; the paper's, "
                           "VQ-VAE-2's: top upscaled by a transposed conv and concatenated with bottom at the decoder "
                           "input) or concat-stem (not the paper's: concatenated after the decoder's f stem)")
