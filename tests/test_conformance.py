@@ -18,7 +18,7 @@ from stratagen.data.synthetic import SyntheticShapes
 from stratagen.eval import ReferenceSet
 from stratagen.registry import (UNKNOWN, Critic, DecodeOrder, IncompatibleComponentsError, LevelSpec,
                                 MaskSchedule, MissingWeightsError, Prior, Sampler, StageSettings, Tokenizer,
-                                get_registry)
+                                get_registry, stream_parts)
 from stratagen.sampling import iterative_decode
 from tinyconfigs import tiny_config, write_config
 
@@ -208,11 +208,12 @@ def test_sampler_contract(name, tiny_models):
     stages = sampler.stages(model)
     resolution = model.resolution_of(sampler.output_tokenizer(model))
     assert tuple(out.images.shape) == (2, 3, resolution, resolution) and torch.isfinite(out.images).all()
-    assert set(out.tokens) == {s.stream for s in stages} and out.steps == sum(s.settings.steps for s in stages)
-    for stage in stages:
-        spec = model.level_spec(stage.stream)
-        assert tuple(out.tokens[stage.stream].shape) == (2, spec.height, spec.width)
-        assert 0 <= int(out.tokens[stage.stream].min()) and int(out.tokens[stage.stream].max()) < spec.codebook_size
+    streams = [part for s in stages for part in stream_parts(s.stream)]  # a joint stage: its levels
+    assert set(out.tokens) == set(streams) and out.steps == sum(s.settings.steps for s in stages)
+    for stream in streams:
+        spec = model.level_spec(stream)
+        assert tuple(out.tokens[stream].shape) == (2, spec.height, spec.width)
+        assert 0 <= int(out.tokens[stream].min()) and int(out.tokens[stream].max()) < spec.codebook_size
     again = sampler.sample(model, labels, torch.Generator().manual_seed(0))
     assert torch.equal(out.images, again.images)
     described = sampler.describe(model)

@@ -18,7 +18,8 @@ TINY_VAR = {"depth": 1, "width": 32, "heads": 2, "feature_dim": TINY_VQ["embeddi
 
 def tiny_config(run_dir: Path, variant: str = "maskgit") -> dict[str, Any]:
     """A run config dict for 16 px synthetic images: ``maskgit``, ``strait``, ``cascade``, ``upsample``
-    (32 px) or ``var`` (three scales, 1, 2 and 4 tokens a side)."""
+    (32 px; one joint upsampler prior), ``upsample-two-stage`` (one upsampler prior per level) or
+    ``var`` (three scales, 1, 2 and 4 tokens a side)."""
     config: dict[str, Any] = {
         "run": {"dir": str(run_dir), "seed": 0, "device": "cpu"},
         "data": {"name": "synthetic", "num_classes": 4, "resolution": 16, "train_size": 32, "eval_size": 16},
@@ -49,11 +50,17 @@ def tiny_config(run_dir: Path, variant: str = "maskgit") -> dict[str, Any]:
         config["data"]["resolution"] = 32
         config["tokenizers"]["vq"]["resolution"] = 16
         config["tokenizers"]["vq512"] = {"share": "vq"}
+        config["priors"]["up"] = {"target": "vq512.top+bottom", "conditions": ["vq.top", "vq.bottom"],
+                                  "model": {"name": "upsampler", **TINY_PRIOR}, "train": dict(TINY_TRAIN)}
+        config["sampler"] = {"name": "upsample", "top": {"steps": 2}, "bottom": {"steps": 2}, "up": {"steps": 2}}
+    elif variant == "upsample-two-stage":
+        config = tiny_config(run_dir, "upsample")
+        del config["priors"]["up"]
         config["priors"]["up_top"] = {"target": "vq512.top", "conditions": ["vq.top", "vq.bottom"],
                                       "model": {"name": "upsampler", **TINY_PRIOR}, "train": dict(TINY_TRAIN)}
         config["priors"]["up_bottom"] = {"target": "vq512.bottom", "conditions": ["vq512.top", "vq.top", "vq.bottom"],
                                          "model": {"name": "upsampler", **TINY_PRIOR}, "train": dict(TINY_TRAIN)}
-        config["sampler"] = {"name": "upsample", "top": {"steps": 2}, "bottom": {"steps": 2},
+        config["sampler"] = {"name": "upsample", "form": "two-stage", "top": {"steps": 2}, "bottom": {"steps": 2},
                              "up_top": {"steps": 2}, "up_bottom": {"steps": 2}}
     elif variant == "var":
         config["tokenizers"] = {"vq": {"model": {"name": "msvq", **TINY_VQ, "scales": [1, 2, 4]},

@@ -23,8 +23,10 @@ R = 16  # tiny runs: 16 px; strait top 4x4, bottom 8x8; cascade f16 4x4, f8 8x8
 def pipes(tmp_path_factory) -> dict[str, api.Pipeline]:
     root = tmp_path_factory.mktemp("editing")
     loaded = {}
-    for variant in ("strait", "cascade"):
-        config = tiny_config(root / variant, variant)
+    for variant in ("strait", "strait-c", "cascade"):
+        config = tiny_config(root / variant, variant.removesuffix("-c"))
+        if variant == "strait-c":  # VQGAN2-C, the paper's concat fusion
+            config["tokenizers"]["vq"]["model"]["name"] = "vqgan2-c"
         for component in (*config["tokenizers"].values(), *config["priors"].values()):
             component["train"].update(steps=2, checkpoint_every=2)  # editing needs weights, not quality
         api.train(api.load(str(write_config(root / f"{variant}.yaml", config))))
@@ -63,18 +65,49 @@ def test_box_mask_inside_and_outside():
         editing.box_mask(1, 6, 8, top=4, left=0, box_h=3, box_w=1)
 
 
-@pytest.mark.parametrize("variant, inside", [("strait", True), ("strait", False), ("cascade", True)])
-def test_inpaint_and_outpaint_keep_the_unmasked_tokens_and_pixels(pipes, variant, inside):
+def test_children_are_the_finer_tokens_under_each_coarse_token():
+    top = torch.tensor([[[True, False], [False, False]]])
+    bottom = editing.children(top, 4, 4)
+    assert bottom[0, :2, :2].all() and bottom.sum() == 4
+    with pytest.raises(StratagenError, match="2x2 level does not split into 3x3"):
+        editing.children(top, 3, 3)
+
+
+def expected_regenerated(mask: torch.Tensor, top_shape, bottom_shape, keep_children: bool):
+    """The top level's projected mask; the bottom's projected mask and the 2x2 children of every
+    regenerated top token (computed here with index arithmetic, not with ``editing.children``)."""
+    top = editing.project_mask(mask, *top_shape)
+    bottom = editing.project_mask(mask, *bottom_shape)
+    if not keep_children:
+        rows = torch.arange(bottom_shape[0]) * top_shape[0] // bottom_shape[0]
+        cols = torch.arange(bottom_shape[1]) * top_shape[1] // bottom_shape[1]
+        bottom = bottom | top[:, rows][:, :, cols]
+    return top, bottom
+
+
+@pytest.mark.parametrize("variant, inside, keep_children", [
+    ("strait", True, False), ("strait", False, False), ("strait-c", True, False), ("strait", True, True),
+    ("strait-c", True, True), ("cascade", True, False)])
+def test_inpaint_and_outpaint_keep_the_unmasked_tokens_and_pixels(pipes, variant, inside, keep_children):
     pipe, images = pipes[variant], noise_images()
     mask = editing.box_mask(2, R, R, top=4, left=4, box_h=8, box_w=6, inside=inside)
-    result = editing.inpaint(pipe, images, mask, classes=[1, 3], seed=1)
-    streams = {"strait": {"vq.top", "vq.bottom"}, "cascade": {"f16.tokens", "f8.tokens"}}[variant]
-    assert set(result.tokens) == set(result.token_masks) == streams
-    for stream, tokens in result.tokens.items():
+    result = editing.inpaint(pipe, images, mask, classes=[1, 3], seed=1, keep_children=keep_children)
+    streams = ["f16.tokens", "f8.tokens"] if variant == "cascade" else ["vq.top", "vq.bottom"]
+    assert set(result.tokens) == set(result.token_masks) == set(streams)
+    if variant == "cascade":  # two tokenizers: no parent and children, each level its own projection
+        expected = [editing.project_mask(mask, *result.tokens[s].shape[1:]) for s in streams]
+    else:
+        expected = expected_regenerated(mask, result.tokens[streams[0]].shape[1:],
+                                        result.tokens[streams[1]].shape[1:], keep_children)
+    for stream, want in zip(streams, expected):
+        tokens = result.tokens[stream]
         source, regenerated = encoded(pipe, images, stream), result.token_masks[stream]
-        assert torch.equal(regenerated, editing.project_mask(mask, *tokens.shape[1:])), stream
+        assert torch.equal(regenerated, want), stream
         assert torch.equal(tokens[~regenerated], source[~regenerated]), stream
         assert (tokens != source)[regenerated].any(), stream
+    if variant != "cascade" and inside:  # the box's edge cuts top cells: children beyond the projection
+        projected = editing.project_mask(mask, *result.tokens["vq.bottom"].shape[1:])
+        assert torch.equal(result.token_masks["vq.bottom"], projected) == keep_children
     pixels = mask[:, None].expand_as(images)
     assert torch.equal(result.images[~pixels], images[~pixels])
     assert torch.equal(result.images[pixels], result.generated[pixels])
@@ -166,7 +199,10 @@ def test_edit_verb_writes_the_result_and_its_strip(pipes, tmp_path):
     assert edit("--mode", "transfer", "--bottom-only", "--class", "3", "--out", str(tmp_path / "t.png")) == 0
     assert edit("--mode", "transfer", "--box", "0,0,8,8", "--class", "3", "--out", str(tmp_path / "u.png")) == 0
     assert (tmp_path / "t.png").exists() and (tmp_path / "t_strip.png").exists()
+    assert edit("--box", "2,2,8,8", "--keep-children", "--class", "1", "--out", str(tmp_path / "k.png")) == 0
     for flags, message in ((["--class", "1"], "needs --mask or --box"),
+                           (["--mode", "transfer", "--bottom-only", "--keep-children", "--class", "1"],
+                            "--keep-children goes with --mode inpaint"),
                            (["--box", "1,2", "--class", "1"], "four integers"),
                            (["--outside", "--class", "1"], "--outside needs --box")):
         with pytest.raises(StratagenError, match=message):

@@ -1,9 +1,8 @@
 """MaskGIT iterative decoding: schedule arithmetic, known tokens, seeding, guidance."""
-import math
-
 import pytest
 import torch
 
+from official_maskgit import official_trajectory
 from stratagen.plugins.maskgit import MaskedTokenTransformer
 from stratagen.registry import StageSettings
 from stratagen.sampling import guided_logits, iterative_decode
@@ -19,28 +18,13 @@ def tiny_prior(conditions=(), seed=0) -> MaskedTokenTransformer:
     return prior.eval()
 
 
-def expected_masked(n0: int, steps: int, schedule: str) -> list[int]:
-    """Independent re-statement of official MaskGIT's mask-length rule."""
-    gamma = get_registry().build("schedule", schedule)
-    unknown, out = n0, []
-    for t in range(steps):
-        if t == steps - 1:
-            out.append(0)
-            break
-        keep = math.floor(n0 * float(gamma(torch.tensor((t + 1) / steps), n0)))
-        keep = max(1, min(unknown - 1, keep))
-        out.append(keep)
-        unknown = keep
-    return out
-
-
 @pytest.mark.parametrize("schedule,steps", [("cosine", 8), ("linear", 5), ("exp", 6), ("log", 4)])
 def test_each_step_leaves_exactly_the_scheduled_number_masked(schedule, steps):
     prior = tiny_prior()
     canvas = torch.full((3, 16), UNKNOWN)
     result = iterative_decode(prior, canvas, torch.tensor([0, 1, 2]), [], StageSettings(steps=steps, schedule=schedule),
                               torch.Generator().manual_seed(0))
-    want = expected_masked(16, steps, schedule)
+    want = official_trajectory(schedule, steps, 16)
     for step, masked in enumerate(result.masked_after_step):
         assert masked.tolist() == [want[step]] * 3, f"step {step}"
     assert (result.tokens >= 0).all() and (result.tokens < 16).all()
@@ -55,7 +39,7 @@ def test_known_tokens_are_kept_and_schedule_counts_from_unknown_at_start():
     result = iterative_decode(prior, canvas, torch.tensor([0, 2]), [], StageSettings(steps=4),
                               torch.Generator().manual_seed(0))
     assert torch.equal(result.tokens[known], canvas[known])
-    want = expected_masked(10, 4, "cosine")
+    want = official_trajectory("cosine", 4, 10)
     assert [m.tolist() for m in result.masked_after_step] == [[w, w] for w in want]
 
 

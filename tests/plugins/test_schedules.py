@@ -22,7 +22,8 @@ EXPECTED = {
 def test_schedule_values_and_monotonicity(name):
     schedule = get_registry().build("schedule", name)
     values = schedule(torch.tensor([0.0, 0.5, 1.0]), N)
-    assert torch.allclose(values, torch.tensor(EXPECTED[name], dtype=values.dtype), atol=1e-9)
+    assert values.dtype == torch.float32  # official MaskGIT's arithmetic
+    assert torch.allclose(values.double(), torch.tensor(EXPECTED[name], dtype=torch.float64), rtol=0, atol=1e-7)
     curve = schedule(torch.linspace(0, 1, 101), N)
     assert (curve[1:] <= curve[:-1] + 1e-12).all(), "a mask schedule must not increase"
     assert curve.min() >= 0 and curve.max() <= 1

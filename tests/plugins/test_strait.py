@@ -17,7 +17,10 @@ def tiny_vqgan2(fusion: str, seed: int = 0):
                         restart_dead_codes=False, latent_blocks=1, loss=VQGANLossConfig(gan_weight=0.0)).eval()
 
 
-@pytest.mark.parametrize("fusion", ["residual", "concat"])
+FUSIONS = ["residual", "concat", "concat-stem"]
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
 def test_vqgan2_levels_at_256px(fusion):
     tokenizer = tiny_vqgan2(fusion)
     top, bottom = tokenizer.level_specs(256)
@@ -32,8 +35,46 @@ def test_vqgan2_levels_at_256px(fusion):
     assert set(out.level_stats) == {"top", "bottom"}
 
 
-def test_r_and_c_differ_only_in_fusion():
-    r, c = tiny_vqgan2("residual"), tiny_vqgan2("concat")
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_both_levels_reach_the_output(fusion):
+    tokenizer = tiny_vqgan2(fusion)
+    z_top = torch.randn(1, 4, 16, 16, requires_grad=True)
+    z_bottom = torch.randn(1, 4, 32, 32, requires_grad=True)
+    tokenizer._decode_latents(z_top, z_bottom).square().sum().backward()
+    assert z_top.grad.abs().sum() > 0 and z_bottom.grad.abs().sum() > 0
+    grids = {"top": torch.randint(0, 64, (1, 16, 16)), "bottom": torch.randint(0, 64, (1, 32, 32))}
+    with torch.no_grad():
+        base = tokenizer.decode(grids)
+        for level in grids:
+            changed = dict(grids, **{level: (grids[level] + 1) % 64})
+            assert not torch.allclose(tokenizer.decode(changed), base), level
+
+
+def test_paper_concat_joins_the_upscaled_top_and_the_bottom_at_the_decoder_input():
+    """VQGAN2-C (§3.1, App. B; VQ-VAE-2): the decoder's input is [transposed-conv(top) (f/2), bottom],
+    and no path from the top level reaches the image around that concatenation: with the top half
+    of the decoder's input detached, the image has no gradient with respect to the top latents."""
+    tokenizer = tiny_vqgan2("concat")
+    assert isinstance(tokenizer.top_upsample, torch.nn.ConvTranspose2d) and tokenizer.top_upsample.stride == (2, 2)
+    assert not hasattr(tokenizer, "fusion") and len(tokenizer.decoder.upsamples) == 3  # f/2 = 8: from f8 on
+    seen = []
+
+    def cut_top(module, args):
+        (x,) = args
+        seen.append(x.shape)
+        return (torch.cat([x[:, :4].detach(), x[:, 4:]], dim=1),)
+
+    z_top = torch.randn(1, 4, 16, 16, requires_grad=True)
+    z_bottom = torch.randn(1, 4, 32, 32, requires_grad=True)
+    handle = tokenizer.decoder.register_forward_pre_hook(cut_top)
+    tokenizer._decode_latents(z_top, z_bottom).square().sum().backward()
+    handle.remove()
+    assert seen == [(1, 8, 32, 32)]
+    assert (z_top.grad is None or not z_top.grad.any()) and z_bottom.grad.abs().sum() > 0
+
+
+def test_r_and_concat_stem_differ_only_in_fusion():
+    r, c = tiny_vqgan2("residual"), tiny_vqgan2("concat-stem")
     r_params = {k: v.shape for k, v in r.state_dict().items()}
     c_params = {k: v.shape for k, v in c.state_dict().items()}
     differing = {k for k in r_params.keys() | c_params.keys() if r_params.get(k) != c_params.get(k)}
@@ -42,14 +83,24 @@ def test_r_and_c_differ_only_in_fusion():
     assert all(torch.equal(r.state_dict()[k], c.state_dict()[k]) for k in shared), "same seed, same shared weights"
 
 
-def test_residual_decodes_top_alone_concat_refuses():
-    r, c = tiny_vqgan2("residual"), tiny_vqgan2("concat")
+@pytest.mark.parametrize("concat", ["concat", "concat-stem"])
+def test_residual_decodes_top_alone_concat_refuses(concat):
+    r, c = tiny_vqgan2("residual"), tiny_vqgan2(concat)
     assert r.can_decode({"top"}) and not c.can_decode({"top"})
     top = torch.randint(0, 64, (1, 16, 16))
     with torch.no_grad():
         assert r.decode({"top": top}).shape == (1, 3, 256, 256)
     with pytest.raises(ValueError):
         c.decode({"top": top})
+
+
+def test_fusion_config_defaults_and_refusals():
+    config = get_registry().get("tokenizer", "vqgan2-c").config
+    assert config(name="vqgan2-c").fusion == "concat"
+    assert config(name="vqgan2-r").fusion == "residual"
+    assert config(name="vqgan2-c", fusion="concat-stem").fusion == "concat-stem"
+    with pytest.raises(ValueError, match="vqgan2-r takes fusion 'residual', not 'concat'"):
+        config(name="vqgan2-r", fusion="concat")
 
 
 def test_separate_codebooks():
@@ -188,3 +239,14 @@ def test_a_stream_with_two_priors_uses_the_one_that_fits_what_is_decoded(tmp_pat
     single = api.load(str(write_config(tmp_path / "c.yaml", config)), ["sampler.name=maskgit",
                                                                       "sampler.stream=f8.tokens"])
     build.build(single)  # the unconditioned f8 prior decodes alone
+
+
+def test_guidance_on_a_prior_trained_without_class_dropout_warns(tiny, caplog):
+    from stratagen.engine import build as build_module
+
+    path = str(tiny("strait"))
+    for dropout, warned in ((0.0, True), (0.1, False)):
+        build_module._say_untrained_guidance.cache_clear()
+        caplog.clear()
+        api.build(api.load(path, ["sampler.top.guidance_scale=0.5", f"priors.top.model.class_dropout={dropout}"]))
+        assert ("vq.top: guidance_scale > 0 but its prior trained with class_dropout 0" in caplog.text) == warned

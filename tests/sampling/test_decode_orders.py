@@ -1,16 +1,15 @@
 """Decode orders (confidence, random, Halton) and the official MaskGIT arithmetic for masked counts."""
 from __future__ import annotations
 
-import math
 
-import numpy as np
 import pytest
 import torch
 
+from official_maskgit import official_trajectory
 from stratagen.plugins.maskgit import MaskedTokenTransformer
 from stratagen.plugins.orders import HaltonOrder, halton_order, radical_inverse
 from stratagen.registry import UNKNOWN, LevelSpec, StageSettings, get_registry
-from stratagen.sampling import iterative_decode, masked_counts
+from stratagen.sampling import count_plan, iterative_decode
 
 SCHEDULES = ["cosine", "linear", "square", "cubic", "sqrt", "log", "exp"]
 
@@ -22,29 +21,34 @@ def tiny_prior(h: int = 4, w: int = 4, codebook: int = 16) -> MaskedTokenTransfo
 
 
 # ----------------------------------------------------------------------------- official arithmetic
-def official_gamma(name: str, ratio: float, total: np.ndarray) -> np.ndarray:
-    """MaskGIT's schedules on the Python-float ratio, with each row's unknown count (log, exp)."""
-    total = total.astype(np.float64)
-    return {"cosine": np.cos(math.pi / 2.0 * ratio) + 0 * total, "linear": 1.0 - ratio + 0 * total,
-            "square": 1.0 - ratio ** 2 + 0 * total, "cubic": 1.0 - ratio ** 3 + 0 * total,
-            "sqrt": 1.0 - math.sqrt(ratio) + 0 * total,
-            "log": -np.log2(ratio) / np.log2(total),
-            "exp": 1.0 - np.exp2(-np.log2(total) * (1.0 - ratio))}[name]
-
-
-def official_counts(name: str, steps: int, unknown_at_start: np.ndarray, unknown_before: list[np.ndarray]):
-    """Per step, floor(N0 * float32(mask_ratio)) clamped to [1, unknown - 1], as the official loop."""
-    out = []
-    for step in range(steps - 1):
-        ratio = (step + 1) / steps
-        gamma = np.clip(official_gamma(name, ratio, unknown_at_start), 0, 1).astype(np.float32)
-        keep = np.floor(unknown_at_start.astype(np.float32) * gamma).astype(np.int64)
-        out.append(np.maximum(1, np.minimum(unknown_before[step] - 1, keep)))
-    return out
+# Trajectories from tests/official_maskgit.py: the official loop's formulas in float32, not our code.
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_count_plans_equal_the_official_float32_trajectories_on_blank_canvases(schedule):
+    rows = [(n0, steps) for n0 in (16, 64, 256, 1024) for steps in (2, 4, 6, 8, 10, 12, 16, 18, 24)]
+    for n0, steps in rows:
+        plan = count_plan(get_registry().build("schedule", schedule), steps, torch.tensor([n0]))
+        assert plan[1:, 0].tolist() == official_trajectory(schedule, steps, n0), (schedule, n0, steps)
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES)
-def test_masked_counts_equal_the_official_loop_for_rows_with_different_known_tokens(schedule):
+def test_count_plans_equal_the_official_trajectories_of_each_rows_own_unknown_count(schedule):
+    """Partial canvases: one batch whose rows start with different numbers of unknown tokens
+    (every N0 from 0 to 300, and a few larger), each on its own official trajectory."""
+    n0s = list(range(301)) + [511, 777, 1000, 1023, 4095]
+    for steps in (3, 7, 12, 18):
+        plan = count_plan(get_registry().build("schedule", schedule), steps, torch.tensor(n0s))
+        for row, n0 in enumerate(n0s):
+            assert plan[1:, row].tolist() == official_trajectory(schedule, steps, n0), (schedule, steps, n0)
+
+
+def test_cosine_after_the_twelfth_of_18_steps_leaves_31_of_64_masked():
+    """cos(pi/2 * 12/18) is 0.49999997 in float32 (0.5 in exact arithmetic): floor(64 * it) = 31."""
+    plan = count_plan(get_registry().build("schedule", "cosine"), 18, torch.tensor([64]))
+    assert official_trajectory("cosine", 18, 64)[11] == 31 and int(plan[12, 0]) == 31
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_decoding_leaves_the_official_counts_masked_on_partial_canvases(schedule):
     prior = tiny_prior(8, 8, 16)
     canvas = torch.full((4, 64), UNKNOWN)
     canvas[1, :10] = 3       # rows with 64, 54, 32 and 7 unknown tokens at the start
@@ -52,19 +56,9 @@ def test_masked_counts_equal_the_official_loop_for_rows_with_different_known_tok
     canvas[3, 7:] = 1
     result = iterative_decode(prior, canvas, torch.tensor([0, 1, 2, 0]), [],
                               StageSettings(steps=8, schedule=schedule), torch.Generator().manual_seed(0))
-    unknown_at_start = (canvas == UNKNOWN).sum(1).numpy()
-    before = [unknown_at_start] + [t.numpy() for t in result.masked_after_step[:-1]]
-    expected = official_counts(schedule, 8, unknown_at_start, before)
-    for step, counts in enumerate(expected):
-        assert result.masked_after_step[step].tolist() == counts.tolist(), (schedule, step)
+    for row, n0 in enumerate((64, 54, 32, 7)):
+        assert [int(m[row]) for m in result.masked_after_step] == official_trajectory(schedule, 8, n0), (schedule, n0)
     assert (result.tokens >= 0).all() and (result.tokens[canvas != UNKNOWN] == canvas[canvas != UNKNOWN]).all()
-
-
-def test_log_and_exp_use_each_rows_own_count():
-    log = get_registry().build("schedule", "log")
-    counts = torch.tensor([64, 7])
-    kept = masked_counts(log, 1, 8, counts, counts)
-    assert kept.tolist() == [math.floor(64 * (-math.log2(0.25) / 6)), math.floor(7 * -math.log2(0.25) / math.log2(7))]
 
 
 # ----------------------------------------------------------------------------- Halton

@@ -289,8 +289,9 @@ def _info(args: argparse.Namespace) -> int:
                            for s in tokenizer.level_specs(model.resolution_of(tid)))
         owner = model.shared.get(tid)
         plugin = built.config.tokenizers[owner or tid].model.name
+        note = tokenizer.describe()
         rows.append(("tokenizer", tid, plugin, 0 if owner else _count(tokenizer),
-                     levels + (f" (weights of {owner})" if owner else "")))
+                     levels + (f" (weights of {owner})" if owner else "") + (f"; {note}" if note else "")))
     for pid, slot in model.priors.items():
         streams = slot.target + (f" | {', '.join(slot.conditions)}" if slot.conditions else "")
         rows.append(("prior", pid, built.config.priors[pid].model.name, _count(slot.prior), streams))

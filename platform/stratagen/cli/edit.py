@@ -38,6 +38,9 @@ def add_parser(sub: argparse._SubParsersAction, add_set: Callable[[argparse.Argu
                    help="regenerate the masked region (default), or transfer the image to --class")
     p.add_argument("--bottom-only", action="store_true",
                    help="--mode transfer: keep every top-level token, re-predict the bottom level only")
+    p.add_argument("--keep-children", action="store_true",
+                   help="--mode inpaint: keep the bottom tokens under a regenerated top token where their own "
+                        "cell is not masked (by default they are regenerated with it)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", metavar="PATH", default=None, help="output PNG (default: <run>/edits/<image>_<mode>.png)")
     add_set(p)
@@ -49,6 +52,8 @@ def run_edit(args: argparse.Namespace) -> int:
 
     if args.outside and args.box is None:
         raise StratagenError("--outside needs --box")
+    if args.keep_children and args.mode != "inpaint":
+        raise StratagenError("--keep-children goes with --mode inpaint")
     if args.bottom_only and (args.mode != "transfer" or args.mask is not None or args.box is not None):
         raise StratagenError("--bottom-only goes with --mode transfer and no --mask/--box")
     if not args.bottom_only and args.mask is None and args.box is None:
@@ -64,7 +69,7 @@ def run_edit(args: argparse.Namespace) -> int:
     elif box is not None:
         mask = box_mask(1, R, R, *box, inside=not args.outside)
     if args.mode == "inpaint":
-        result = inpaint(pipe, image, mask, [args.label], args.seed)
+        result = inpaint(pipe, image, mask, [args.label], args.seed, keep_children=args.keep_children)
     else:
         result = domain_transfer(pipe, image, [args.label], mask, args.seed, bottom_only=args.bottom_only)
     out = args.out or os.path.join(pipe.run.local_path("edits"), f"{Path(args.image).stem}_{args.mode}.png")

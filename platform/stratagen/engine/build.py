@@ -8,6 +8,8 @@ returned :class:`BuiltRun`; none of them reads component wiring from the config 
 """
 from __future__ import annotations
 
+import functools
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,8 +18,11 @@ from pydantic import BaseModel
 
 from stratagen.nn import set_attention_backend
 from stratagen.registry import (ConfigError, CriticSlot, GenerativeModel, IncompatibleComponentsError, LevelSpec,
-                                MaskSchedule, PriorSlot, Registry, Sampler, Tokenizer, get_registry, split_stream_key)
+                                MaskSchedule, PriorSlot, Registry, Sampler, Tokenizer, get_registry, resolve_level,
+                                split_stream_key)
 
+
+log = logging.getLogger(__name__)
 
 @dataclass
 class BuiltRun:
@@ -83,7 +88,17 @@ def build_sampler(sampler_config: BaseModel, model: GenerativeModel, registry: R
     for stage in sampler.stages(model):
         if stage.settings.order == "critic":
             model.critic_for(stage.stream)
+        priors = [slot.prior for slot in model.priors.values() if slot.target == stage.stream]
+        if stage.settings.guidance_scale > 0 and priors and all(p.class_dropout == 0 for p in priors):
+            _say_untrained_guidance(stage.stream)
     return sampler
+
+
+@functools.cache
+def _say_untrained_guidance(stream: str) -> None:
+    """Said once per stream and process: a config may sample a run with guidance on purpose."""
+    log.warning("%s: guidance_scale > 0 but its prior trained with class_dropout 0 (its unconditional logits "
+                "are untrained); set priors.<id>.model.class_dropout (Table 12: 0.1) to train for guidance", stream)
 
 
 def build_metrics(settings: Any, registry: Registry | None = None) -> list[tuple[str, Any]]:
@@ -98,10 +113,10 @@ def _level_spec(tokenizers: dict[str, Tokenizer], stream: str, resolutions: dict
     if tokenizer_id not in tokenizers:
         raise ConfigError(f"{where}: stream {stream!r} names tokenizer {tokenizer_id!r}; "
                           f"tokenizers: {', '.join(tokenizers)}")
-    specs = {s.name: s for s in tokenizers[tokenizer_id].level_specs(resolutions[tokenizer_id])}
-    if level not in specs:
-        raise ConfigError(f"{where}: tokenizer {tokenizer_id!r} has no level {level!r}; levels: {', '.join(specs)}")
-    return specs[level]
+    try:
+        return resolve_level(tokenizers[tokenizer_id].level_specs(resolutions[tokenizer_id]), level)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: tokenizer {tokenizer_id!r}: {exc}") from None
 
 
 def _build(registry: Registry, kind: str, model: Any, where: str, **wiring: Any) -> Any:

@@ -33,7 +33,7 @@ from PIL import Image
 
 from stratagen.data.transforms import resize_center_crop, resize_images, to_tensor
 from stratagen.engine.logger import image_grid
-from stratagen.registry import UNKNOWN, Sampler, StratagenError, TokenGrids, split_stream_key
+from stratagen.registry import UNKNOWN, Sampler, StratagenError, TokenGrids, split_stream_key, stream_parts
 
 if TYPE_CHECKING:
     from stratagen.engine.pipeline import Pipeline
@@ -81,19 +81,38 @@ def box_mask(batch: int, height: int, width: int, top: int, left: int, box_h: in
     return mask if inside else ~mask
 
 
+def children(parent_mask: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Token mask ``[B, h, w]`` of a coarser level -> ``[B, height, width]``: True on every finer token
+    whose cell lies in a True coarse cell (the bottom tokens under a top token: 2x2 in VQGAN2)."""
+    B, h, w = parent_mask.shape
+    if height % h or width % w:
+        raise StratagenError(f"a {h}x{w} level does not split into {height}x{width} tokens")
+    return parent_mask.repeat_interleave(height // h, dim=1).repeat_interleave(width // w, dim=2)
+
+
 def token_canvas(pipe: Pipeline, images: torch.Tensor, pixel_mask: torch.Tensor,
-                 streams: Sequence[str]) -> dict[str, torch.Tensor]:
-    """Per stream, the input's tokens ``[B, h, w]`` with :data:`UNKNOWN` where the projected mask is True.
+                 streams: Sequence[str], keep_children: bool = False) -> dict[str, torch.Tensor]:
+    """Per stream, the input's tokens ``[B, h, w]`` with :data:`UNKNOWN` where the projected mask is
+    True and (unless ``keep_children``) under every regenerated token of an earlier, coarser level
+    of the same tokenizer.
+
+    A finer level's tokens are encoded relative to the coarser ones (VQGAN2 quantizes the
+    bottom level from features stacked with the top level's; VQGAN2-R decodes it as a residual
+    on the top), so a kept bottom token under a regenerated top token would describe the old
+    top, not the new one: its children are regenerated too.
 
     Args:
         images: ``[B, 3, R, R]`` in [-1, 1], ``R = pipe.model.resolution``.
         pixel_mask: ``[B, R, R]`` bool, True where the image is regenerated.
-        streams: ``"<tokenizer>.<level>"`` keys; each tokenizer encodes the images once.
+        streams: ``"<tokenizer>.<level>"`` keys, in decoding order (coarse before fine); each
+            tokenizer encodes the images once.
+        keep_children: project the mask onto each level on its own (finer tokens under a
+            regenerated coarser token are kept where their own cell has no masked pixel).
     """
     _check_images(pipe, images, pixel_mask)
     images, pixel_mask = images.to(pipe.device), pixel_mask.to(pipe.device)
     encoded: dict[str, TokenGrids] = {}
-    canvas = {}
+    canvas, masks = {}, {}
     with torch.no_grad():
         for stream in streams:
             tokenizer_id, level = split_stream_key(stream)
@@ -101,20 +120,28 @@ def token_canvas(pipe: Pipeline, images: torch.Tensor, pixel_mask: torch.Tensor,
                 resized = resize_images(images, pipe.model.resolution_of(tokenizer_id))
                 encoded[tokenizer_id] = pipe.model.tokenizer_of(stream).encode(resized)
             tokens = encoded[tokenizer_id][level]
-            canvas[stream] = tokens.masked_fill(project_mask(pixel_mask, *tokens.shape[1:]), UNKNOWN)
+            mask = project_mask(pixel_mask, *tokens.shape[1:])
+            if not keep_children:
+                for parent, parent_mask in masks.items():
+                    if split_stream_key(parent)[0] == tokenizer_id:
+                        mask = mask | children(parent_mask, *tokens.shape[1:])
+            masks[stream] = mask
+            canvas[stream] = tokens.masked_fill(mask, UNKNOWN)
     return canvas
 
 
 # ----------------------------------------------------------------------------- edits
 def inpaint(pipe: Pipeline, images: torch.Tensor, pixel_mask: torch.Tensor, classes: Sequence[int],
-            seed: int = 0, sampler: Sampler | None = None) -> EditResult:
+            seed: int = 0, sampler: Sampler | None = None, keep_children: bool = False) -> EditResult:
     """Regenerate the masked part of ``images`` ``[B, 3, R, R]`` (StraIT Appendix A, "Flexible Image Editing").
 
     Every stream the sampler generates is encoded from the input and its tokens under the
     projected ``pixel_mask`` ``[B, R, R]`` are set :data:`UNKNOWN`, so the mask reaches every
-    level (top and bottom; both tokenizers of a cascade); the sampler keeps the other
-    tokens. The decoded result is composited, ``where(pixel_mask, generated, images)``, so
-    pixels outside the mask are exactly the input.
+    level (top and bottom; both tokenizers of a cascade), and so are the children (the bottom
+    tokens) of every regenerated top token (see :func:`token_canvas`; ``keep_children=True``
+    keeps those whose own cell is not masked). The sampler keeps the other tokens. The decoded
+    result is composited, ``where(pixel_mask, generated, images)``, so pixels outside the mask
+    are exactly the input.
 
     Outpainting is the same call with the mask covering the outside (``box_mask(...,
     inside=False)``). Class-conditional editing (Figure 10: "turning lion into husky") is
@@ -126,7 +153,7 @@ def inpaint(pipe: Pipeline, images: torch.Tensor, pixel_mask: torch.Tensor, clas
         raise StratagenError(f"nothing to edit: the mask of image {empty[0]} selects no pixel (white or a box "
                              f"marks the region to regenerate)")
     sampler = sampler or pipe.sampler()
-    canvas = token_canvas(pipe, images, pixel_mask, _streams(pipe, sampler))
+    canvas = token_canvas(pipe, images, pixel_mask, _streams(pipe, sampler), keep_children)
     _check_classes(classes, images.shape[0])
     output = pipe.sample(classes, seed, sampler, canvas)
     composited = torch.where(pixel_mask.to(pipe.device)[:, None], output.images, images.to(pipe.device))
@@ -168,8 +195,9 @@ def domain_transfer(pipe: Pipeline, images: torch.Tensor, new_classes: Sequence[
 
 
 def _streams(pipe: Pipeline, sampler: Sampler) -> list[str]:
-    """The streams ``sampler`` generates on the run's model, in decoding order."""
-    return [stage.stream for stage in sampler.stages(pipe.model)]
+    """The one-level streams ``sampler`` generates on the run's model, in decoding order (a joint
+    stream's levels in its order)."""
+    return [part for stage in sampler.stages(pipe.model) for part in stream_parts(stage.stream)]
 
 
 def _regenerated(canvas: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -18,7 +18,8 @@ from stratagen.data import Prefetched, StepBatches, StepSampler, loader_workers,
 from stratagen.data.sampling import VIEW, derive_seed
 from stratagen.io.run import Run
 from stratagen.io.tokens import TokenCache
-from stratagen.registry import GenerativeModel, Prior, Registry, StratagenError, Tokenizer
+from stratagen.registry import (GenerativeModel, Prior, Registry, StratagenError, Tokenizer, split_stream_key,
+                                stream_grid)
 
 from . import precision
 from .distributed import Processes, per_rank_batch, step_seed
@@ -127,7 +128,7 @@ def train_on_tokens(run: Run, config: Any, kind: str, cid: str, model: Generativ
         grids = {}
         for tid, cache in caches.items():
             levels, labels = cache.gather(idx, view)
-            grids.update({f"{tid}.{level}": grid for level, grid in levels.items()})
+            grids.update({s: stream_grid(levels, split_stream_key(s)[1]) for s in streams if s.startswith(f"{tid}.")})
         return grids, labels
 
     batches = Prefetched(read)

@@ -8,9 +8,11 @@ clamped to [1, unknown - 1]. The order scores the sampled tokens and the lowest-
 unknown ones are masked again; known tokens are never re-masked. The last step keeps
 every sampled token.
 
-The arithmetic follows the official JAX loop: the ratio is a double, the schedule is
-evaluated in double precision with each row's N0 (log and exp use it), the result is
-cast to float32 and multiplied by N0 in float32 before the floor.
+The arithmetic is the official JAX loop's, all in float32: inside its ``lax.while_loop`` the
+step is a traced int32, so ratio = (step + 1) / T is a float32 division; the schedule works
+on that float32 ratio and on each row's N0 as float32 (log and exp use it), is clipped to
+[1e-6, 1], and floor(N0 * gamma) is a float32 product. (Example: cosine, N0 = 64, T = 18:
+after step 12 gamma = 0.49999997 in float32 and 31 tokens stay masked; in float64, 32.)
 
 How the loop is kept fast: every step's masked counts are known before the first step
 (:func:`count_plan`), so each step's shapes are fixed in advance and the loop itself never
@@ -43,14 +45,15 @@ class DecodeResult:
 
 def masked_counts(schedule: MaskSchedule, step: int, steps: int, unknown_at_start: torch.Tensor,
                   num_unknown: torch.Tensor) -> torch.Tensor:
-    """``[B]`` number of positions to leave masked after ``step`` (official MaskGIT arithmetic).
+    """``[B]`` number of positions to leave masked after ``step`` (official MaskGIT arithmetic, float32).
 
     ``unknown_at_start`` and ``num_unknown`` are ``[B]`` counts of unknown tokens at the start
-    of the stage and before this step.
+    of the stage and before this step. A schedule that computes in float64 is rounded to float32.
     """
-    ratio = torch.tensor((step + 1) / steps, dtype=torch.float64)
-    gamma = schedule(ratio, unknown_at_start.to(torch.float64)).to(torch.float32)
-    keep = torch.floor(unknown_at_start.to(torch.float32) * gamma).long()
+    n0 = unknown_at_start.to(torch.float32)
+    ratio = torch.tensor(step + 1, dtype=torch.float32) / torch.tensor(steps, dtype=torch.float32)
+    gamma = schedule(ratio.to(n0.device), n0).to(torch.float32).clamp(1e-6, 1.0)
+    keep = torch.floor(n0 * gamma).long()
     keep = torch.maximum(torch.ones_like(keep), torch.minimum(num_unknown - 1, keep))
     return torch.where(num_unknown > 0, keep, 0)
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from .errors import IncompatibleComponentsError
 from .sampling import Stage
-from .tokens import LevelSpec, TokenGrids, split_stream_key
+from .tokens import LevelSpec, TokenGrids, resolve_level, split_stream_key
 
 #: Marks an unknown (still to be generated) position in a token canvas given to a sampler.
 UNKNOWN = -1
@@ -83,6 +83,10 @@ class Tokenizer(nn.Module, ABC):
         """Whether :meth:`decode` accepts exactly these levels; by default all are needed."""
         return levels == set(self.level_names)
 
+    def describe(self) -> str:
+        """A short note on a build choice the plugin name does not show (``stratagen info``); "" if none."""
+        return ""
+
 
 class MultiScaleTokenizer(Tokenizer):
     """A tokenizer whose levels are K scales of one feature map, each coding what the coarser
@@ -122,11 +126,14 @@ class Prior(nn.Module, ABC):
         target: the level it generates.
         conditions: levels it attends to (empty for an unconditional-on-tokens prior).
         num_classes: class labels are ``[0, num_classes)``; ``num_classes`` means "no class".
+        class_dropout: share of training rows given the null class; 0: its unconditional
+            logits are never trained, so classifier-free guidance has nothing to contrast.
     """
 
     target: LevelSpec
     conditions: tuple[LevelSpec, ...]
     num_classes: int
+    class_dropout: float = 0.0
 
     @property
     def mask_token_id(self) -> int:
@@ -182,7 +189,8 @@ class MaskSchedule(ABC):
 
     @abstractmethod
     def __call__(self, ratio: torch.Tensor | float, total: int | torch.Tensor) -> torch.Tensor:
-        """``ratio`` any shape in [0, 1] -> masked fraction (float64), clamped to [0, 1]."""
+        """``ratio`` any shape in [0, 1] -> masked fraction, clamped to [0, 1]. Decoding rounds it
+        to float32 (official MaskGIT computes it in float32; the built-in schedules do too)."""
 
 
 # ----------------------------------------------------------------------------- decode order
@@ -324,9 +332,9 @@ class GenerativeModel:
         return found[0]
 
     def level_spec(self, stream: str) -> LevelSpec:
+        """The spec of ``stream`` (a joint stream's: see :func:`~stratagen.registry.tokens.resolve_level`)."""
         tokenizer_id, level = split_stream_key(stream)
-        specs = self.tokenizers[tokenizer_id].level_specs(self.resolution_of(tokenizer_id))
-        return next(s for s in specs if s.name == level)
+        return resolve_level(self.tokenizers[tokenizer_id].level_specs(self.resolution_of(tokenizer_id)), level)
 
     def prior_for(self, stream: str, decoded: Iterable[str] = ()) -> PriorSlot:
         """The prior generating ``stream`` from the streams in ``decoded``.
@@ -353,7 +361,8 @@ class GenerativeModel:
 
 @dataclass
 class SampleOutput:
-    """Images ``[B, 3, H, W]`` and every generated stream's tokens ``[B, h, w]``."""
+    """Images ``[B, 3, H, W]`` and every generated stream's tokens ``[B, h, w]`` (a joint stream's
+    per level: ``vq512.top+bottom`` gives ``vq512.top`` and ``vq512.bottom``)."""
 
     images: torch.Tensor
     tokens: dict[str, torch.Tensor]

@@ -20,7 +20,9 @@ class TransformerConfig(ComponentConfig):
     mlp_dim: int = Field(3072, ge=8)
     dropout: float = Field(0.1, ge=0, lt=1)
     label_smoothing: float = Field(0.1, ge=0, lt=1)
-    class_dropout: float = Field(0.1, ge=0, le=1, description="'uncond cutoff': enables classifier-free guidance")
+    class_dropout: float = Field(0.0, ge=0, le=1, description="share of training rows given the null class "
+                                 "('uncond cutoff', StraIT Table 12: 0.1): trains the prior for classifier-free "
+                                 "guidance; a config that sets it says why")
 
 
 TINY_TRANSFORMER = {"depth": 1, "width": 32, "heads": 2, "mlp_dim": 64, "dropout": 0.0}

@@ -1,7 +1,8 @@
 """StraIT's stratified sampler (§3.3) and the MaskGIT cascade sampler (§4.3, Table 6)."""
 from __future__ import annotations
 
-from stratagen.registry import GenerativeModel, IncompatibleComponentsError, Stage, StageSettings, stream_key
+from stratagen.registry import (JOINT, GenerativeModel, IncompatibleComponentsError, Stage, StageSettings,
+                                stream_key)
 from stratagen.sampling import StagedSampler
 
 
@@ -57,31 +58,41 @@ class UpsampleSampler(StagedSampler):
     """StraIT 256 -> token-level upsampler -> 512 (§4.2 "Higher Resolution in Token-level", Table 4).
 
     Decodes the low-resolution stratified streams (top, then bottom), then the high-resolution
-    streams of the same tokenizer at twice the size, each conditioned on what came before,
-    and decodes images with the high-resolution tokenizer id.
+    levels of the same tokenizer at twice the size conditioned on them, and decodes images with
+    the high-resolution tokenizer id. ``form="joint"`` (the paper's: "another upsampling model"
+    U, T_upsample = 12) generates both high-resolution levels with one prior as one stream,
+    ``<high>.top+bottom``; ``form="two-stage"`` (not the paper's) uses one prior per level, the
+    bottom one conditioned on the new top too.
 
     Args:
+        form: ``joint`` or ``two-stage``.
         top, bottom: settings of the 256 px StraIT stages.
-        up_top, up_bottom: settings of the upsampler stages (Table 4: 12 + 12).
+        up: the joint upsampler stage (Table 4: 12 steps).
+        up_top, up_bottom: the two-stage form's upsampler stages.
         low, high: tokenizer ids of the 256 px and 512 px streams (``high`` shares ``low``'s weights).
     """
 
-    def __init__(self, top: StageSettings = StageSettings(steps=18), bottom: StageSettings = StageSettings(steps=6),
+    def __init__(self, form: str = "joint", top: StageSettings = StageSettings(steps=18),
+                 bottom: StageSettings = StageSettings(steps=6), up: StageSettings = StageSettings(steps=12),
                  up_top: StageSettings = StageSettings(steps=12), up_bottom: StageSettings = StageSettings(steps=12),
                  low: str = "vq", high: str = "vq512"):
-        self.settings = (top, bottom, up_top, up_bottom)
+        self.form = form
+        self.settings = (top, bottom, up) if form == "joint" else (top, bottom, up_top, up_bottom)
         self.low, self.high = low, high
 
     def _streams(self, model: GenerativeModel) -> list[str]:
-        streams = []
+        levels = {}
         for tid in (self.low, self.high):
             tokenizer = model.tokenizers.get(tid)
             if tokenizer is None or len(tokenizer.level_names) != 2:
                 raise IncompatibleComponentsError(
                     f"the upsample sampler needs two-level tokenizers {self.low!r} (low resolution) and {self.high!r} "
                     f"(high); the model has: {', '.join(model.tokenizers)}")
-            streams += [stream_key(tid, level) for level in tokenizer.level_names]
-        return streams
+            levels[tid] = tokenizer.level_names
+        low = [stream_key(self.low, level) for level in levels[self.low]]
+        if self.form == "joint":
+            return low + [stream_key(self.high, JOINT.join(levels[self.high]))]
+        return low + [stream_key(self.high, level) for level in levels[self.high]]
 
     def check(self, model: GenerativeModel) -> None:
         streams = self._streams(model)
@@ -89,7 +100,15 @@ class UpsampleSampler(StagedSampler):
             raise IncompatibleComponentsError(f"tokenizer {self.high!r} must work at a higher resolution than "
                                               f"{self.low!r}")
         for i, stream in enumerate(streams):
-            model.prior_for(stream, streams[:i])  # says which conditions are missing
+            try:
+                model.prior_for(stream, streams[:i])  # says which conditions are missing
+            except IncompatibleComponentsError as exc:
+                if i < 2:
+                    raise
+                raise IncompatibleComponentsError(
+                    f"{exc} (the upsample sampler's form {self.form!r} needs "
+                    + (f"one prior with target {stream}" if self.form == "joint" else "one prior per level")
+                    + "; sampler.form: joint or two-stage)") from None
 
     def stages(self, model: GenerativeModel) -> list[Stage]:
         return [Stage(stream, settings) for stream, settings in zip(self._streams(model), self.settings)]

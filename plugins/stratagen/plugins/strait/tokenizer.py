@@ -3,18 +3,21 @@
 The encoder (VQ-VAE-2 style) yields features at f/2 and f (8 and 16 at 256 px). The f map
 is quantized first into the ``top`` level; a latent conditional layer (residual blocks)
 upscales the quantized top map, which is stacked with the f/2 features and quantized
-into the ``bottom`` level. The decoder starts from the top latents; at its second level
-(after the first upsampling, f/2) the bottom latents are fused in:
+into the ``bottom`` level. The decoder fuses the two quantized maps in one of three ways:
 
-- ``residual`` (VQGAN2-R, "stratified residual fusion"): added as a residual, so the top
-  level alone still decodes (without the bottom detail);
-- ``concat`` (VQGAN2-C, the VQ-VAE-2 fusion): concatenated with the upsampled top
-  features and projected back; both levels are needed.
-
-The two variants differ only in that fusion module.
+- ``residual`` (VQGAN2-R, "stratified residual fusion", §3.1 and App. B): the decoder starts
+  from the top latents at f; after its first upsampling (its second level, f/2) the bottom
+  latents are added as a residual, so the top level alone still decodes (without detail);
+- ``concat`` (VQGAN2-C as the paper builds it, §3.1 and App. B, following VQ-VAE-2): the
+  quantized top map is upscaled x2 by one transposed convolution and concatenated with the
+  quantized bottom map at the decoder's input; the decoder runs from f/2. Every path from
+  the top level to the image goes through that concatenation; both levels are needed;
+- ``concat-stem`` (not the paper's; stratagen's VQGAN2-C before issue 22, kept to load its
+  checkpoints and for comparison): the top latents go through the decoder's whole f stem
+  as in R, and the bottom latents are concatenated at the second level and projected back.
 
 Options for VQGAN2-R that are not the paper's (all off by default), the usual ways to make a
-coarse level carry the image on its own (see ``benchmarks/results/`` for what each does):
+coarse level carry the image on its own (``benchmarks/level_study.py`` measures what each does):
 
 - ``zero_init_fusion``: the residual projection starts at zero, so the decoder first learns to
   decode the top level alone;
@@ -55,7 +58,7 @@ class ResidualFusion(nn.Module):
 
 
 class ConcatFusion(nn.Module):
-    """VQGAN2-C: ``conv([h, z_bottom])`` back to C channels."""
+    """``concat-stem`` (not the paper's VQGAN2-C): ``conv([h, z_bottom])`` back to C channels."""
 
     def __init__(self, embedding_dim: int, channels: int):
         super().__init__()
@@ -65,14 +68,15 @@ class ConcatFusion(nn.Module):
         return self.project(torch.cat([h, z_bottom], dim=1))
 
 
-FUSIONS = {"residual": ResidualFusion, "concat": ConcatFusion}
+Fusion = Literal["residual", "concat", "concat-stem"]
 
 
 class VQGAN2Tokenizer(VQTokenizer):
     """Two levels: ``top`` at factor f, ``bottom`` at f/2 (16x16 and 32x32 at 256 px, f=16).
 
     Args:
-        fusion: ``residual`` (VQGAN2-R) or ``concat`` (VQGAN2-C).
+        fusion: ``residual`` (VQGAN2-R), ``concat`` (the paper's VQGAN2-C) or ``concat-stem``
+            (an earlier, not the paper's, VQGAN2-C); see the module docstring.
         codebook_size: the shared codebook (StraIT's default, 8192) or the top codebook
             when ``bottom_codebook_size`` is given (separate codebooks, Table 8).
         latent_blocks: residual blocks of the latent conditional layer.
@@ -84,7 +88,7 @@ class VQGAN2Tokenizer(VQTokenizer):
 
     level_names = ("top", "bottom")
 
-    def __init__(self, *, resolution: int, fusion: Literal["residual", "concat"], channels: int,
+    def __init__(self, *, resolution: int, fusion: Fusion, channels: int,
                  channel_mult: Sequence[int], num_res_blocks: int, codebook_size: int,
                  bottom_codebook_size: int | None, embedding_dim: int, commitment_cost: float,
                  restart_dead_codes: bool, dead_code_steps: int = 100, code_dim: int | None = None, l2_normalized_codes: bool = False,
@@ -113,9 +117,15 @@ class VQGAN2Tokenizer(VQTokenizer):
         self.top_quantizer = quantizer(codebook_size)
         self.separate_bottom_quantizer = None if bottom_codebook_size is None else quantizer(bottom_codebook_size)
         self.codebook_sizes = (codebook_size, bottom_codebook_size or codebook_size)
-        self.decoder = Decoder(channels, channel_mult, num_res_blocks, embedding_dim)
-        self.fusion = (ResidualFusion(embedding_dim, self.decoder.widths[0], zero_init_fusion) if fusion == "residual"
-                       else FUSIONS[fusion](embedding_dim, self.decoder.widths[0]))
+        if fusion == "concat":
+            # VQ-VAE-2's decoder input: top upscaled by one transposed conv (f -> f/2), then concatenated
+            self.top_upsample = nn.ConvTranspose2d(embedding_dim, embedding_dim, 4, stride=2, padding=1)
+            self.decoder = Decoder(channels, channel_mult[:-1], num_res_blocks, 2 * embedding_dim)
+        else:
+            # the fusions at the decoder's second level, after the top latents went through its f stem
+            self.decoder = Decoder(channels, channel_mult, num_res_blocks, embedding_dim)
+            self.fusion = (ResidualFusion(embedding_dim, self.decoder.widths[0], zero_init_fusion)
+                           if fusion == "residual" else ConcatFusion(embedding_dim, self.decoder.widths[0]))
         self.loss_fn = loss
 
     @property
@@ -127,6 +137,13 @@ class VQGAN2Tokenizer(VQTokenizer):
         top, bottom = resolution // self.factor, resolution * 2 // self.factor
         return (LevelSpec("top", top, top, self.codebook_sizes[0]),
                 LevelSpec("bottom", bottom, bottom, self.codebook_sizes[1]))
+
+    def describe(self) -> str:
+        return {"residual": "fusion residual: bottom added at the decoder's second level (VQGAN2-R)",
+                "concat": "fusion concat: top upscaled by a transposed conv, concatenated with bottom at the "
+                          "decoder input (paper's VQGAN2-C)",
+                "concat-stem": "fusion concat-stem: top through the decoder's f stem, bottom concatenated at its "
+                               "second level (not the paper's)"}[self.fusion_kind]
 
     def can_decode(self, levels: set[str]) -> bool:
         return levels == {"top", "bottom"} or (self.fusion_kind == "residual" and levels == {"top"})
@@ -141,9 +158,13 @@ class VQGAN2Tokenizer(VQTokenizer):
 
     def _decode_latents(self, z_top: torch.Tensor, z_bottom: torch.Tensor | None,
                         keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Quantized latents ``[B, D, h, w]`` and ``[B, D, 2h, 2w]`` (None: R's top alone) -> images;
+        ``keep`` ``[B, 1, 1, 1]``: R's bottom residual per image (``bottom_dropout``)."""
+        if self.fusion_kind == "concat":
+            return self.decoder(torch.cat([self.top_upsample(z_top), z_bottom], dim=1))
         if z_bottom is None:
             return self.decoder(z_top, None)
-        dropped = () if keep is None else (keep,)  # only the residual fusion drops (bottom_dropout)
+        dropped = () if keep is None else (keep,)
         return self.decoder(z_top, lambda h: self.fusion(h, z_bottom, *dropped))
 
     def autoencode(self, images: torch.Tensor) -> AutoencoderOutput:
