@@ -175,7 +175,11 @@ def _run_stage(kind: str, cid: str, pipeline: Pipeline, procs: Any, logger: RunL
               "critic": lambda: model.critics[cid].critic}[kind]().to(procs.device)
     if run.finished(kind, cid, entry.train.steps):
         run.load_weights(kind, cid, module, entry.model.name, built.registry)
-    elif kind == "tokenizer":
+        module.eval()
+        return
+    if procs.is_main:  # what --resume checks this component against (see .resume)
+        run.save_config(config, kind, cid)
+    if kind == "tokenizer":
         training.train_tokenizer(run, config, cid, module, built.dataset("train"), procs, logger, resume,
                                  built.registry)
     else:

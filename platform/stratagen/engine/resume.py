@@ -19,7 +19,7 @@ import yaml
 
 from stratagen import config as cfg
 from stratagen.io import checkpoint
-from stratagen.io.run import Run
+from stratagen.io.run import CONFIG, Run
 from stratagen.registry import ConfigError, StratagenError, split_stream_key
 
 #: keys (under any section) that change no weights, or only how a step is computed
@@ -58,25 +58,38 @@ def _inputs(config: Any, kind: str, cid: str) -> list[Key]:
     return keys
 
 
-def _stored(run: Run) -> dict[str, Any]:
-    """The run's stored config with today's defaults filled in (as written, if it no longer validates)."""
-    url = run.path("config.yaml")
+def _stored(url: str) -> dict[str, Any]:
+    """A stored config with today's defaults filled in (as written, if it no longer validates)."""
     try:
         return cfg.load_config(url).model_dump(mode="json")
     except ConfigError:
         return yaml.safe_load(checkpoint.read_bytes(url)) or {}
 
 
+def _trained_with(run: Run, kind: str, cid: str) -> str | None:
+    """The config a component was trained with: its own record, else (runs written before those
+    records) the run's config; None if neither exists."""
+    for url in (run.component_url(kind, cid, CONFIG), run.path(CONFIG)):
+        if checkpoint.exists(url):
+            return url
+    return None
+
+
 def check_unchanged(run: Run, config: Any, trained: list[tuple[str, str]]) -> None:
     """Refuse to resume ``run`` with ``config`` if a change reaches a ``trained`` (kind, id) component."""
-    if not run.exists() or not trained:
-        return
-    old, new = dict(_flatten(_stored(run))), dict(_flatten(config.model_dump(mode="json")))
-    changed = sorted(k for k in old.keys() | new.keys()
-                     if old.get(k) != new.get(k) and not (k and k[-1] in FREE_KEYS))
+    new = dict(_flatten(config.model_dump(mode="json")))
+    stored: dict[str, dict[Key, Any]] = {}
     for kind, cid in trained:
+        url = _trained_with(run, kind, cid)
+        if url is None:
+            continue
+        if url not in stored:
+            stored[url] = dict(_flatten(_stored(url)))
+        old = stored[url]
         inputs = _inputs(config, kind, cid)
-        hits = [k for k in changed if any(k[:len(prefix)] == prefix for prefix in inputs)]
+        hits = sorted(k for k in old.keys() | new.keys()
+                      if old.get(k) != new.get(k) and not (k and k[-1] in FREE_KEYS)
+                      and any(k[:len(prefix)] == prefix for prefix in inputs))
         if hits:
             key = hits[0]
             more = f" (and {len(hits) - 1} more)" if len(hits) > 1 else ""

@@ -2,7 +2,8 @@
 
 ::
 
-    <run>/config.yaml                        the resolved config
+    <run>/config.yaml                        the resolved config of the last training command
+    <run>/tokenizers/<id>/config.yaml        the resolved config this component was trained with
     <run>/tokenizers/<id>/model.safetensors  weights (+ plugin name/version, step)
     <run>/tokenizers/<id>/checkpoint.safetensors  weights + optimizer state, for --resume
     <run>/priors/<id>/...                    the same for priors
@@ -25,6 +26,7 @@ from stratagen.io import checkpoint
 
 WEIGHTS = "model.safetensors"
 TRAIN_STATE = "checkpoint.safetensors"
+CONFIG = "config.yaml"
 
 
 class Run:
@@ -51,8 +53,13 @@ class Run:
         return checkpoint.exists(self.path("config.yaml"))
 
     # ---------------------------------------------------------------- config
-    def save_config(self, config: Any) -> None:
-        checkpoint.write_bytes_atomic(self.path("config.yaml"), cfg.dump_config(config).encode())
+    def save_config(self, config: Any, kind: str | None = None, cid: str | None = None) -> None:
+        """Write the resolved ``config`` as the run's config, or (with ``kind`` and ``cid``) as the
+        one that component is trained with: several configs may share one run directory (a
+        critic variant adds critics to a run), and each component is checked on ``--resume``
+        against its own record, not against whichever config trained last."""
+        url = self.component_url(kind, cid, CONFIG) if kind else self.path(CONFIG)
+        checkpoint.write_bytes_atomic(url, cfg.dump_config(config).encode())
 
     def load_config(self, overrides: list[str] | None = None, registry: Registry | None = None) -> Any:
         """The run's config, with ``run.dir`` pointing here: a copied or moved run directory is
