@@ -142,6 +142,11 @@ BAD_INPUTS = [
     ("checkpoint-of-another-shape", ["train", "{root}/other-shape-checkpoint", "--resume"], {},
      "checkpoint.safetensors: weights do not fit the configured component (other shapes (file vs config) "
      "['token_embedding.weight [33, 16] vs [33, 32]']"),
+    ("convert-over-a-run", ["convert", "maskgit-official", "--tokenizer", "{root}/absent.msgpack", "--transformer",
+                            "{root}/absent.msgpack", "{run}"], {},
+     "run already holds a run; give a new or empty folder, or pass --overwrite to replace it"),
+    ("convert-over-files", ["convert", "maskgit-official", "--tokenizer", "{root}/absent.msgpack", "--transformer",
+                            "{root}/absent.msgpack", "{root}/cfg"], {}, "cfg already holds files"),
     ("weights-not-safetensors", ["sample", "{root}/garbage-weights"], {}, "not a readable safetensors file"),
     ("perceptual-weights-carry-code", ["train", "{root}/ok.yaml", "--set", "run.dir={fresh}", "--set",
                                        "tokenizers.vq.model.loss.perceptual_weights={root}/code.pth"], {},

@@ -9,6 +9,8 @@ import torch
 from stratagen import api
 from stratagen.registry import StratagenError
 
+from stratagen.io.run import replacing
+
 from .arguments import Parser, class_ids, folder, positive_int
 from .verbs import verb
 
@@ -198,15 +200,18 @@ def _convert(args: argparse.Namespace) -> int:
     for key, field in fields.items():
         parser.add_argument(f"--{key.replace('_', '-')}", dest=key, required=field.is_required(),
                             default=field.default, help=field.description)
-    parser.add_argument("out", help="run directory to write (path or fsspec URL)")
+    parser.add_argument("out", help="run directory to write (path or fsspec URL): new or empty")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace what OUT holds (a run is replaced as a whole once the conversion succeeds)")
     options = vars(parser.parse_args(args.options))
-    out = options.pop("out")
+    out, overwrite = options.pop("out"), options.pop("overwrite")
     try:
         config = model(**options)
     except ValidationError as exc:
         first = exc.errors()[0]
         raise ConfigError(f"convert {args.converter}: --{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
-    run = registry.build("converter", config, out=out)
+    with replacing(out, overwrite):  # refuses a used OUT before anything is read or written
+        run = registry.build("converter", config, out=out)
     print(f"converted: {run.url}\nsample: stratagen sample {run.url} --classes 0 --count 4")
     return 0
 

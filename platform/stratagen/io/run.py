@@ -13,7 +13,9 @@
 """
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import uuid
+from typing import Any, Iterator
 
 import fsspec
 import torch
@@ -133,3 +135,32 @@ def load_state(module: nn.Module, tensors: dict[str, torch.Tensor], url: str, wh
                  (("missing", missing), ("unexpected", unexpected), ("other shapes (file vs config)", resized)) if items]
         raise StratagenError(f"{url}: weights do not fit {what} ({'; '.join(found)}); was the config changed?")
     module.load_state_dict(tensors)
+
+
+@contextlib.contextmanager
+def replacing(url: str, overwrite: bool) -> Iterator[None]:
+    """Around the writing of a new run into ``url`` (a path or fsspec URL): refuse a file, and a
+    folder that holds anything unless ``overwrite``. With ``overwrite`` the old contents are moved
+    aside first, removed once the body succeeds, and put back if it fails: the folder holds either
+    the old run or the new one, never a mix of the two."""
+    fs, path = fsspec.core.url_to_fs(url)
+    if fs.exists(path) and not fs.isdir(path):
+        raise StratagenError(f"{url} is a file; give a new or empty folder for the run")
+    used = fs.exists(path) and bool(fs.ls(path, detail=False))
+    if used and not overwrite:
+        what = "a run" if Run(url).exists() else "files"
+        raise StratagenError(f"{url} already holds {what}; give a new or empty folder, or pass --overwrite to "
+                             f"replace it")
+    if not used:
+        yield
+        return
+    aside = f"{path.rstrip('/')}{checkpoint.TEMPORARY}{uuid.uuid4().hex[:8]}"
+    fs.mv(path, aside, recursive=True)
+    try:
+        yield
+    except BaseException:
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+        fs.mv(aside, path, recursive=True)
+        raise
+    fs.rm(aside, recursive=True)
