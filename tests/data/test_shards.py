@@ -108,3 +108,25 @@ def test_object_store_without_its_package_is_a_clean_error() -> None:
     with pytest.raises(StratagenError, match=r"data.urls: s3://bucket/train: Install s3fs"):
         build_webdataset(split="train", urls="s3://bucket/train", eval_urls=None, num_classes=3, resolution=8,
                          augment=True, shuffle_buffer=10, seed=0)
+
+
+def test_pack_refuses_a_used_folder_and_a_folder_without_images(packed, tmp_path: Path) -> None:
+    """Packing over an earlier pack would leave its shards beside the new ones (a dataset of both):
+    refused, nothing touched; an empty folder packs nothing: refused; an empty OUT is fine."""
+    folder, out = packed
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    small = tmp_path / "small"
+    (small / "c0").mkdir(parents=True)
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(small / "c0" / "a.png")
+    with pytest.raises(StratagenError, match="already holds files .* give a new or empty folder"):
+        pack_folder(str(small), str(out), 4)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    (tmp_path / "blank" / "c0").mkdir(parents=True)
+    (tmp_path / "blank" / "c0" / "notes.txt").write_text("not an image")
+    with pytest.raises(StratagenError, match="blank: no images to pack"):
+        pack_folder(str(tmp_path / "blank"), str(tmp_path / "blank-out"), 4)
+    assert not (tmp_path / "blank-out").exists()
+    (tmp_path / "empty-out").mkdir()
+    assert pack_folder(str(small), str(tmp_path / "empty-out"), 4)[:2] == (1, 1)
+    assert len(TarShards(str(tmp_path / "empty-out"), resolution=8)) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blank", "empty-out", "small"]  # no staging folder left

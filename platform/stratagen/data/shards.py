@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import uuid
 import zlib
 from typing import Any, Iterator
 
@@ -38,6 +39,8 @@ from stratagen.data.folder import (ImageFolder, UnreadableImage, augment_generat
                                    load_rgb)
 from stratagen.data.sampling import EPOCH_ORDER, SHUFFLE, Key, derive_seed
 from stratagen.data.transforms import to_uint8
+from stratagen.io.checkpoint import TEMPORARY
+from stratagen.registry import StratagenError
 
 log = logging.getLogger("stratagen")
 
@@ -215,11 +218,38 @@ def _packable(data: bytes) -> tuple[bytes, str]:
 
 def pack_folder(folder: str, out: str, shard_size: int) -> tuple[int, int, list[str]]:
     """Write the images of ``folder`` (class per directory) as tar shards of ``shard_size`` samples
-    under ``out`` (a path or fsspec URL) with an ``index.json``. Returns (samples, shards, files
-    left out because they are not images)."""
-    source = ImageFolder(folder, resolution=1)
+    under ``out`` (a path or fsspec URL; new or empty) with an ``index.json``. Returns (samples,
+    shards, files left out because they are not images).
+
+    The shards are written into a temporary sibling of ``out`` and moved into place at the end: an
+    interrupted or failed pack leaves ``out`` as it was, and a dataset never mixes two packs.
+    """
     fs, base = fsspec.core.url_to_fs(out)
-    fs.makedirs(base, exist_ok=True)
+    base = base.rstrip("/")
+    if fs.exists(base) and (not fs.isdir(base) or fs.ls(base, detail=False)):
+        what = "a file" if not fs.isdir(base) else "files (an earlier pack?)"
+        raise StratagenError(f"{out}: already holds {what}; give a new or empty folder for the shards")
+    source = ImageFolder(folder, resolution=1)
+    staging = f"{base}{TEMPORARY}{uuid.uuid4().hex[:8]}"
+    fs.makedirs(staging, exist_ok=True)
+    try:
+        shards, left_out = _write_shards(source, fs, staging, shard_size)
+        if not shards:
+            raise StratagenError(f"{folder}: no images to pack (of its {len(left_out)} files none is an image)")
+        with fs.open(f"{staging}/{INDEX}", "w") as f:
+            json.dump({"classes": source.class_names, "shards": shards}, f, indent=1)
+        if fs.exists(base):
+            fs.rmdir(base)  # empty (checked above): the staging folder takes its place
+        fs.mv(staging, base, recursive=True)
+    finally:
+        if fs.exists(staging):
+            fs.rm(staging, recursive=True)
+    return sum(s["count"] for s in shards), len(shards), left_out
+
+
+def _write_shards(source: ImageFolder, fs: fsspec.AbstractFileSystem, base: str, shard_size: int
+                  ) -> tuple[list[dict[str, Any]], list[str]]:
+    """The samples of ``source`` as tar shards under ``base``: (index entries, files that are not images)."""
     shards: list[dict[str, Any]] = []
     left_out: list[str] = []
     writer: TarWriter | None = None
@@ -239,6 +269,4 @@ def pack_folder(folder: str, out: str, shard_size: int) -> tuple[int, int, list[
         shards[-1]["count"] += 1
     if writer is not None:
         writer.close()
-    with fs.open(f"{base}/{INDEX}", "w") as f:
-        json.dump({"classes": source.class_names, "shards": shards}, f, indent=1)
-    return sum(s["count"] for s in shards), len(shards), left_out
+    return shards, left_out
