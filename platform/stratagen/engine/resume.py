@@ -63,7 +63,13 @@ def _stored(url: str) -> dict[str, Any]:
     try:
         return cfg.load_config(url).model_dump(mode="json")
     except ConfigError:
-        return yaml.safe_load(checkpoint.read_bytes(url)) or {}
+        try:
+            stored = yaml.safe_load(checkpoint.read_bytes(url)) or {}
+        except yaml.YAMLError:
+            stored = None
+        if not isinstance(stored, dict):
+            raise StratagenError(f"{url}: not a run config (YAML mapping); the resume check needs it") from None
+        return stored
 
 
 def _trained_with(run: Run, kind: str, cid: str) -> str | None:

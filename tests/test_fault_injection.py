@@ -1,0 +1,163 @@
+"""Fault injection: files on disk are checked, not trusted.
+
+Every kind of file the platform writes (weights, checkpoints, configs, token shards and their
+manifest, data shards and index.json, samples) is deleted, truncated or filled with garbage, a
+process is killed with SIGKILL at each checkpoint phase, the disk fills up, and files a user hands
+in carry code. Each case must end in one of two ways: the work completes with the right data
+(a damaged cache is rebuilt, a killed run resumes to the same weights), or one ``error:`` line
+naming the file, exit code 2, with nothing else on disk changed. Never exit 0 with wrong data.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+import pytest
+from fsspec.implementations.local import LocalFileOpener
+
+import stratagen.engine.tokenize as tokenize_module
+from stratagen import api, cli
+from stratagen.io import checkpoint
+from stratagen.io.run import Run
+from stratagen.io.tokens import TokenCache
+from stratagen.registry import StratagenError
+from tinyconfigs import SHARD_SIZE, tiny_config, write_config
+
+TOKENS = "tokens/vq/train"
+
+
+def files(root: Path) -> dict[str, str]:
+    """sha256 of every file under ``root``, by relative path."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def weights_and_tokens(run: Path) -> dict[str, str]:
+    """sha256 of the weights, checkpoints, token shards and manifest of a run."""
+    return {k: v for k, v in files(run).items() if k.endswith((".safetensors", "manifest.json"))}
+
+
+def stratagen(argv: list[str], capsys) -> tuple[int, str]:
+    """Run the CLI in this process: (exit code, stderr)."""
+    try:
+        code = cli.main([str(a) for a in argv])
+    except SystemExit as exc:  # argparse
+        code = exc.code
+    return code, capsys.readouterr().err
+
+
+def assert_one_error(code: int, err: str, fragment: str) -> None:
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture(autouse=True)
+def small_shards(monkeypatch):
+    monkeypatch.setattr(tokenize_module, "SHARD_SIZE", SHARD_SIZE)
+
+
+@pytest.fixture
+def whole(sharded_run) -> Path:
+    """The uninterrupted run (tests/conftest.py)."""
+    return sharded_run
+
+
+@pytest.fixture
+def run(whole, tmp_path) -> Path:
+    """A copy of the trained run whose config names the copy."""
+    copy = tmp_path / "run"
+    shutil.copytree(whole, copy)
+    Run(str(copy)).save_config(api.load(str(copy)))
+    return copy
+
+
+def truncate(path: Path, keep: float = 0.5) -> None:
+    path.write_bytes(path.read_bytes()[: int(path.stat().st_size * keep)])
+
+
+# ----------------------------------------------------------------------------- token cache
+def _edit_manifest(run: Path) -> None:
+    manifest = json.loads((run / TOKENS / "manifest.json").read_text())
+    manifest["shards"] = [n // 2 for n in manifest["shards"]]  # half the rows: half the data
+    (run / TOKENS / "manifest.json").write_text(json.dumps(manifest))
+
+
+CACHE_DAMAGE: dict[str, Callable[[Path], object]] = {
+    "shard-deleted": lambda run: (run / TOKENS / "00001.safetensors").unlink(),
+    "shard-truncated": lambda run: truncate(run / TOKENS / "00002.safetensors"),
+    "shard-garbage-header": lambda run: (run / TOKENS / "00003.safetensors").write_bytes(b"\xff" * 64),
+    "manifest-not-json": lambda run: (run / TOKENS / "manifest.json").write_text("{not json"),
+    "manifest-rows-edited": _edit_manifest,
+    "manifest-deleted": lambda run: (run / TOKENS / "manifest.json").unlink(),
+}
+
+
+@pytest.mark.parametrize("verb", ["train", "tokenize"])
+@pytest.mark.parametrize("damage", list(CACHE_DAMAGE))
+def test_a_damaged_token_cache_is_rebuilt_exactly(whole, run, capsys, damage, verb):
+    CACHE_DAMAGE[damage](run)
+    argv = ["train", run, "--resume"] if verb == "train" else ["tokenize", run]
+    code, err = stratagen(argv, capsys)
+    assert code == 0, err
+    assert weights_and_tokens(run) == weights_and_tokens(whole)  # every row back, the same tokens
+    assert len(TokenCache(str(run / TOKENS)).open()) == 32
+
+
+def test_a_cache_opened_for_training_is_checked_against_its_manifest(run):
+    (run / TOKENS / "00001.safetensors").unlink()
+    with pytest.raises(StratagenError, match="00001.safetensors: file not found; `stratagen tokenize`"):
+        TokenCache(str(run / TOKENS)).open()
+
+
+def test_token_ids_beyond_the_codebook_are_named_not_trained_on(run, capsys):
+    url = str(run / TOKENS / "00000.safetensors")
+    tensors, meta = checkpoint.load_tensors(url)
+    tensors["tokens"][0, 0, 0, 0] = 200  # codebook of 32; same dtype, same size, same fingerprint
+    checkpoint.save_tensors(url, tensors, meta)
+    shutil.rmtree(run / "priors")  # the prior trains again, on this cache
+    before = files(run)
+    code, err = stratagen(["train", run, "--resume"], capsys)
+    assert_one_error(code, err, "00000.safetensors: tokens holds token id 200, beyond the codebook of 32")
+    assert {k: v for k, v in files(run).items() if k in before} == before
+
+
+# ----------------------------------------------------------------------------- weights, checkpoints, configs
+@pytest.mark.parametrize("argv,damage,fragment", [
+    (["sample", "{run}"], lambda run: truncate(run / "priors/main/model.safetensors"),
+     "priors/main/model.safetensors: not a readable safetensors file (its tensors need"),
+    (["sample", "{run}"], lambda run: (run / "priors/main/model.safetensors").write_bytes(b"\xff" * 64),
+     "priors/main/model.safetensors: not a readable safetensors file (its header claims"),
+    (["train", "{run}", "--resume"],
+     lambda run: (run / "tokenizers/vq/checkpoint.safetensors").write_bytes(b"\xff\xff\xff\xff\xff\xff\x00\x00{}"),
+     "tokenizers/vq/checkpoint.safetensors: not a readable safetensors file"),
+    (["train", "{run}", "--resume"], lambda run: truncate(run / "priors/main/checkpoint.safetensors", 0.9),
+     "priors/main/checkpoint.safetensors: not a readable safetensors file"),
+    (["sample", "{run}"], lambda run: (run / "config.yaml").unlink(), "not a run directory (no config.yaml)"),
+    (["sample", "{run}"], lambda run: (run / "config.yaml").write_text("run: {dir: [\n"), "config.yaml: not valid YAML"),
+    (["sample", "{run}"], lambda run: truncate(run / "config.yaml", 0.1), "config.yaml"),
+    (["train", "{run}", "--resume"], lambda run: (run / "priors/main/config.yaml").write_text("- a\n- list\n"),
+     "priors/main/config.yaml: not a run config"),
+], ids=["weights-truncated", "weights-garbage-header", "checkpoint-garbage-header", "checkpoint-truncated",
+        "config-deleted", "config-not-yaml", "config-truncated", "component-config-not-a-mapping"])
+def test_a_damaged_run_file_is_one_line_naming_it(run, capsys, argv, damage, fragment):
+    damage(run)
+    before = files(run)
+    code, err = stratagen([a.format(run=run) for a in argv], capsys)
+    assert_one_error(code, err, fragment)
+    assert files(run) == before
+
+
+def test_deleted_final_weights_are_rewritten_from_the_final_checkpoint(whole, run, capsys):
+    (run / "priors/main/model.safetensors").unlink()
+    code, err = stratagen(["train", run, "--resume"], capsys)
+    assert code == 0, err
+    assert weights_and_tokens(run) == weights_and_tokens(whole)
