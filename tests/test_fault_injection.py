@@ -161,3 +161,45 @@ def test_deleted_final_weights_are_rewritten_from_the_final_checkpoint(whole, ru
     code, err = stratagen(["train", run, "--resume"], capsys)
     assert code == 0, err
     assert weights_and_tokens(run) == weights_and_tokens(whole)
+
+
+# ----------------------------------------------------------------------------- samples
+def test_sampling_again_replaces_the_folder_as_a_whole(run, tmp_path, capsys):
+    out = tmp_path / "samples"
+    assert stratagen(["sample", run, "--classes", "0,1,2,3", "--count", "2", "--out", out], capsys)[0] == 0
+    assert len(list(out.glob("class*.png"))) == 8
+    code, err = stratagen(["sample", run, "--classes", "1", "--out", out, "--seed", "3"], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["class1_0000.png", "grid.png"]  # nothing stale beside them
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "samples"]  # no staging folder left
+
+
+def test_an_interrupted_sample_leaves_the_earlier_images_untouched(run, tmp_path, capsys, monkeypatch):
+    import torchvision.utils
+
+    from stratagen.engine import images
+
+    out = tmp_path / "samples"
+    assert stratagen(["sample", run, "--classes", "0,1", "--out", out], capsys)[0] == 0
+    before = files(out)
+    real, calls = torchvision.utils.save_image, []
+
+    def dies_on_the_second_image(tensor, fp, **kwargs):
+        calls.append(fp)
+        if len(calls) == 2:
+            Path(fp).write_bytes(b"\x89PNG torn")
+            raise KeyboardInterrupt
+        return real(tensor, fp, **kwargs)
+
+    monkeypatch.setattr(images, "save_image", dies_on_the_second_image)
+    assert stratagen(["sample", run, "--classes", "2,3", "--out", out], capsys)[0] == 130  # interrupted
+    assert files(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["run", "samples"]
+
+
+def test_a_folder_with_other_files_is_refused_before_sampling(run, tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "holiday.png").write_bytes(b"a user's picture")
+    code, err = stratagen(["sample", run, "--out", out], capsys)
+    assert_one_error(code, err, "mine holds other files than samples (e.g. holiday.png)")
+    assert [p.name for p in out.iterdir()] == ["holiday.png"]

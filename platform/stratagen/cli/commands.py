@@ -123,7 +123,7 @@ def _tokenize(args: argparse.Namespace) -> int:
 @verb("sample")
 def _sample(args: argparse.Namespace) -> int:
     from stratagen.engine.distributed import launched_processes, launched_rank
-    from stratagen.engine.images import save_images
+    from stratagen.engine.images import check_sample_folder, save_images
 
     if args.caption is not None and args.classes is not None:
         raise StratagenError("sample: give --classes or --caption, not both")
@@ -134,6 +134,7 @@ def _sample(args: argparse.Namespace) -> int:
               "batches over the processes)")
     pipe = api.Pipeline.from_run(args.source, args.set)
     out = args.out or pipe.run.local_path("samples")
+    check_sample_folder(out)  # before sampling
     if args.caption is None:
         classes = list(range(pipe.model.num_classes)) if args.classes is None else args.classes
         labels = [c for c in classes for _ in range(args.count)]
