@@ -57,6 +57,7 @@ def workspace(tmp_path_factory, trained_run) -> Path:
     (root / "afile").write_text("not a directory\n")
     Image.new("L", (16, 16), 0).save(root / "black.png")
     Image.new("RGB", (16, 16), (200, 10, 10)).save(root / "image.png")
+    Image.new("L", (32, 8), 255).save(root / "wide.png")
     (root / "notimage.png").write_text("text, not an image\n")
     write_pickle_with_code(root / "code.pth", root / "MARKER")
     compare = {"dir": str(root / "cmp"), "variants": {"a": {"config": "ok.yaml"}}}
@@ -97,7 +98,13 @@ BAD_INPUTS = [
     ("edit-outside-whole-image", ["edit", "{run}", "--image", "{root}/image.png", "--box", "0,0,16,16", "--outside",
                                   "--class", "1"], {}, "nothing to edit"),
     ("edit-empty-box", ["edit", "{run}", "--image", "{root}/image.png", "--box", "0,0,0,0", "--class", "1"], {},
-     "does not fit"),
+     "--box must be TOP,LEFT,H,W (four integers: TOP, LEFT >= 0; H, W >= 1), got '0,0,0,0'"),
+    ("edit-box-negative", ["edit", "{run}", "--image", "{root}/image.png", "--box", "-2,0,4,4", "--class", "1"], {},
+     "--box must be TOP,LEFT,H,W (four integers: TOP, LEFT >= 0; H, W >= 1), got '-2,0,4,4'"),
+    ("edit-box-outside-image", ["edit", "{run}", "--image", "{root}/image.png", "--box", "10,10,8,8", "--class", "1"],
+     {}, "does not fit"),
+    ("edit-mask-other-aspect", ["edit", "{run}", "--image", "{root}/image.png", "--mask", "{root}/wide.png",
+                                "--class", "1"], {}, "wide.png: 32x8 has another aspect ratio than --image"),
     ("edit-box-not-ints", ["edit", "{run}", "--image", "{root}/image.png", "--box", "a,b", "--class", "1"], {},
      "--box must be TOP,LEFT,H,W"),
     ("edit-image-missing", ["edit", "{run}", "--image", "{root}/absent.png", "--box", "0,0,4,4", "--class", "1"], {},

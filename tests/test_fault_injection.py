@@ -203,3 +203,14 @@ def test_a_folder_with_other_files_is_refused_before_sampling(run, tmp_path, cap
     code, err = stratagen(["sample", run, "--out", out], capsys)
     assert_one_error(code, err, "mine holds other files than samples (e.g. holiday.png)")
     assert [p.name for p in out.iterdir()] == ["holiday.png"]
+
+
+def test_an_edit_into_a_folder_writes_into_it(run, tmp_path, capsys):
+    from PIL import Image
+
+    Image.new("RGB", (16, 16), (200, 10, 10)).save(tmp_path / "photo.png")
+    (tmp_path / "edits").mkdir()
+    code, err = stratagen(["edit", run, "--image", tmp_path / "photo.png", "--box", "0,0,8,8", "--class", "1",
+                           "--out", tmp_path / "edits"], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "edits").iterdir()) == ["photo_inpaint.png", "photo_inpaint_strip.png"]
