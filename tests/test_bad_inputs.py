@@ -178,7 +178,7 @@ BAD_INPUTS = [
      "priors.main.train.accumulate: Input should be greater than or equal to 1 (got 0)"),
     ("collective-timeout-not-seconds", ["train", "{root}/ok.yaml", "--set", "run.dir={fresh}"],
      {"WORLD_SIZE": "2", "STRATAGEN_COLLECTIVE_TIMEOUT": "ten"},
-     "STRATAGEN_COLLECTIVE_TIMEOUT='ten': a number of seconds > 0"),
+     "STRATAGEN_COLLECTIVE_TIMEOUT='ten': a number of seconds, at least 1 and"),
     ("unknown-allowed-plugin", ["plugins"], {"STRATAGEN_PLUGINS": "schedules,nosuch"},
      "STRATAGEN_PLUGINS: no installed plugin is named 'nosuch'"),
     ("unknown-disabled-plugin", ["info", "{root}/ok.yaml"], {"STRATAGEN_DISABLE_PLUGINS": "nosuch"},

@@ -214,3 +214,39 @@ def test_an_edit_into_a_folder_writes_into_it(run, tmp_path, capsys):
                            "--out", tmp_path / "edits"], capsys)
     assert code == 0, err
     assert sorted(p.name for p in (tmp_path / "edits").iterdir()) == ["photo_inpaint.png", "photo_inpaint_strip.png"]
+
+
+def test_tokenize_needs_only_the_tokenizer(whole, run, capsys):
+    shutil.rmtree(run / "priors")
+    shutil.rmtree(run / "tokens")
+    code, err = stratagen(["tokenize", run], capsys)
+    assert code == 0, err
+    assert {k: v for k, v in weights_and_tokens(whole).items() if k.startswith("tokens/")} == \
+        {k: v for k, v in weights_and_tokens(run).items() if k.startswith("tokens/")}
+
+
+# ----------------------------------------------------------------------------- a full disk
+@pytest.mark.parametrize("target", ["priors/main/checkpoint.safetensors", "priors/main/model.safetensors",
+                                    f"{TOKENS}/00002.safetensors", f"{TOKENS}/manifest.json"])
+def test_a_full_disk_is_one_line_naming_the_file_and_resume_completes_exactly(whole, run, capsys, monkeypatch,
+                                                                              target):
+    """The disk fills up while ``target`` is written: one error line naming it, no torn or temporary
+    file; once there is space again, --resume ends with the uninterrupted run's files."""
+    shutil.rmtree(run / "priors")
+    if target.startswith("tokens"):
+        shutil.rmtree(run / "tokens")
+    real_write = LocalFileOpener.write
+
+    def write(self, data):
+        if self.path.startswith(str(run / target) + checkpoint.TEMPORARY):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(self, data)
+
+    with monkeypatch.context() as full:
+        full.setattr(LocalFileOpener, "write", write)
+        code, err = stratagen(["train", run, "--resume"], capsys)
+    assert_one_error(code, err, f"{run / target}: No space left on device")
+    assert not list(run.rglob(f"*{checkpoint.TEMPORARY}*"))
+    code, err = stratagen(["train", run, "--resume"], capsys)
+    assert code == 0, err
+    assert weights_and_tokens(run) == weights_and_tokens(whole)

@@ -111,7 +111,7 @@ def _tokenize(args: argparse.Namespace) -> int:
     from stratagen.engine.distributed import Processes
     from stratagen.engine.tokenize import tokenize
 
-    pipe = api.Pipeline.from_run(args.source, args.set)
+    pipe = api.Pipeline.from_run(args.source, args.set, tokenizers_only=True)  # the priors may be untrained
     dataset = pipe.built.dataset(args.split)
     for tid, tokenizer in pipe.model.tokenizers.items():
         count = tokenize(pipe.run, pipe.config, tid, tokenizer, dataset, args.split, Processes(device=pipe.device),
@@ -192,10 +192,7 @@ def _convert(args: argparse.Namespace) -> int:
     from stratagen.registry import ConfigError, get_registry
 
     registry = get_registry()
-    if args.converter not in registry.names("converter"):
-        raise ConfigError(f"unknown converter {args.converter!r}; installed: "
-                          f"{', '.join(registry.names('converter')) or 'none'}")
-    model = registry.get("converter", args.converter).config
+    model = registry.get("converter", args.converter).config  # unknown or ambiguous: one line
     fields = {k: f for k, f in model.model_fields.items() if k != "name"}
     parser = Parser(prog=f"stratagen convert {args.converter}")
     for key, field in fields.items():

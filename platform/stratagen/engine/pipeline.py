@@ -67,20 +67,24 @@ class Pipeline:
 
     @classmethod
     def from_run(cls, source: str, overrides: Sequence[str] = (), device: str | None = None,
-                 registry: Registry | None = None) -> "Pipeline":
+                 registry: Registry | None = None, tokenizers_only: bool = False) -> "Pipeline":
         """Load a trained run (directory, or the config that names it) with its weights."""
-        return cls.from_config(load_config(source, overrides, registry), device, registry)
+        return cls.from_config(load_config(source, overrides, registry), device, registry, tokenizers_only)
 
     @classmethod
     def from_config(cls, config: BaseModel, device: str | None = None,
-                    registry: Registry | None = None) -> "Pipeline":
-        """The trained run ``config.run.dir`` names, built once from the validated ``config``."""
+                    registry: Registry | None = None, tokenizers_only: bool = False) -> "Pipeline":
+        """The trained run ``config.run.dir`` names, built once from the validated ``config``; with
+        ``tokenizers_only`` only the tokenizers' weights are loaded (to tokenize before the priors
+        are trained)."""
         built = build(config, registry)
         run = Run(config.run.dir)
         model = built.model
         for tid, tokenizer in model.tokenizers.items():
             if model.owns_weights(tid):
                 run.load_weights("tokenizer", tid, tokenizer, config.tokenizers[tid].model.name, built.registry)
+        if tokenizers_only:
+            return cls(built, run, resolve_device(device or config.run.device)).ready()
         for pid, slot in model.priors.items():
             run.load_weights("prior", pid, slot.prior, config.priors[pid].model.name, built.registry)
         for cid, slot in model.critics.items():
