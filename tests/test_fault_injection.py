@@ -250,3 +250,20 @@ def test_a_full_disk_is_one_line_naming_the_file_and_resume_completes_exactly(wh
     code, err = stratagen(["train", run, "--resume"], capsys)
     assert code == 0, err
     assert weights_and_tokens(run) == weights_and_tokens(whole)
+
+
+# ----------------------------------------------------------------------------- determinism
+def test_a_resume_in_another_environment_is_warned_about(run, capsys, caplog):
+    """Checkpoints record the torch version and thread count; a resume with others warns (bitwise
+    resume needs both) and still completes."""
+    import torch
+
+    url = str(run / "priors/main/checkpoint.safetensors")
+    tensors, meta = checkpoint.load_tensors(url)
+    assert meta["environment"] == {"torch": torch.__version__, "threads": torch.get_num_threads()}
+    checkpoint.save_tensors(url, tensors, {**meta, "step": 2, "environment": {"torch": "1.0", "threads": 99}})
+    code, err = stratagen(["train", run, "--resume"], capsys)
+    assert code == 0, err
+    assert (f"in another environment (torch 1.0 -> {torch.__version__}, threads 99 -> {torch.get_num_threads()})"
+            in caplog.text)
+    assert checkpoint.load_tensors(url)[1]["environment"]["threads"] == torch.get_num_threads()
