@@ -6,6 +6,11 @@ process is killed with SIGKILL at each checkpoint phase, the disk fills up, and 
 in carry code. Each case must end in one of two ways: the work completes with the right data
 (a damaged cache is rebuilt, a killed run resumes to the same weights), or one ``error:`` line
 naming the file, exit code 2, with nothing else on disk changed. Never exit 0 with wrong data.
+
+The same rule is kept elsewhere for two kinds of files: data shards and index.json
+(tests/data/test_shards.py: truncated, garbage, over-counted, fewer than the workers) and weights
+files a user hands in that carry code (tests/io/test_weights_files.py: every loader; refused,
+never run).
 """
 from __future__ import annotations
 
@@ -267,3 +272,66 @@ def test_a_resume_in_another_environment_is_warned_about(run, capsys, caplog):
     assert (f"in another environment (torch 1.0 -> {torch.__version__}, threads 99 -> {torch.get_num_threads()})"
             in caplog.text)
     assert checkpoint.load_tensors(url)[1]["environment"]["threads"] == torch.get_num_threads()
+
+
+# ----------------------------------------------------------------------------- kill -9
+#: run in a child process: ``train RUN --resume`` that SIGKILLs itself at one checkpoint phase
+KILLER = """
+import os, signal, sys
+import torch
+from fsspec.implementations.local import LocalFileSystem
+import stratagen.engine.tokenize as tokenize_module
+from stratagen import cli
+from stratagen.io import checkpoint
+from stratagen.io.tokens import TokenCache
+
+run, phase, steps = sys.argv[1], sys.argv[2], [0]
+tokenize_module.SHARD_SIZE = int(sys.argv[3])
+die = lambda: os.kill(os.getpid(), signal.SIGKILL)
+if phase == "inside an atomic write":  # the temporary file written, not yet moved into place
+    real_mv = LocalFileSystem.mv
+    def mv(self, source, destination, **kwargs):
+        if destination.endswith("priors/main/checkpoint.safetensors"):
+            die()
+        return real_mv(self, source, destination, **kwargs)
+    LocalFileSystem.mv = mv
+elif phase == "between final weights and final checkpoint":
+    real_save = checkpoint.save_tensors
+    def save_tensors(url, tensors, metadata=None):
+        if url.endswith("priors/main/checkpoint.safetensors") and (metadata or {}).get("step") == 4:
+            die()
+        real_save(url, tensors, metadata)
+    checkpoint.save_tensors = save_tensors
+elif phase == "after a token shard":
+    real_write = TokenCache.write_shard
+    def write_shard(self, j, *args):
+        real_write(self, j, *args)
+        if j == 1:
+            die()
+    TokenCache.write_shard = write_shard
+elif phase == "inside an optimizer step":  # the prior's third step, after its first checkpoint
+    real_step = torch.optim.AdamW.step
+    def step(self, *args, **kwargs):
+        steps[0] += 1
+        if steps[0] == 3:
+            die()
+        return real_step(self, *args, **kwargs)
+    torch.optim.AdamW.step = step
+sys.exit(cli.main(["train", run, "--resume"]))
+"""
+KILL_PHASES = ["inside an atomic write", "between final weights and final checkpoint", "after a token shard",
+               "inside an optimizer step"]
+
+
+@pytest.mark.parametrize("phase", KILL_PHASES)
+def test_sigkill_at_each_checkpoint_phase_resumes_to_the_same_files(whole, run, capsys, phase):
+    shutil.rmtree(run / "priors")
+    if phase == "after a token shard":
+        shutil.rmtree(run / "tokens")
+    killed = subprocess.run([sys.executable, "-c", KILLER, str(run), phase, str(SHARD_SIZE)], capture_output=True,
+                            text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    code, err = stratagen(["train", run, "--resume"], capsys)
+    assert code == 0, err
+    assert weights_and_tokens(run) == weights_and_tokens(whole)
+    assert not list(run.rglob(f"*{checkpoint.TEMPORARY}*"))  # what the killed write left is cleaned up
