@@ -24,7 +24,7 @@ from .figures import loss_curves
 from .logger import RunLogger
 from .plan import training_plan
 from .precision import InferenceNetworks, autocast, inference_dtype
-from .resume import check_unchanged
+from .resume import check_unchanged, keep_records
 from .tokenize import tokenize
 
 
@@ -150,6 +150,7 @@ def train(config: BaseModel, resume: bool = False, registry: Registry | None = N
     check_unchanged(run, config, trained)
     if procs.is_main:
         run.prepare()
+        keep_records(run)
         run.save_config(config)
     logger = RunLogger(run.local_path("tb") if procs.is_main and run.is_local else None)
     pipeline = Pipeline(built, run, procs.device)

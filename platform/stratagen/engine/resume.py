@@ -19,7 +19,7 @@ import yaml
 
 from stratagen import config as cfg
 from stratagen.io import checkpoint
-from stratagen.io.run import CONFIG, Run
+from stratagen.io.run import CONFIG, TRAIN_STATE, Run
 from stratagen.registry import ConfigError, StratagenError, split_stream_key
 
 #: keys (under any section) that change no weights, or only how a step is computed
@@ -72,6 +72,27 @@ def _stored(url: str) -> dict[str, Any]:
         return stored
 
 
+def keep_records(run: Run) -> None:
+    """Before the run's ``config.yaml`` is replaced: give every trained component without a config
+    record of its own (a run written before those records) the one it was checked against until
+    now, so a config that shares the run directory and lacks that component cannot take it away."""
+    url = run.path(CONFIG)
+    if not checkpoint.exists(url):
+        return
+    text = checkpoint.read_bytes(url)
+    try:
+        stored = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return
+    for section in ("tokenizers", "priors", "critics"):
+        entries = stored.get(section) if isinstance(stored, dict) else None
+        for cid in entries if isinstance(entries, dict) else {}:
+            kind = section[:-1]
+            if (run.trained_step(kind, cid) is not None or run.trained_step(kind, cid, TRAIN_STATE) is not None) \
+                    and not checkpoint.exists(run.component_url(kind, cid, CONFIG)):
+                checkpoint.write_bytes_atomic(run.component_url(kind, cid, CONFIG), text)
+
+
 def _trained_with(run: Run, kind: str, cid: str) -> str | None:
     """The config a component was trained with: its own record, else (runs written before those
     records) the run's config; None if neither exists."""
@@ -92,6 +113,8 @@ def check_unchanged(run: Run, config: Any, trained: list[tuple[str, str]]) -> No
         if url not in stored:
             stored[url] = dict(_flatten(_stored(url)))
         old = stored[url]
+        if not any(key[:2] == (f"{kind}s", cid) for key in old):
+            continue  # a run written before the components' own records, whose config names it no more
         inputs = _inputs(config, kind, cid)
         hits = sorted(k for k in old.keys() | new.keys()
                       if old.get(k) != new.get(k) and not (k and k[-1] in FREE_KEYS)
