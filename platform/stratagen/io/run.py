@@ -63,6 +63,10 @@ class Run:
         url = self.component_url(kind, cid, CONFIG) if kind else self.path(CONFIG)
         checkpoint.write_bytes_atomic(url, cfg.dump_config(config).encode())
 
+    def trained_with(self, kind: str, cid: str) -> bool:
+        """Whether the component has a record of the config it is trained with."""
+        return checkpoint.exists(self.component_url(kind, cid, CONFIG))
+
     def load_config(self, overrides: list[str] | None = None, registry: Registry | None = None) -> Any:
         """The run's config, with ``run.dir`` pointing here: a copied or moved run directory is
         itself the run, whatever directory its ``config.yaml`` was written in."""
