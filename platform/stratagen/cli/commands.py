@@ -9,8 +9,6 @@ import torch
 from stratagen import api
 from stratagen.registry import StratagenError
 
-from stratagen.io.run import replacing
-
 from .arguments import Parser, class_ids, folder, positive_int
 from .verbs import verb
 
@@ -189,6 +187,7 @@ def _compare(args: argparse.Namespace) -> int:
 def _convert(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
+    from stratagen.io.run import replacing
     from stratagen.registry import ConfigError, get_registry
 
     registry = get_registry()

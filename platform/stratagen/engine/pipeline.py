@@ -13,7 +13,7 @@ import torch
 from pydantic import BaseModel
 
 from stratagen import config as cfg
-from stratagen.io.run import TRAIN_STATE, Run
+from stratagen.io.run import Run
 from stratagen.registry import (GenerativeModel, IncompatibleComponentsError, Registry, Sampler, SampleOutput,
                                 StratagenError, get_registry)
 
@@ -182,9 +182,8 @@ def _run_stage(kind: str, cid: str, pipeline: Pipeline, procs: Any, logger: RunL
         run.load_weights(kind, cid, module, entry.model.name, built.registry)
         module.eval()
         return
-    started = run.trained_step(kind, cid) is not None or run.trained_step(kind, cid, TRAIN_STATE) is not None
-    if procs.is_main and not (started and run.trained_with(kind, cid)):  # what --resume checks it against
-        run.save_config(config, kind, cid)
+    if procs.is_main and not (run.started(kind, cid) and run.trained_with(kind, cid)):
+        run.save_config(config, kind, cid)  # what --resume checks this component against (see .resume)
     if kind == "tokenizer":
         training.train_tokenizer(run, config, cid, module, built.dataset("train"), procs, logger, resume,
                                  built.registry)

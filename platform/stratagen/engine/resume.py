@@ -10,6 +10,11 @@ components that are not trained yet. So may the ways of computing a step (``para
 ``accumulate``, ``checkpoint_activations``, ``compile``): the global batch and the objective stay,
 and the weights move as they would have, up to float rounding and, when ``accumulate`` or the
 number of processes changes, to the micro-batches' random draws.
+
+Each component is checked against the config it was trained with (``<kind>s/<id>/config.yaml``,
+written when it starts training), not against the run's ``config.yaml``: several configs may
+share one run directory (a critic variant adds critics to a run, and ``stratagen compare`` trains
+both), and whichever trained last must not stand for the others.
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ import yaml
 
 from stratagen import config as cfg
 from stratagen.io import checkpoint
-from stratagen.io.run import CONFIG, TRAIN_STATE, Run
+from stratagen.io.run import CONFIG, Run
 from stratagen.registry import ConfigError, StratagenError, split_stream_key
 
 #: keys (under any section) that change no weights, or only how a step is computed
@@ -88,18 +93,16 @@ def keep_records(run: Run) -> None:
         entries = stored.get(section) if isinstance(stored, dict) else None
         for cid in entries if isinstance(entries, dict) else {}:
             kind = section[:-1]
-            if (run.trained_step(kind, cid) is not None or run.trained_step(kind, cid, TRAIN_STATE) is not None) \
-                    and not checkpoint.exists(run.component_url(kind, cid, CONFIG)):
+            if run.started(kind, cid) and not run.trained_with(kind, cid):
                 checkpoint.write_bytes_atomic(run.component_url(kind, cid, CONFIG), text)
 
 
 def _trained_with(run: Run, kind: str, cid: str) -> str | None:
     """The config a component was trained with: its own record, else (runs written before those
     records) the run's config; None if neither exists."""
-    for url in (run.component_url(kind, cid, CONFIG), run.path(CONFIG)):
-        if checkpoint.exists(url):
-            return url
-    return None
+    if run.trained_with(kind, cid):
+        return run.component_url(kind, cid, CONFIG)
+    return run.path(CONFIG) if run.exists() else None
 
 
 def check_unchanged(run: Run, config: Any, trained: list[tuple[str, str]]) -> None:

@@ -124,6 +124,10 @@ class Run:
             return None
         return checkpoint.read_metadata(url).get("step")
 
+    def started(self, kind: str, cid: str) -> bool:
+        """Whether the component has weights or a checkpoint (finished or not)."""
+        return self.trained_step(kind, cid) is not None or self.trained_step(kind, cid, TRAIN_STATE) is not None
+
     def finished(self, kind: str, cid: str, steps: int) -> bool:
         """Whether the component's final weights are written and its checkpoint, if it has one, is
         not behind them (a run stopped between the two is resumed, and rewrites both)."""
