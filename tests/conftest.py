@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tinyconfigs import tiny_config, write_config
+from tinyconfigs import SHARD_SIZE, tiny_config, write_config
 
 
 @pytest.fixture
@@ -26,4 +26,18 @@ def trained_run(tmp_path_factory) -> Path:
     config["tokenizers"]["vq"]["train"]["steps"] = 2
     config["priors"]["main"]["train"]["steps"] = 2
     api.train(api.load(str(write_config(root / "c.yaml", config))))
+    return root / "run"
+
+
+@pytest.fixture(scope="session")
+def sharded_run(tmp_path_factory) -> Path:
+    """A tiny maskgit run trained without interruption, its token cache in 4 shards; copy it before
+    changing it."""
+    import stratagen.engine.tokenize as tokenize_module
+    from stratagen import api
+
+    root = tmp_path_factory.mktemp("sharded")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tokenize_module, "SHARD_SIZE", SHARD_SIZE)
+        api.train(api.load(str(write_config(root / "c.yaml", tiny_config(root / "run")))))
     return root / "run"

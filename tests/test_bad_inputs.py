@@ -59,6 +59,7 @@ def workspace(tmp_path_factory, trained_run) -> Path:
     (root / "afile").write_text("not a directory\n")
     Image.new("L", (16, 16), 0).save(root / "black.png")
     Image.new("RGB", (16, 16), (200, 10, 10)).save(root / "image.png")
+    Image.new("L", (32, 8), 255).save(root / "wide.png")
     (root / "notimage.png").write_text("text, not an image\n")
     write_pickle_with_code(root / "code.pth", root / "MARKER")
     np.savez(root / "ref_missing.npz", mu=np.zeros(2048))
@@ -104,7 +105,13 @@ BAD_INPUTS = [
     ("edit-outside-whole-image", ["edit", "{run}", "--image", "{root}/image.png", "--box", "0,0,16,16", "--outside",
                                   "--class", "1"], {}, "nothing to edit"),
     ("edit-empty-box", ["edit", "{run}", "--image", "{root}/image.png", "--box", "0,0,0,0", "--class", "1"], {},
-     "does not fit"),
+     "--box must be TOP,LEFT,H,W (four integers: TOP, LEFT >= 0; H, W >= 1), got '0,0,0,0'"),
+    ("edit-box-negative", ["edit", "{run}", "--image", "{root}/image.png", "--box", "-2,0,4,4", "--class", "1"], {},
+     "--box must be TOP,LEFT,H,W (four integers: TOP, LEFT >= 0; H, W >= 1), got '-2,0,4,4'"),
+    ("edit-box-outside-image", ["edit", "{run}", "--image", "{root}/image.png", "--box", "10,10,8,8", "--class", "1"],
+     {}, "does not fit"),
+    ("edit-mask-other-aspect", ["edit", "{run}", "--image", "{root}/image.png", "--mask", "{root}/wide.png",
+                                "--class", "1"], {}, "wide.png: 32x8 has another aspect ratio than --image"),
     ("edit-box-not-ints", ["edit", "{run}", "--image", "{root}/image.png", "--box", "a,b", "--class", "1"], {},
      "--box must be TOP,LEFT,H,W"),
     ("edit-image-missing", ["edit", "{run}", "--image", "{root}/absent.png", "--box", "0,0,4,4", "--class", "1"], {},
@@ -149,6 +156,11 @@ BAD_INPUTS = [
     ("checkpoint-of-another-shape", ["train", "{root}/other-shape-checkpoint", "--resume"], {},
      "checkpoint.safetensors: weights do not fit the configured component (other shapes (file vs config) "
      "['token_embedding.weight [33, 16] vs [33, 32]']"),
+    ("convert-over-a-run", ["convert", "maskgit-official", "--tokenizer", "{root}/absent.msgpack", "--transformer",
+                            "{root}/absent.msgpack", "{run}"], {},
+     "run already holds a run; give a new or empty folder, or pass --overwrite to replace it"),
+    ("convert-over-files", ["convert", "maskgit-official", "--tokenizer", "{root}/absent.msgpack", "--transformer",
+                            "{root}/absent.msgpack", "{root}/cfg"], {}, "cfg already holds files"),
     ("weights-not-safetensors", ["sample", "{root}/garbage-weights"], {}, "not a readable safetensors file"),
     ("perceptual-weights-carry-code", ["train", "{root}/ok.yaml", "--set", "run.dir={fresh}", "--set",
                                        "tokenizers.vq.model.loss.perceptual_weights={root}/code.pth"], {},
@@ -192,7 +204,7 @@ BAD_INPUTS = [
      "priors.main.train.accumulate: Input should be greater than or equal to 1 (got 0)"),
     ("collective-timeout-not-seconds", ["train", "{root}/ok.yaml", "--set", "run.dir={fresh}"],
      {"WORLD_SIZE": "2", "STRATAGEN_COLLECTIVE_TIMEOUT": "ten"},
-     "STRATAGEN_COLLECTIVE_TIMEOUT='ten': a number of seconds > 0"),
+     "STRATAGEN_COLLECTIVE_TIMEOUT='ten': a number of seconds, at least 1 and"),
     ("unknown-allowed-plugin", ["plugins"], {"STRATAGEN_PLUGINS": "schedules,nosuch"},
      "STRATAGEN_PLUGINS: no installed plugin is named 'nosuch'"),
     ("unknown-disabled-plugin", ["info", "{root}/ok.yaml"], {"STRATAGEN_DISABLE_PLUGINS": "nosuch"},

@@ -166,3 +166,18 @@ def test_attention_backend_is_selected_from_the_config(tmp_path):
     except ImportError:
         with pytest.raises(ConfigError, match="run.attention: .*xformers"):
             build.build(cfg.load_config(str(path), ["run.attention=xformers"]))
+
+
+def test_set_name_to_another_schema_keeps_the_keys_it_accepts_and_names_the_rest(tmp_path, caplog):
+    """A prior swapped with --set keeps its sizes (not the plugin's defaults: a 492M prior from a
+    small one); keys the new component does not take are dropped with a warning naming them."""
+    config = tiny_config(tmp_path / "run", "maskgit")
+    config["priors"]["main"]["model"]["label_smoothing"] = 0.05
+    path = write_config(tmp_path / "c.yaml", config)
+    swapped = cfg.load_config(str(path), ["priors.main.model.name=cmtm-top"]).priors["main"].model
+    assert swapped.name == "cmtm-top"
+    assert (swapped.depth, swapped.width, swapped.heads, swapped.mlp_dim, swapped.label_smoothing) == (1, 32, 2, 64, 0.05)
+    sampler = cfg.load_config(str(path), ["sampler.name=stratified", "sampler.top.steps=2", "sampler.bottom.steps=2"],
+                              ).sampler
+    assert sampler.name == "stratified"
+    assert "--set sampler.name=stratified: 'stratified' takes no stage; dropped from sampler" in caplog.text

@@ -1,5 +1,7 @@
 """WebDataset tar shards: `stratagen data pack` writes them, the `webdataset` dataset reads them back."""
 import hashlib
+import json
+import shutil
 import subprocess
 import sys
 import uuid
@@ -108,3 +110,96 @@ def test_object_store_without_its_package_is_a_clean_error() -> None:
     with pytest.raises(StratagenError, match=r"data.urls: s3://bucket/train: Install s3fs"):
         build_webdataset(split="train", urls="s3://bucket/train", eval_urls=None, num_classes=3, resolution=8,
                          augment=True, shuffle_buffer=10, seed=0)
+
+
+def test_pack_refuses_a_used_folder_and_a_folder_without_images(packed, tmp_path: Path) -> None:
+    """Packing over an earlier pack would leave its shards beside the new ones (a dataset of both):
+    refused, nothing touched; an empty folder packs nothing: refused; an empty OUT is fine."""
+    folder, out = packed
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    small = tmp_path / "small"
+    (small / "c0").mkdir(parents=True)
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(small / "c0" / "a.png")
+    with pytest.raises(StratagenError, match="already holds files .* give a new or empty folder"):
+        pack_folder(str(small), str(out), 4)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    (tmp_path / "blank" / "c0").mkdir(parents=True)
+    (tmp_path / "blank" / "c0" / "notes.txt").write_text("not an image")
+    with pytest.raises(StratagenError, match="blank: no images to pack"):
+        pack_folder(str(tmp_path / "blank"), str(tmp_path / "blank-out"), 4)
+    assert not (tmp_path / "blank-out").exists()
+    (tmp_path / "empty-out").mkdir()
+    assert pack_folder(str(small), str(tmp_path / "empty-out"), 4)[:2] == (1, 1)
+    assert len(TarShards(str(tmp_path / "empty-out"), resolution=8)) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blank", "empty-out", "small"]  # no staging folder left
+
+
+def _copy(out: Path, to: Path) -> Path:
+    shutil.copytree(out, to)
+    return to
+
+
+def test_unreadable_shards_are_skipped_and_counted_not_a_crash(packed, tmp_path: Path) -> None:
+    """A truncated shard yields what it holds and counts once as skipped; a shard that is no tar
+    file counts once; training goes on (with and without loader workers) and evaluation indexing
+    passes over what is missing."""
+    _, out = packed
+    broken = _copy(out, tmp_path / "broken")
+    data = (broken / "shard-000001.tar").read_bytes()
+    (broken / "shard-000001.tar").write_bytes(data[: len(data) // 2])
+    (broken / "shard-000003.tar").write_bytes(b"not a tar file" * 100)
+    shards = TarShards(str(broken), resolution=8)
+    for workers in (0, 2):
+        batches = StepBatches(shards, batch=4, seed=0, rank=0, world=1, workers=workers, device=torch.device("cpu"))
+        for step in range(6):  # more than one epoch of what is left
+            assert batches.at(step).images.shape == (4, 3, 8, 8)
+        assert batches.skipped == {str(broken / "shard-000001.tar"), str(broken / "shard-000003.tar")}
+    readable = [shards[i] for i in range(len(shards))]  # index.json still counts 18: the gaps are passed over
+    assert len(readable) == 18 and all(image.shape == (3, 8, 8) for image, _ in readable)
+
+
+def test_too_many_unreadable_shards_stop_training_with_one_clear_error(packed, tmp_path: Path) -> None:
+    _, out = packed
+    broken = _copy(out, tmp_path / "broken")
+    for shard in broken.glob("*.tar"):
+        shard.write_bytes(b"garbage")
+    batches = StepBatches(TarShards(str(broken), resolution=8), batch=4, seed=0, rank=0, world=1, workers=0,
+                          device=torch.device("cpu"))
+    with pytest.raises(StratagenError, match="broken: the tar shards this process reads hold no readable image"):
+        batches.at(0)
+    folder, _ = packed
+    pack_folder(str(folder), str(tmp_path / "one-each"), 1)  # 18 shards of one image: 17 broken
+    for shard in sorted((tmp_path / "one-each").glob("*.tar"))[1:]:
+        shard.write_bytes(b"garbage")
+    batches = StepBatches(TarShards(str(tmp_path / "one-each"), resolution=8), batch=4, seed=0, rank=0, world=1,
+                          workers=0, device=torch.device("cpu"))
+    with pytest.raises(StratagenError, match="17 unreadable files or shards .* more than the 16 tolerated"):
+        batches.at(0)
+
+
+def test_an_over_counting_index_and_fewer_shards_than_workers_neither_hang_nor_crash(packed, tmp_path: Path) -> None:
+    _, out = packed
+    copy = _copy(out, tmp_path / "copy")
+    index = json.loads((copy / "index.json").read_text())
+    index["shards"][0]["count"] = 40  # over-counts
+    (copy / "index.json").write_text(json.dumps(index))
+    shards = TarShards(str(copy), resolution=8)
+    assert len(shards) == 54
+    assert all(shards[i][0].shape == (3, 8, 8) for i in range(0, 54, 7))
+    batches = StepBatches(shards, batch=4, seed=0, rank=0, world=1, workers=8, device=torch.device("cpu"))
+    assert batches.at(0).images.shape == (4, 3, 8, 8)  # 5 shards, 8 workers asked: 5 read
+    one = _copy(out, tmp_path / "one")
+    for shard in sorted(one.glob("*.tar"))[1:]:
+        shard.unlink()
+    (one / "index.json").unlink()
+    with pytest.raises(StratagenError, match="1 tar shard\\(s\\) cannot feed 2 processes"):
+        image_loader(TarShards(str(one), resolution=8), 2, seed=0, rank=0, world=2)
+
+
+@pytest.mark.parametrize("text", ["{not json", '{"classes": ["a"]}', '{"classes": ["a"], "shards": [{"name": 1}]}'])
+def test_a_bad_index_is_named(packed, tmp_path: Path, text: str) -> None:
+    _, out = packed
+    copy = _copy(out, tmp_path / "copy")
+    (copy / "index.json").write_text(text)
+    with pytest.raises(StratagenError, match=f"{copy}/index.json: not a shard index"):
+        TarShards(str(copy), resolution=8)

@@ -19,9 +19,8 @@ from stratagen import api
 from stratagen.io import checkpoint
 from stratagen.io.run import Run
 from stratagen.io.tokens import TokenCache
-from tinyconfigs import tiny_config, write_config
+from tinyconfigs import SHARD_SIZE, tiny_config, write_config
 
-SHARD_SIZE = 8  # 32 images: 4 shards
 STEPS = 4  # checkpoints at steps 2 and 4 (tinyconfigs)
 
 
@@ -125,14 +124,10 @@ def assert_identical(a: dict[str, dict], b: dict[str, dict]) -> None:
         assert a[name]["meta"] == b[name]["meta"], name
 
 
-@pytest.fixture(scope="module")
-def whole(tmp_path_factory) -> Path:
-    """The uninterrupted run every resumed run must equal."""
-    root = tmp_path_factory.mktemp("whole")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(tokenize_module, "SHARD_SIZE", SHARD_SIZE)
-        api.train(api.load(str(write_config(root / "c.yaml", tiny_config(root / "run")))))
-    return root / "run"
+@pytest.fixture
+def whole(sharded_run) -> Path:
+    """The uninterrupted run (tests/conftest.py)."""
+    return sharded_run
 
 
 @pytest.mark.parametrize("stage", list(KILL_CHAINS))

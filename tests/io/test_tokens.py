@@ -50,10 +50,14 @@ def test_smallest_dtype_round_trips_exactly(tmp_path: Path, codebook: int, dtype
 def test_stale_or_foreign_shards_are_removed_before_a_rebuild(tmp_path: Path) -> None:
     cache = TokenCache(str(tmp_path / "tokens"))
     other = Fingerprint(images=10, views=3, shard_size=6, tokenizer="x" * 64, config="c" * 64)
-    for j, stamp in enumerate([STAMP, other, STAMP, STAMP]):
-        cache.write_shard(j, {"top": torch.zeros(2, 3, 1, 1, dtype=torch.uint8)}, torch.zeros(2), stamp)
-    cache.write_manifest([2] * 4, {}, STAMP)
+    for j in range(4):
+        cache.write_shard(j, {"top": torch.zeros(2, 3, 1, 1, dtype=torch.uint8)}, torch.zeros(2), STAMP)
+    cache.write_manifest([2] * 4, {"top": {"shape": [1, 1], "codebook_size": 4, "dtype": "uint8"}}, STAMP)
     assert cache.is_complete(STAMP) and not cache.is_complete(other)
+    cache.write_shard(1, {"top": torch.zeros(2, 3, 1, 1, dtype=torch.uint8)}, torch.zeros(2), other)
+    assert not cache.is_complete(STAMP)  # a shard of another cache under this manifest: not trusted
+    with pytest.raises(StratagenError, match="00001.safetensors: made for another cache than manifest.json"):
+        cache.open()
     cache.prepare(shards=3, fingerprint=STAMP)  # the new dataset needs 3 shards
     assert sorted(p.name for p in (tmp_path / "tokens").iterdir()) == ["00000.safetensors", "00002.safetensors"]
     assert cache.shard_is_done(0, STAMP) and not cache.shard_is_done(1, STAMP) and not cache.is_complete(STAMP)

@@ -12,6 +12,8 @@ from stratagen.eval import InceptionMetric
 from stratagen.io import checkpoint
 from stratagen.nn.perceptual import PerceptualLoss
 from stratagen.plugins.maskgit_official.flax_msgpack import read_flax_checkpoint
+from stratagen.plugins.var.clip import load_clip_text
+from stratagen.plugins.var.text import TextEncoder
 from stratagen.registry import StratagenError
 from weightfiles import write_pickle_with_code
 
@@ -24,6 +26,8 @@ LOADERS: list[tuple[str, Callable[[Path], Any]]] = [
      ._extractor("vgg16")),
     ("run-weights-and-checkpoints", lambda p: checkpoint.load_tensors(str(p))),
     ("maskgit-official-checkpoint", lambda p: read_flax_checkpoint(p.read_bytes(), str(p))),
+    ("star-small-text-encoder", lambda p: TextEncoder(["a red disc"], width=8, depth=1, heads=2, weights=str(p))),
+    ("star-clip-text-tower", lambda p: load_clip_text(str(p))),
 ]
 
 

@@ -3,6 +3,7 @@
 The fixtures were made by running the official JAX code with random weights at small widths
 (../shared/fixtures/maskgit-official/README.md); the converted models must reproduce its outputs.
 """
+import shutil
 from pathlib import Path
 
 import msgpack
@@ -79,6 +80,25 @@ def test_cli_converts_and_samples_the_converted_run(tmp_path, capsys):
     assert main(["sample", str(out), "--classes", "0,7", "--count", "1", "--out", str(tmp_path / "s")]) == 0
     pictures = sorted((tmp_path / "s").glob("class*.png"))
     assert len(pictures) == 2 and Image.open(pictures[0]).size == (64, 64)
+
+
+def test_convert_refuses_a_used_folder_and_overwrite_replaces_it_whole(trained_run, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(trained_run, out)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    convert = ["convert", "maskgit-official", "--tokenizer", str(FIXTURES / "tokenizer.msgpack"),
+               "--transformer", str(FIXTURES / "transformer.msgpack"), str(out)]
+    assert main(convert) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    garbage = tmp_path / "garbage.msgpack"
+    garbage.write_bytes(b"\x00not msgpack")  # a failed conversion with --overwrite keeps the old run
+    assert main(convert[:3] + [str(garbage)] + convert[4:] + ["--overwrite"]) == 2
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert main(convert + ["--overwrite"]) == 0
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.safetensors")) == [
+        "priors/main/model.safetensors", "tokenizers/vq/model.safetensors"]  # no file of the old run is left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["garbage.msgpack", "run"]  # nothing set aside is left
 
 
 def test_convert_errors_are_one_line(tmp_path, capsys):

@@ -321,3 +321,13 @@ def test_shuffled_captions_lower_caption_image_agreement(tmp_path):
     agreement = (classify(own) == labels).float().mean().item()
     shuffled_agreement = (classify(other) == labels).float().mean().item()
     assert agreement >= 0.6 and shuffled_agreement <= agreement - 0.4, (agreement, shuffled_agreement)
+
+
+def test_captions_without_a_text_encoder_get_the_small_one(tmp_path):
+    """STAR's default text encoder: captions with ``text_encoder: null`` (or no such key) read with the small one."""
+    removed = api.load("configs/demo/star.yaml", ["priors.main.model.text_encoder=null"])
+    assert removed.priors["main"].model.text_encoder.name == "small"
+    config = star_config(tmp_path)
+    config["priors"]["main"]["model"]["text_encoder"] = None  # an explicit null, not merged away
+    explicit = api.load(str(write_config(tmp_path / "s.yaml", config)))
+    assert explicit.priors["main"].model.text_encoder.name == "small"

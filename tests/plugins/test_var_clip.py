@@ -92,6 +92,16 @@ def test_missing_tokenizer_files_are_named_in_one_line(tmp_path, clip_file):
         load_clip_text(str(tmp_path / "absent.safetensors"))
 
 
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]"])
+def test_a_vocabulary_or_config_that_is_not_a_json_object_is_named(clip_file, text):
+    (clip_file.parent / "vocab.json").write_text(text)
+    with pytest.raises(ConfigError, match=r"clip/vocab.json: not a CLIP vocabulary \(a JSON map of tokens to ids\)"):
+        ClipTokenizer(str(clip_file.parent), LENGTH)
+    (clip_file.parent / "config.json").write_text(text)
+    with pytest.raises(ConfigError, match=r"clip/config.json: not Hugging Face's CLIP config.json"):
+        load_clip_text(str(clip_file))
+
+
 # ----------------------------------------------------------------------------- the tower
 def hf_state_of(tower: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The tower's tensors under Hugging Face's names (attn.kv split into k and v), written independently

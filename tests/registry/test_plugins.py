@@ -257,3 +257,23 @@ def test_ambiguous_name_in_a_config_is_reported_as_ambiguous_not_unknown(tmp_pat
         cfg.validate(tiny_config(tmp_path / "run"), "c.yaml", registry)
     line = str(err.value)
     assert "c.yaml: tokenizers.vq.model" in line and "'vqgan' is ambiguous" in line and "dist-twin 9.9" in line
+
+
+def test_an_ambiguous_schedule_is_reported_as_ambiguous_not_unknown(tmp_path, monkeypatch):
+    from stratagen import config as cfg
+    from stratagen.registry import manager
+    from tinyconfigs import tiny_config
+
+    class Twin:
+        @hookimpl
+        def stratagen_register_schedules(self, register):
+            register("cosine", Schedule)
+
+    registry = Registry().load_entry_points(env={})
+    registry.register_plugin(Twin(), Provider("twin", "dist-twin", "9.9"))
+    monkeypatch.setattr(manager, "_default", registry)
+    config = tiny_config(tmp_path / "run")
+    config["priors"]["main"]["mask_schedule"] = "cosine"
+    with pytest.raises(StratagenError) as err:
+        cfg.validate(config, "c.yaml", registry)
+    assert "schedule 'cosine' is ambiguous" in str(err.value) and "dist-twin 9.9" in str(err.value)

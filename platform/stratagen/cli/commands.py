@@ -138,7 +138,7 @@ def _tokenize(args: argparse.Namespace) -> int:
     from stratagen.engine.distributed import Processes
     from stratagen.engine.tokenize import tokenize
 
-    pipe = api.Pipeline.from_run(args.source, args.set)
+    pipe = api.Pipeline.from_run(args.source, args.set, tokenizers_only=True)  # the priors may be untrained
     dataset = pipe.built.dataset(args.split)
     for tid, tokenizer in pipe.model.tokenizers.items():
         count = tokenize(pipe.run, pipe.config, tid, tokenizer, dataset, args.split, Processes(device=pipe.device),
@@ -150,7 +150,7 @@ def _tokenize(args: argparse.Namespace) -> int:
 @verb("sample")
 def _sample(args: argparse.Namespace) -> int:
     from stratagen.engine.distributed import launched_processes, launched_rank
-    from stratagen.engine.images import save_images
+    from stratagen.engine.images import check_sample_folder, save_images
 
     if args.caption is not None and args.classes is not None:
         raise StratagenError("sample: give --classes or --caption, not both")
@@ -161,6 +161,7 @@ def _sample(args: argparse.Namespace) -> int:
               "batches over the processes)")
     pipe = api.Pipeline.from_run(args.source, args.set)
     out = args.out or pipe.run.local_path("samples")
+    check_sample_folder(out)  # before sampling
     if args.caption is None:
         classes = list(range(pipe.model.num_classes)) if args.classes is None else args.classes
         labels = [c for c in classes for _ in range(args.count)]
@@ -231,27 +232,28 @@ def _compare(args: argparse.Namespace) -> int:
 def _convert(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
+    from stratagen.io.run import replacing
     from stratagen.registry import ConfigError, get_registry
 
     registry = get_registry()
-    if args.converter not in registry.names("converter"):
-        raise ConfigError(f"unknown converter {args.converter!r}; installed: "
-                          f"{', '.join(registry.names('converter')) or 'none'}")
-    model = registry.get("converter", args.converter).config
+    model = registry.get("converter", args.converter).config  # unknown or ambiguous: one line
     fields = {k: f for k, f in model.model_fields.items() if k != "name"}
     parser = Parser(prog=f"stratagen convert {args.converter}")
     for key, field in fields.items():
         parser.add_argument(f"--{key.replace('_', '-')}", dest=key, required=field.is_required(),
                             default=field.default, help=field.description)
-    parser.add_argument("out", help="run directory to write (path or fsspec URL)")
+    parser.add_argument("out", help="run directory to write (path or fsspec URL): new or empty")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace what OUT holds (a run is replaced as a whole once the conversion succeeds)")
     options = vars(parser.parse_args(args.options))
-    out = options.pop("out")
+    out, overwrite = options.pop("out"), options.pop("overwrite")
     try:
         config = model(**options)
     except ValidationError as exc:
         first = exc.errors()[0]
         raise ConfigError(f"convert {args.converter}: --{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
-    run = registry.build("converter", config, out=out)
+    with replacing(out, overwrite):  # refuses a used OUT before anything is read or written
+        run = registry.build("converter", config, out=out)
     print(f"converted: {run.url}\nsample: stratagen sample {run.url} --classes 0 --count 4")
     return 0
 

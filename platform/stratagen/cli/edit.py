@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from pathlib import Path
 from typing import Callable
 
 import torch
+from PIL import Image
 
 from stratagen import api
 from stratagen.engine.editing import box_mask, domain_transfer, inpaint, load_image, load_mask, save_edit
@@ -42,8 +44,10 @@ def add_parser(sub: argparse._SubParsersAction, add_set: Callable[[argparse.Argu
                    help="--mode inpaint: keep the bottom tokens under a regenerated top token where their own "
                         "cell is not masked (by default they are regenerated with it)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", metavar="PATH", default=None, help="output PNG (default: <run>/edits/<image>_<mode>.png)")
+    p.add_argument("--out", metavar="PATH", default=None,
+                   help="output PNG, or a folder for <image>_<mode>.png (default: <run>/edits/)")
     add_set(p)
+    p._negative_number_matcher = re.compile(r"^-\d")  # `--box -2,0,4,4` reaches the box rule, not "expected one argument"
 
 
 @verb("edit")
@@ -60,6 +64,8 @@ def run_edit(args: argparse.Namespace) -> int:
         raise StratagenError(f"--mode {args.mode} needs --mask or --box (the region to edit)"
                              + ("; or --bottom-only" if args.mode == "transfer" else ""))
     box = _parse_box(args.box) if args.box is not None else None
+    if args.mask is not None:
+        _check_aspect(args.image, args.mask)
     pipe = api.Pipeline.from_run(args.source, args.set)
     R = pipe.model.resolution
     image = load_image(args.image, R)
@@ -72,7 +78,10 @@ def run_edit(args: argparse.Namespace) -> int:
         result = inpaint(pipe, image, mask, [args.label], args.seed, keep_children=args.keep_children)
     else:
         result = domain_transfer(pipe, image, [args.label], mask, args.seed, bottom_only=args.bottom_only)
-    out = args.out or os.path.join(pipe.run.local_path("edits"), f"{Path(args.image).stem}_{args.mode}.png")
+    name = f"{Path(args.image).stem}_{args.mode}.png"
+    out = args.out or os.path.join(pipe.run.local_path("edits"), name)
+    if os.path.isdir(out):
+        out = os.path.join(out, name)
     shown = mask if mask is not None else torch.zeros(1, R, R, dtype=torch.bool)
     strip = save_edit(image, shown, result.images, out)
     print(f"edited: {out}\nstrip: {strip}")
@@ -80,8 +89,25 @@ def run_edit(args: argparse.Namespace) -> int:
 
 
 def _parse_box(text: str) -> tuple[int, int, int, int]:
+    rule = f"--box must be TOP,LEFT,H,W (four integers: TOP, LEFT >= 0; H, W >= 1), got {text!r}"
     try:
         top, left, height, width = (int(v) for v in text.split(","))
     except ValueError:
-        raise StratagenError(f"--box must be TOP,LEFT,H,W (four integers), got {text!r}") from None
+        raise StratagenError(rule) from None
+    if min(top, left) < 0 or min(height, width) < 1:
+        raise StratagenError(rule)
     return top, left, height, width
+
+
+def _check_aspect(image: str, mask: str) -> None:
+    """Refuse a mask whose aspect ratio is not the image's (both are resized and centre-cropped
+    alike, so the mask would cover another region than drawn). Unreadable files are left to the
+    loaders, which name them."""
+    try:
+        with Image.open(image) as a, Image.open(mask) as b:
+            (iw, ih), (mw, mh) = a.size, b.size
+    except (OSError, ValueError):
+        return
+    if abs(mw * ih - mh * iw) > 0.01 * iw * mh:
+        raise StratagenError(f"--mask {mask}: {mw}x{mh} has another aspect ratio than --image {image} ({iw}x{ih}); "
+                             f"give a mask of the image's shape")

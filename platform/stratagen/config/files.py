@@ -4,6 +4,7 @@ Every mistake is a :class:`ConfigError` of one line naming the file and what is 
 """
 from __future__ import annotations
 
+import logging
 import posixpath
 from pathlib import PurePosixPath
 from typing import Any
@@ -13,6 +14,8 @@ import yaml
 
 from stratagen.registry import ConfigError, get_registry
 from stratagen.registry.manager import KINDS
+
+log = logging.getLogger("stratagen")
 
 
 def read_yaml(url: str) -> dict[str, Any]:
@@ -42,6 +45,17 @@ def resolve_relative(base_url: str, ref: str) -> str:
         return ref
     protocol, sep, path = base_url.rpartition("://")
     return f"{protocol}{sep}{posixpath.normpath(PurePosixPath(path).parent / ref)}"
+
+
+def _fields(old: Any, new: Any) -> set[str] | None:
+    """The config keys component ``new`` accepts, taking the kind where ``old`` is also a
+    component (None if ``new`` is no installed component: validation then names it)."""
+    registry = get_registry()
+    kinds = [kind for kind in KINDS if isinstance(new, str) and new in registry.names(kind)]
+    kinds = [kind for kind in kinds if old in registry.names(kind)] or kinds
+    if not kinds:
+        return None
+    return set(registry.get(kinds[0], new).config.model_fields)
 
 
 def _same_schema(a: Any, b: Any) -> bool:
@@ -90,9 +104,10 @@ def load_raw(url: str, _chain: tuple[str, ...] = ()) -> dict[str, Any]:
 def apply_overrides(data: dict[str, Any], overrides: list[str], source: str) -> dict[str, Any]:
     """Apply ``key.path=value`` overrides; values are parsed as YAML (``3``, ``true``, ``[1,2]``).
 
-    Setting a section's ``name`` to a component with another config model starts that
-    section afresh (``--set sampler.name=maskgit`` swaps the sampler in one line);
-    ``KEY=null`` on a section removes it.
+    Setting a section's ``name`` to a component with another config model swaps the component
+    in one line (``--set sampler.name=maskgit``): the section keeps the keys the new component
+    accepts, and the ones it does not are dropped with a warning naming them; ``KEY=null`` on a
+    section removes it.
     """
     for item in overrides:
         key, eq, raw = item.partition("=")
@@ -113,8 +128,14 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], source: str) -> 
         if value is None and isinstance(node.get(last), dict):
             del node[last]  # like `section: null` in a file: removes the section
         else:
-            if last == "name" and not _same_schema(node.get("name"), value):
-                node.clear()  # another component with another schema: start its section afresh
+            if last == "name" and not _same_schema(node.get("name"), value):  # another schema
+                accepted = _fields(node.get("name"), value)
+                dropped = [k for k in node if k != "name" and accepted is not None and k not in accepted]
+                if dropped:
+                    log.warning("--set %s: %r takes no %s; dropped from %s", item, value, ", ".join(dropped),
+                                ".".join(parts[:-1]) or "the config")
+                for k in dropped:
+                    del node[k]
             node[last] = value
     return data
 

@@ -6,7 +6,8 @@ the number of workers, and the processes' batches together are the same global b
 their number. Tar shards (:mod:`stratagen.data.shards`) stream, dealt out by process
 and worker. Either way a sample whose file cannot be decoded is passed over and its path is
 reported with the batch (:attr:`Batch.skipped`), so a few corrupt files in a million neither
-stop training nor pass unnoticed. Images travel between processes as uint8.
+stop training nor pass unnoticed (a tar shard that cannot be read to its end counts as one); past
+:data:`TOLERATED_SHARE` of the dataset training stops with an error. Images travel between processes as uint8.
 """
 from __future__ import annotations
 
@@ -24,10 +25,15 @@ from stratagen.data.folder import first_readable
 from stratagen.data.sampling import Key, StepSampler
 from stratagen.data.shards import TarShards
 from stratagen.data.transforms import to_uint8
+from stratagen.registry import StratagenError
 
 log = logging.getLogger("stratagen")
 
 PREFETCH = 4  # batches each worker keeps ready
+#: training stops once more files (or tar shards) than this share of the dataset, and more than
+#: MIN_TOLERATED, could not be read: past that the data is broken, not a few files in it
+TOLERATED_SHARE = 0.01
+MIN_TOLERATED = 16
 T = TypeVar("T")
 
 
@@ -107,7 +113,15 @@ def loader_workers(configured: int | None, device: torch.device) -> int:
 
 def image_loader(dataset: Any, batch: int, seed: int, rank: int = 0, world: int = 1, start: int = 0,
                  workers: int = 0, device: torch.device = torch.device("cpu")) -> DataLoader:
-    """Endless batches of ``batch`` samples for steps ``start, start + 1, ...`` of process ``rank``."""
+    """Endless batches of ``batch`` samples for steps ``start, start + 1, ...`` of process ``rank``.
+    Tar shards are dealt to processes and their workers: with fewer shards than that, fewer workers
+    read them (the same number on every run with these shards, so resuming stays exact)."""
+    if isinstance(dataset, TarShards):
+        shards = len(dataset.urls)
+        if shards < world:
+            raise StratagenError(f"{shards} tar shard(s) cannot feed {world} processes; write smaller shards "
+                                 f"(stratagen data pack --shard-size)")
+        workers = min(workers, shards // world)
     options: dict[str, Any] = dict(num_workers=workers, collate_fn=collate, pin_memory=device.type == "cuda")
     if workers:
         options.update(prefetch_factor=PREFETCH)
@@ -173,10 +187,19 @@ class StepBatches:
         if self._batches is None or step != self._next:
             self._batches = iter(image_loader(self.dataset, self.batch, self.seed, self.rank, self.world, step,
                                               self.workers, self.device))
-        batch = next(self._batches)
+        try:
+            batch = next(self._batches)
+        except StopIteration:  # a stream ends only when a whole epoch of its shards held no readable image
+            raise StratagenError(f"{self.dataset.urls[0].rsplit('/', 1)[0]}: the tar shards this process reads "
+                                 f"hold no readable image") from None
         self._next = step + 1
         for path in sorted(set(batch.skipped) - self.skipped):
             log.warning("skipped a file that is not a readable image: %s", path)
         self.skipped.update(batch.skipped)
+        tolerated = max(MIN_TOLERATED, int(TOLERATED_SHARE * len(self.dataset)))
+        if len(self.skipped) > tolerated:
+            raise StratagenError(f"{len(self.skipped)} unreadable files or shards (e.g. {sorted(self.skipped)[0]}), "
+                                 f"more than the {tolerated} tolerated ({TOLERATED_SHARE:.0%} of "
+                                 f"{len(self.dataset)} samples, at least {MIN_TOLERATED}); check the dataset")
         self._last = (step, batch)
         return batch

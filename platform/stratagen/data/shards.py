@@ -21,6 +21,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import tarfile
+import uuid
 import zlib
 from typing import Any, Iterator
 
@@ -38,6 +40,8 @@ from stratagen.data.folder import (ImageFolder, UnreadableImage, augment_generat
                                    load_rgb)
 from stratagen.data.sampling import EPOCH_ORDER, SHUFFLE, Key, derive_seed
 from stratagen.data.transforms import to_uint8
+from stratagen.io.checkpoint import TEMPORARY
+from stratagen.registry import StratagenError
 
 log = logging.getLogger("stratagen")
 
@@ -61,9 +65,14 @@ def shard_urls(urls: str) -> list[str]:
 
 
 def _samples(url: str) -> Iterator[dict[str, Any]]:
-    """Raw samples (``__key__`` and one bytes entry per extension) of one shard, in order."""
-    with fsspec.open(url, "rb") as stream:
-        yield from group_by_keys(tar_file_expander([{"url": url, "stream": stream}]))
+    """Raw samples (``__key__`` and one bytes entry per extension) of one shard, in order. A shard
+    that cannot be read to its end (truncated, not a tar file, gone) yields what it could read, then
+    one sample ``{"__url__": url, "__unreadable__": reason}`` in place of the rest."""
+    try:
+        with fsspec.open(url, "rb") as stream:
+            yield from group_by_keys(tar_file_expander([{"url": url, "stream": stream}]))
+    except (OSError, EOFError, ValueError, tarfile.TarError) as exc:  # tarfile.ReadError, a truncated member
+        yield {"__url__": url, "__key__": "", "__unreadable__": f"unreadable shard: {exc}"}
 
 
 def _name(sample: dict[str, Any]) -> str:
@@ -78,6 +87,8 @@ def _identity(sample: dict[str, Any]) -> str:
 
 def _decode(sample: dict[str, Any]) -> tuple[Image.Image, int]:
     where = _name(sample)
+    if "__unreadable__" in sample:
+        raise UnreadableImage(sample["__url__"], sample["__unreadable__"])
     data = next((sample[k] for k in IMAGE_KEYS if k in sample), None)
     if data is None or "cls" not in sample:
         raise UnreadableImage(where, f"expected {{jpg|png, cls}}, found {sorted(k for k in sample if k[0] != '_')}")
@@ -99,13 +110,20 @@ class TarShards(Dataset):
         self._counts: list[int] | None = None
         self.class_names: list[str] | None = None
         self._open: tuple[int, list[dict[str, Any]]] | None = None  # (shard, its raw samples)
-        fs, path = fsspec.core.url_to_fs(self.urls[0].rsplit("/", 1)[0] + "/" + INDEX)
+        index_url = self.urls[0].rsplit("/", 1)[0] + "/" + INDEX
+        fs, path = fsspec.core.url_to_fs(index_url)
         if fs.exists(path):
-            index = json.loads(fs.cat_file(path))
-            counts = {entry["name"]: entry["count"] for entry in index["shards"]}
+            try:
+                index = json.loads(fs.cat_file(path))
+                counts = {str(entry["name"]): int(entry["count"]) for entry in index["shards"]}
+                classes = [str(name) for name in index["classes"]]
+            except (ValueError, KeyError, TypeError) as exc:
+                raise StratagenError(f"{index_url}: not a shard index ({type(exc).__name__}: {exc}); expected "
+                                     f'{{"classes": [...], "shards": [{{"name", "count"}}, ...]}} as '
+                                     f"`stratagen data pack` writes it") from None
             if all(u.rsplit("/", 1)[-1] in counts for u in self.urls):
                 self._counts = [counts[u.rsplit("/", 1)[-1]] for u in self.urls]
-            self.class_names = index["classes"]
+            self.class_names = classes
 
     @property
     def counts(self) -> list[int]:
@@ -129,7 +147,11 @@ class TarShards(Dataset):
         shard = int(np.searchsorted(starts, index, side="right") - 1)
         if self._open is None or self._open[0] != shard:
             self._open = (shard, list(_samples(self.urls[shard])))
-        return self._open[1][index - starts[shard]]
+        samples = self._open[1]
+        if index - starts[shard] >= len(samples):  # a truncated shard, or an index.json that over-counts
+            return {"__url__": self.urls[shard], "__key__": "",
+                    "__unreadable__": f"holds {len(samples)} samples, {INDEX} counts {self.counts[shard]}"}
+        return samples[index - starts[shard]]
 
     def __getitem__(self, key: int | Key) -> tuple[Tensor, int]:
         """As :class:`~stratagen.data.ImageFolder`: ``[Key]`` may raise UnreadableImage, ``[int]``
@@ -168,15 +190,22 @@ class ShardStream(IterableDataset):
         virtual = (self.start + worker) % workers
         skip = (self.start + worker) // workers * self.batch
         skipped: list[str] = []
+        current, readable = 0, False
         for epoch, sample in self._raw(virtual, workers):
+            if epoch != current:
+                if not readable:  # a whole epoch of this worker's shards without one image: stop, not spin
+                    return
+                current, readable = epoch, False
             if skip:
                 skip -= 1
+                readable = True
                 continue
             try:
                 img, label = _decode(sample)
             except UnreadableImage as e:
                 skipped.append(e.path)
                 continue
+            readable = True
             yield to_uint8(self.shards.image(img, epoch, _identity(sample))), label, skipped
             skipped = []
 
@@ -215,11 +244,38 @@ def _packable(data: bytes) -> tuple[bytes, str]:
 
 def pack_folder(folder: str, out: str, shard_size: int) -> tuple[int, int, list[str]]:
     """Write the images of ``folder`` (class per directory) as tar shards of ``shard_size`` samples
-    under ``out`` (a path or fsspec URL) with an ``index.json``. Returns (samples, shards, files
-    left out because they are not images)."""
-    source = ImageFolder(folder, resolution=1)
+    under ``out`` (a path or fsspec URL; new or empty) with an ``index.json``. Returns (samples,
+    shards, files left out because they are not images).
+
+    The shards are written into a temporary sibling of ``out`` and moved into place at the end: an
+    interrupted or failed pack leaves ``out`` as it was, and a dataset never mixes two packs.
+    """
     fs, base = fsspec.core.url_to_fs(out)
-    fs.makedirs(base, exist_ok=True)
+    base = base.rstrip("/")
+    if fs.exists(base) and (not fs.isdir(base) or fs.ls(base, detail=False)):
+        what = "a file" if not fs.isdir(base) else "files (an earlier pack?)"
+        raise StratagenError(f"{out}: already holds {what}; give a new or empty folder for the shards")
+    source = ImageFolder(folder, resolution=1)
+    staging = f"{base}{TEMPORARY}{uuid.uuid4().hex[:8]}"
+    fs.makedirs(staging, exist_ok=True)
+    try:
+        shards, left_out = _write_shards(source, fs, staging, shard_size)
+        if not shards:
+            raise StratagenError(f"{folder}: no images to pack (of its {len(left_out)} files none is an image)")
+        with fs.open(f"{staging}/{INDEX}", "w") as f:
+            json.dump({"classes": source.class_names, "shards": shards}, f, indent=1)
+        if fs.exists(base):
+            fs.rmdir(base)  # empty (checked above): the staging folder takes its place
+        fs.mv(staging, base, recursive=True)
+    finally:
+        if fs.exists(staging):
+            fs.rm(staging, recursive=True)
+    return sum(s["count"] for s in shards), len(shards), left_out
+
+
+def _write_shards(source: ImageFolder, fs: fsspec.AbstractFileSystem, base: str, shard_size: int
+                  ) -> tuple[list[dict[str, Any]], list[str]]:
+    """The samples of ``source`` as tar shards under ``base``: (index entries, files that are not images)."""
     shards: list[dict[str, Any]] = []
     left_out: list[str] = []
     writer: TarWriter | None = None
@@ -239,6 +295,4 @@ def pack_folder(folder: str, out: str, shard_size: int) -> tuple[int, int, list[
         shards[-1]["count"] += 1
     if writer is not None:
         writer.close()
-    with fs.open(f"{base}/{INDEX}", "w") as f:
-        json.dump({"classes": source.class_names, "shards": shards}, f, indent=1)
-    return sum(s["count"] for s in shards), len(shards), left_out
+    return shards, left_out

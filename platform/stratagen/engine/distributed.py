@@ -46,6 +46,9 @@ def launched_rank() -> int:
 TIMEOUT_VARIABLE = "STRATAGEN_COLLECTIVE_TIMEOUT"
 #: the longest timeout taken (the backends hold it as a C int of milliseconds, or near it)
 MAX_TIMEOUT_SECONDS = 365 * 24 * 3600
+#: the shortest: the processes must at least meet (below a second the rendezvous itself times out,
+#: with a C++ stack trace rather than an error line)
+MIN_TIMEOUT_SECONDS = 1.0
 
 
 def collective_timeout() -> datetime.timedelta | None:
@@ -58,9 +61,9 @@ def collective_timeout() -> datetime.timedelta | None:
         seconds = float(value)
     except ValueError:
         seconds = 0.0
-    if not 0 < seconds <= MAX_TIMEOUT_SECONDS:  # nan and inf too
-        raise StratagenError(f"{TIMEOUT_VARIABLE}={value!r}: a number of seconds > 0 and at most "
-                             f"{MAX_TIMEOUT_SECONDS:,} (a year) (unset: the backend's default, 30 min under gloo "
+    if not MIN_TIMEOUT_SECONDS <= seconds <= MAX_TIMEOUT_SECONDS:  # nan and inf too
+        raise StratagenError(f"{TIMEOUT_VARIABLE}={value!r}: a number of seconds, at least {MIN_TIMEOUT_SECONDS:g} "
+                             f"and at most {MAX_TIMEOUT_SECONDS:,} (a year) (unset: the backend's default, 30 min under gloo "
                              f"and 10 under nccl)")
     return datetime.timedelta(seconds=seconds)
 

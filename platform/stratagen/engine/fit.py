@@ -2,6 +2,7 @@
 schedule, gradient accumulation, logging, checkpoints and exact resume."""
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -17,6 +18,8 @@ from stratagen.registry import Registry
 from .distributed import Processes, mean_over_processes, step_seed
 from .logger import RunLogger, progress
 from .parallel import Replica
+
+log = logging.getLogger("stratagen")
 
 
 @dataclass(frozen=True)
@@ -134,7 +137,7 @@ def _save_train_state(run: Run, kind: str, cid: str, plugin: str, replica: Repli
     if not replica.procs.is_main:
         return
     tensors = {f"model.{k}": v for k, v in replica.module.state_dict().items()}
-    meta: dict[str, Any] = {"step": step, "optimizers": {}}
+    meta: dict[str, Any] = {"step": step, "optimizers": {}, "environment": environment()}
     for name, (state, optimizer_meta) in states.items():
         tensors.update({f"optim.{name}.{k}": v for k, v in state.items()})
         meta["optimizers"][name] = optimizer_meta
@@ -144,8 +147,20 @@ def _save_train_state(run: Run, kind: str, cid: str, plugin: str, replica: Repli
     checkpoint.save_tensors(run.component_url(kind, cid, TRAIN_STATE), tensors, meta)
 
 
+def environment() -> dict[str, Any]:
+    """What a resumed run must share with the run it continues to continue it bit for bit (besides the
+    device and the numbers of processes and loader workers): the torch version and the number of
+    intra-op threads (``OMP_NUM_THREADS``; a matmul or reduction splits its sums by thread)."""
+    return {"torch": torch.__version__, "threads": torch.get_num_threads()}
+
+
 def _load_train_state(url: str, replica: Replica, optimizers: dict[str, torch.optim.Optimizer]) -> int:
     tensors, meta = checkpoint.load_tensors(url)
+    written, now = meta.get("environment"), environment()
+    if written is not None and written != now:
+        changed = ", ".join(f"{key} {written.get(key)} -> {now[key]}" for key in now if written.get(key) != now[key])
+        log.warning("resuming %s in another environment (%s): training continues, but not bit for bit as an "
+                    "uninterrupted run would have (see README, Errors and resuming)", url, changed)
     model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     load_state(replica.module, model, url, "the configured component")
     states = {}

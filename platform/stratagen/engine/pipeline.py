@@ -24,7 +24,7 @@ from .figures import loss_curves
 from .logger import RunLogger
 from .plan import training_plan
 from .precision import InferenceNetworks, autocast, inference_dtype
-from .resume import check_unchanged
+from .resume import check_unchanged, keep_records
 from .tokenize import tokenize
 
 
@@ -67,20 +67,24 @@ class Pipeline:
 
     @classmethod
     def from_run(cls, source: str, overrides: Sequence[str] = (), device: str | None = None,
-                 registry: Registry | None = None) -> "Pipeline":
+                 registry: Registry | None = None, tokenizers_only: bool = False) -> "Pipeline":
         """Load a trained run (directory, or the config that names it) with its weights."""
-        return cls.from_config(load_config(source, overrides, registry), device, registry)
+        return cls.from_config(load_config(source, overrides, registry), device, registry, tokenizers_only)
 
     @classmethod
     def from_config(cls, config: BaseModel, device: str | None = None,
-                    registry: Registry | None = None) -> "Pipeline":
-        """The trained run ``config.run.dir`` names, built once from the validated ``config``."""
+                    registry: Registry | None = None, tokenizers_only: bool = False) -> "Pipeline":
+        """The trained run ``config.run.dir`` names, built once from the validated ``config``; with
+        ``tokenizers_only`` only the tokenizers' weights are loaded (to tokenize before the priors
+        are trained)."""
         built = build(config, registry)
         run = Run(config.run.dir)
         model = built.model
         for tid, tokenizer in model.tokenizers.items():
             if model.owns_weights(tid):
                 run.load_weights("tokenizer", tid, tokenizer, config.tokenizers[tid].model.name, built.registry)
+        if tokenizers_only:
+            return cls(built, run, resolve_device(device or config.run.device)).ready()
         for pid, slot in model.priors.items():
             run.load_weights("prior", pid, slot.prior, config.priors[pid].model.name, built.registry)
         for cid, slot in model.critics.items():
@@ -146,6 +150,7 @@ def train(config: BaseModel, resume: bool = False, registry: Registry | None = N
     check_unchanged(run, config, trained)
     if procs.is_main:
         run.prepare()
+        keep_records(run)
         run.save_config(config)
     logger = RunLogger(run.local_path("tb") if procs.is_main and run.is_local else None)
     pipeline = Pipeline(built, run, procs.device)
@@ -175,7 +180,11 @@ def _run_stage(kind: str, cid: str, pipeline: Pipeline, procs: Any, logger: RunL
               "critic": lambda: model.critics[cid].critic}[kind]().to(procs.device)
     if run.finished(kind, cid, entry.train.steps):
         run.load_weights(kind, cid, module, entry.model.name, built.registry)
-    elif kind == "tokenizer":
+        module.eval()
+        return
+    if procs.is_main and not (run.started(kind, cid) and run.trained_with(kind, cid)):
+        run.save_config(config, kind, cid)  # what --resume checks this component against (see .resume)
+    if kind == "tokenizer":
         training.train_tokenizer(run, config, cid, module, built.dataset("train"), procs, logger, resume,
                                  built.registry)
     else:

@@ -10,6 +10,11 @@ components that are not trained yet. So may the ways of computing a step (``para
 ``accumulate``, ``checkpoint_activations``, ``compile``): the global batch and the objective stay,
 and the weights move as they would have, up to float rounding and, when ``accumulate`` or the
 number of processes changes, to the micro-batches' random draws.
+
+Each component is checked against the config it was trained with (``<kind>s/<id>/config.yaml``,
+written when it starts training), not against the run's ``config.yaml``: several configs may
+share one run directory (a critic variant adds critics to a run, and ``stratagen compare`` trains
+both), and whichever trained last must not stand for the others.
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ import yaml
 
 from stratagen import config as cfg
 from stratagen.io import checkpoint
-from stratagen.io.run import Run
+from stratagen.io.run import CONFIG, Run
 from stratagen.registry import ConfigError, StratagenError, split_stream_key
 
 #: keys (under any section) that change no weights, or only how a step is computed
@@ -58,25 +63,65 @@ def _inputs(config: Any, kind: str, cid: str) -> list[Key]:
     return keys
 
 
-def _stored(run: Run) -> dict[str, Any]:
-    """The run's stored config with today's defaults filled in (as written, if it no longer validates)."""
-    url = run.path("config.yaml")
+def _stored(url: str) -> dict[str, Any]:
+    """A stored config with today's defaults filled in (as written, if it no longer validates)."""
     try:
         return cfg.load_config(url).model_dump(mode="json")
     except ConfigError:
-        return yaml.safe_load(checkpoint.read_bytes(url)) or {}
+        try:
+            stored = yaml.safe_load(checkpoint.read_bytes(url)) or {}
+        except yaml.YAMLError:
+            stored = None
+        if not isinstance(stored, dict):
+            raise StratagenError(f"{url}: not a run config (YAML mapping); the resume check needs it") from None
+        return stored
+
+
+def keep_records(run: Run) -> None:
+    """Before the run's ``config.yaml`` is replaced: give every trained component without a config
+    record of its own (a run written before those records) the one it was checked against until
+    now, so a config that shares the run directory and lacks that component cannot take it away."""
+    url = run.path(CONFIG)
+    if not checkpoint.exists(url):
+        return
+    text = checkpoint.read_bytes(url)
+    try:
+        stored = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return
+    for section in ("tokenizers", "priors", "critics"):
+        entries = stored.get(section) if isinstance(stored, dict) else None
+        for cid in entries if isinstance(entries, dict) else {}:
+            kind = section[:-1]
+            if run.started(kind, cid) and not run.trained_with(kind, cid):
+                checkpoint.write_bytes_atomic(run.component_url(kind, cid, CONFIG), text)
+
+
+def _trained_with(run: Run, kind: str, cid: str) -> str | None:
+    """The config a component was trained with: its own record, else (runs written before those
+    records) the run's config; None if neither exists."""
+    if run.trained_with(kind, cid):
+        return run.component_url(kind, cid, CONFIG)
+    return run.path(CONFIG) if run.exists() else None
 
 
 def check_unchanged(run: Run, config: Any, trained: list[tuple[str, str]]) -> None:
     """Refuse to resume ``run`` with ``config`` if a change reaches a ``trained`` (kind, id) component."""
-    if not run.exists() or not trained:
-        return
-    old, new = dict(_flatten(_stored(run))), dict(_flatten(config.model_dump(mode="json")))
-    changed = sorted(k for k in old.keys() | new.keys()
-                     if old.get(k) != new.get(k) and not (k and k[-1] in FREE_KEYS))
+    new = dict(_flatten(config.model_dump(mode="json")))
+    stored: dict[str, dict[Key, Any]] = {}
     for kind, cid in trained:
+        url = _trained_with(run, kind, cid)
+        if url is None:
+            continue
+        if url not in stored:
+            stored[url] = dict(_flatten(_stored(url)))
+        old = stored[url]
+        if not any(key[:2] == (f"{kind}s", cid) for key in old):
+            continue  # a run written before the components' own records, whose config names it no more
         inputs = _inputs(config, kind, cid)
-        hits = [k for k in changed if any(k[:len(prefix)] == prefix for prefix in inputs)]
+        hits = sorted(k for k in old.keys() | new.keys()
+                      if old.get(k) != new.get(k) and not (k and k[-1] in FREE_KEYS)
+                      and any(k[:len(prefix)] == prefix for prefix in inputs))
         if hits:
             key = hits[0]
             more = f" (and {len(hits) - 1} more)" if len(hits) > 1 else ""

@@ -42,9 +42,11 @@ def write_bytes_atomic(url: str, data: bytes) -> None:
         with fs.open(temporary, "wb") as f:
             f.write(data)
         fs.mv(temporary, path)
-    except BaseException:
+    except BaseException as exc:
         if fs.exists(temporary):
             fs.rm(temporary)
+        if isinstance(exc, OSError) and exc.filename is None:  # e.g. ENOSPC from write(): name the file
+            raise OSError(exc.errno, exc.strerror or str(exc), url) from None
         raise
 
 
@@ -66,6 +68,7 @@ def save_tensors(url: str, tensors: dict[str, torch.Tensor], metadata: dict[str,
 
 def load_tensors(url: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Inverse of :func:`save_tensors`."""
+    read_header(url)  # the header checked against the file's size before the file is read
     data = read_bytes(url)
     try:
         tensors = load_safetensors(data)
@@ -105,15 +108,40 @@ def mismatches(expected: Mapping[str, Sequence[int]], found: Mapping[str, Sequen
     return missing, unexpected, reshaped
 
 
-def read_metadata(url: str) -> dict[str, Any]:
-    """The JSON metadata of a :func:`save_tensors` file, reading only its header."""
+def read_header(url: str) -> tuple[dict[str, Any], int]:
+    """The JSON header of a safetensors file and where its data section starts, reading only the
+    header; StratagenError unless the header fits the file and its tensors end exactly where the file
+    does (a garbage header, or a truncated or padded file)."""
     fs, path = _fs(url)
     try:
+        size = fs.size(path)
         with fs.open(path, "rb") as f:
-            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
-        return json.loads(header.get("__metadata__", {}).get("json", "{}"))
-    except (ValueError, UnicodeDecodeError) as exc:
+            header_len = int.from_bytes(f.read(8), "little")
+            if size < 8 or header_len > size - 8:
+                raise ValueError(f"its header claims {header_len} bytes, the file has {size}")
+            header = json.loads(f.read(header_len))
+        if not isinstance(header, dict):
+            raise ValueError("its header is not a JSON object")
+        end = max([entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"],
+                  default=0)
+    except FileNotFoundError:
+        raise StratagenError(f"{url}: file not found") from None
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError, IndexError) as exc:
         raise StratagenError(f"{url}: not a readable safetensors file ({exc})") from None
+    if 8 + header_len + end != size:
+        raise StratagenError(f"{url}: not a readable safetensors file (its tensors need {8 + header_len + end} "
+                             f"bytes, the file has {size}: truncated?)")
+    return header, 8 + header_len
+
+
+def read_metadata(url: str) -> dict[str, Any]:
+    """The JSON metadata of a :func:`save_tensors` file, reading only its header (checked against
+    the file's size)."""
+    header, _ = read_header(url)
+    try:
+        return json.loads(header.get("__metadata__", {}).get("json", "{}"))
+    except (ValueError, AttributeError) as exc:
+        raise StratagenError(f"{url}: not a readable safetensors file (metadata: {exc})") from None
 
 
 def write_json(url: str, value: Any) -> None:

@@ -2,7 +2,8 @@
 
 ::
 
-    <run>/config.yaml                        the resolved config
+    <run>/config.yaml                        the resolved config of the last training command
+    <run>/tokenizers/<id>/config.yaml        the resolved config this component was trained with
     <run>/tokenizers/<id>/model.safetensors  weights (+ plugin name/version, step)
     <run>/tokenizers/<id>/checkpoint.safetensors  weights + optimizer state, for --resume
     <run>/priors/<id>/...                    the same for priors
@@ -12,7 +13,9 @@
 """
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import uuid
+from typing import Any, Iterator
 
 import fsspec
 import torch
@@ -25,6 +28,7 @@ from stratagen.io import checkpoint
 
 WEIGHTS = "model.safetensors"
 TRAIN_STATE = "checkpoint.safetensors"
+CONFIG = "config.yaml"
 
 
 class Run:
@@ -51,8 +55,17 @@ class Run:
         return checkpoint.exists(self.path("config.yaml"))
 
     # ---------------------------------------------------------------- config
-    def save_config(self, config: Any) -> None:
-        checkpoint.write_bytes_atomic(self.path("config.yaml"), cfg.dump_config(config).encode())
+    def save_config(self, config: Any, kind: str | None = None, cid: str | None = None) -> None:
+        """Write the resolved ``config`` as the run's config, or (with ``kind`` and ``cid``) as the
+        one that component is trained with: several configs may share one run directory (a
+        critic variant adds critics to a run), and each component is checked on ``--resume``
+        against its own record, not against whichever config trained last."""
+        url = self.component_url(kind, cid, CONFIG) if kind else self.path(CONFIG)
+        checkpoint.write_bytes_atomic(url, cfg.dump_config(config).encode())
+
+    def trained_with(self, kind: str, cid: str) -> bool:
+        """Whether the component has a record of the config it is trained with."""
+        return checkpoint.exists(self.component_url(kind, cid, CONFIG))
 
     def load_config(self, overrides: list[str] | None = None, registry: Registry | None = None) -> Any:
         """The run's config, with ``run.dir`` pointing here: a copied or moved run directory is
@@ -111,6 +124,10 @@ class Run:
             return None
         return checkpoint.read_metadata(url).get("step")
 
+    def started(self, kind: str, cid: str) -> bool:
+        """Whether the component has weights or a checkpoint (finished or not)."""
+        return self.trained_step(kind, cid) is not None or self.trained_step(kind, cid, TRAIN_STATE) is not None
+
     def finished(self, kind: str, cid: str, steps: int) -> bool:
         """Whether the component's final weights are written and its checkpoint, if it has one, is
         not behind them (a run stopped between the two is resumed, and rewrites both)."""
@@ -126,3 +143,32 @@ def load_state(module: nn.Module, tensors: dict[str, torch.Tensor], url: str, wh
                  (("missing", missing), ("unexpected", unexpected), ("other shapes (file vs config)", resized)) if items]
         raise StratagenError(f"{url}: weights do not fit {what} ({'; '.join(found)}); was the config changed?")
     module.load_state_dict(tensors)
+
+
+@contextlib.contextmanager
+def replacing(url: str, overwrite: bool) -> Iterator[None]:
+    """Around the writing of a new run into ``url`` (a path or fsspec URL): refuse a file, and a
+    folder that holds anything unless ``overwrite``. With ``overwrite`` the old contents are moved
+    aside first, removed once the body succeeds, and put back if it fails: the folder holds either
+    the old run or the new one, never a mix of the two."""
+    fs, path = fsspec.core.url_to_fs(url)
+    if fs.exists(path) and not fs.isdir(path):
+        raise StratagenError(f"{url} is a file; give a new or empty folder for the run")
+    used = fs.exists(path) and bool(fs.ls(path, detail=False))
+    if used and not overwrite:
+        what = "a run" if Run(url).exists() else "files"
+        raise StratagenError(f"{url} already holds {what}; give a new or empty folder, or pass --overwrite to "
+                             f"replace it")
+    if not used:
+        yield
+        return
+    aside = f"{path.rstrip('/')}{checkpoint.TEMPORARY}{uuid.uuid4().hex[:8]}"
+    fs.mv(path, aside, recursive=True)
+    try:
+        yield
+    except BaseException:
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+        fs.mv(aside, path, recursive=True)
+        raise
+    fs.rm(aside, recursive=True)

@@ -13,7 +13,11 @@ produced it). The
 manifest is the only proof that a cache is complete: a missing manifest, or one whose
 fingerprint differs from the current one, means the cache is resumed (shards whose
 fingerprint matches are kept) or rebuilt, and only shards the manifest lists are ever read,
-so leftovers of an older, larger dataset cannot mix in.
+so leftovers of an older, larger dataset cannot mix in. The manifest is not trusted alone either:
+whenever a cache is opened each listed shard is checked against it (present, whole: its tensors end
+where the file does, made for this cache, the rows, levels and dtypes the manifest lists); a cache
+that fails is rebuilt where it is produced and named in one error line where it is read, and
+token ids beyond the codebook are refused when read.
 
 A training process reads exactly the rows of its batch (``os.pread`` at their offsets in the
 safetensors data section on a local disk; ranged requests through fsspec elsewhere), so it holds
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import weakref
 from dataclasses import dataclass
@@ -37,6 +42,8 @@ import torch
 
 from stratagen.io import checkpoint
 from stratagen.registry import StratagenError
+
+log = logging.getLogger("stratagen")
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -98,19 +105,22 @@ class _Shard:
     """Reads rows of one shard file: ``os.pread`` on a local disk, ranged requests elsewhere."""
 
     def __init__(self, url: str):
+        self.url = url
         self.fs, self.path = fsspec.core.url_to_fs(url)
-        with self.fs.open(self.path, "rb") as f:
-            header_len = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(header_len))
+        header, data_start = checkpoint.read_header(url)
+        self.meta = json.loads(header.get("__metadata__", {}).get("json", "{}"))
+        self.shapes = {name: entry["shape"] for name, entry in header.items() if name != "__metadata__"}
         self.columns = {}
         for name, entry in header.items():
             if name == "__metadata__":
                 continue
+            if entry["dtype"] not in _NUMPY:
+                raise StratagenError(f"{url}: {name} holds {entry['dtype']}, not token ids")
             dtype = np.dtype(_NUMPY[entry["dtype"]])
             shape = entry["shape"]
             item_shape = tuple(shape[2:]) if len(shape) > 1 else ()
             item_bytes = int(np.prod(item_shape, dtype=np.int64)) * dtype.itemsize
-            self.columns[name] = _Column(8 + header_len + entry["data_offsets"][0],
+            self.columns[name] = _Column(data_start + entry["data_offsets"][0],
                                          int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize,
                                          item_bytes if len(shape) > 1 else 0, item_bytes, dtype, item_shape)
         self.fd: int | None = None
@@ -139,19 +149,66 @@ class TokenCache:
         return f"{self.url}/{index:05d}.safetensors"
 
     def manifest(self) -> dict[str, Any] | None:
+        """The manifest (None if there is none); StratagenError naming it if it is not one."""
         url = f"{self.url}/{MANIFEST}"
-        return checkpoint.read_json(url) if checkpoint.exists(url) else None
+        if not checkpoint.exists(url):
+            return None
+        try:
+            manifest = checkpoint.read_json(url)
+            if not (isinstance(manifest, dict) and isinstance(manifest.get("fingerprint"), dict)
+                    and isinstance(manifest.get("levels"), dict)
+                    and all(isinstance(n, int) and n > 0 for n in manifest.get("shards"))):
+                raise ValueError("expected fingerprint, shards (row counts) and levels")
+        except (ValueError, UnicodeDecodeError, TypeError) as exc:
+            raise StratagenError(f"{url}: not a token cache manifest ({exc})") from None
+        return manifest
+
+    def problem(self, manifest: dict[str, Any]) -> str | None:
+        """The first way the shards disagree with ``manifest`` (a shard missing, truncated, of
+        another cache, with other rows, levels or dtypes than the manifest lists), or None."""
+        names = sorted([*manifest["levels"], "labels"])
+        for index, rows in enumerate(manifest["shards"]):
+            try:
+                shard = _Shard(self.shard_url(index))
+            except StratagenError as exc:
+                return str(exc)
+            where = self.shard_url(index)
+            if shard.meta.get("fingerprint") != manifest["fingerprint"] or shard.meta.get("shard") != index:
+                return f"{where}: made for another cache than {MANIFEST} describes"
+            if sorted(shard.columns) != names:
+                return f"{where}: holds {sorted(shard.columns)}, {MANIFEST} lists {names}"
+            for name, column in shard.columns.items():
+                if shard.shapes[name][0] != rows:
+                    return f"{where}: {name} has {shard.shapes[name][0]} rows, {MANIFEST} says {rows}"
+                dtype = str(manifest["levels"].get(name, {}).get("dtype", "int64")).removeprefix("torch.")
+                if column.dtype.name != dtype:
+                    return f"{where}: {name} holds {column.dtype.name}, {MANIFEST} says {dtype}"
+        return None
 
     def is_complete(self, fingerprint: Fingerprint) -> bool:
-        manifest = self.manifest()
-        return manifest is not None and manifest["fingerprint"] == fingerprint.as_dict()
+        """Whether a sealed cache for ``fingerprint`` is here and its shards agree with the manifest;
+        a cache that does not is reported (it is then resumed or rebuilt)."""
+        try:
+            manifest = self.manifest()
+        except StratagenError as exc:
+            log.warning("%s; rebuilding the token cache", exc)
+            return False
+        if manifest is None or manifest["fingerprint"] != fingerprint.as_dict():
+            return False
+        problem = self.problem(manifest)
+        if problem is not None:
+            log.warning("%s; rebuilding what is missing of the token cache", problem)
+        return problem is None
 
     def shard_is_done(self, index: int, fingerprint: Fingerprint) -> bool:
-        """Shard ``index`` exists and was written for ``fingerprint`` (shards are written atomically)."""
+        """Shard ``index`` exists, is whole and was written for ``fingerprint`` (shards are written atomically)."""
         url = self.shard_url(index)
         if not checkpoint.exists(url):
             return False
-        meta = checkpoint.read_metadata(url)
+        try:
+            meta = checkpoint.read_metadata(url)
+        except StratagenError:  # a damaged shard: rebuilt
+            return False
         return meta.get("fingerprint") == fingerprint.as_dict() and meta.get("shard") == index
 
     def prepare(self, shards: int, fingerprint: Fingerprint) -> None:
@@ -184,6 +241,9 @@ class TokenCache:
         manifest = self.manifest()
         if manifest is None:
             raise StratagenError(f"{self.url}: no complete token cache (no {MANIFEST}; run `stratagen tokenize`)")
+        problem = self.problem(manifest)
+        if problem is not None:
+            raise StratagenError(f"{problem}; `stratagen tokenize` (or train --resume) rebuilds the token cache")
         return TokenReader(self, manifest)
 
 
@@ -194,6 +254,7 @@ class TokenReader:
     def __init__(self, cache: TokenCache, manifest: dict[str, Any]):
         self.manifest = manifest
         self.levels = list(manifest["levels"])
+        self.codebook_sizes = {name: int(level["codebook_size"]) for name, level in manifest["levels"].items()}
         self.views = int(manifest["fingerprint"]["views"])
         counts = manifest["shards"]
         self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
@@ -212,6 +273,9 @@ class TokenReader:
             at = np.nonzero(shard == j)[0]
             for name in [*self.levels, "labels"]:
                 part = self.shards[j].read(name, rows[at], views[at])
+                if name in self.codebook_sizes and part.size and part.max() >= self.codebook_sizes[name]:
+                    raise StratagenError(f"{self.shards[j].url}: {name} holds token id {int(part.max())}, beyond "
+                                         f"the codebook of {self.codebook_sizes[name]}; rebuild the token cache")
                 if name not in result:
                     result[name] = np.empty((len(indices), *part.shape[1:]), dtype=np.int64)
                 result[name][at] = part

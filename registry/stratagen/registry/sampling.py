@@ -18,12 +18,15 @@ from .errors import ConfigError
 
 
 def check_name(kind: str, value: str) -> str:
-    """``value`` if it names an installed component of ``kind``, else ValueError listing them."""
+    """``value`` if it names an installed component of ``kind``, else ValueError saying why: unknown
+    (listing the installed ones), or ambiguous (naming both providers)."""
+    from .errors import StratagenError
     from .manager import get_registry  # the registry imports this module's config models
 
-    names = get_registry().names(kind)
-    if value not in names:
-        raise ValueError(f"unknown {kind} {value!r}; installed: {', '.join(names)}")
+    try:
+        get_registry().get(kind, value)
+    except StratagenError as exc:
+        raise ValueError(str(exc)) from None
     return value
 
 

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Annotated, Literal, Sequence, Union
+from typing import Annotated, Any, Literal, Sequence, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -91,13 +91,20 @@ class NextScaleConfig(ComponentConfig):
         None, description="reads the captions: small (trained with the prior; the default with captions) or "
                           "clip (a local pretrained CLIP text tower)")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _small_text_encoder_by_default(cls, data: Any) -> Any:
+        """Captions without a text_encoder (or ``text_encoder: null``) get the small one (the
+        config is frozen once validated, so the default is filled in before)."""
+        if isinstance(data, dict) and data.get("captions") is not None and data.get("text_encoder") is None:
+            data = {**data, "text_encoder": {"name": "small"}}
+        return data
+
     @model_validator(mode="after")
     def _text_needs_captions(self) -> "NextScaleConfig":
         if self.captions is None and self.text_encoder is not None:
             raise ValueError("text_encoder reads captions: give model.captions (one per class), or leave "
                              "text_encoder out for a class-conditioned prior")
-        if self.captions is not None and self.text_encoder is None:
-            self.text_encoder = SmallTextEncoderConfig()
         return self
 
 

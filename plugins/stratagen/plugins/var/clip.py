@@ -78,8 +78,7 @@ class ClipTokenizer:
                            (merges_path, "CLIP's BPE merges, one pair a line")):
             if not os.path.isfile(path):
                 raise MissingWeightsError(f"CLIP tokenizer {path}: no such file (expected {what})")
-        with open(vocab_path, encoding="utf-8") as f:
-            self.vocab: dict[str, int] = json.load(f)
+        self.vocab: dict[str, int] = _read_json_object(vocab_path, "a CLIP vocabulary (a JSON map of tokens to ids)")
         with open(merges_path, encoding="utf-8") as f:
             pairs = [tuple(line.split()) for line in f if line.strip() and not line.startswith("#version")]
         malformed = [" ".join(p) for p in pairs if len(p) != 2]
@@ -195,9 +194,20 @@ def _hf_config(weights: str) -> dict:
     path = os.path.join(os.path.dirname(os.path.abspath(weights)), "config.json")
     if not os.path.isfile(path):
         return {}
-    with open(path, encoding="utf-8") as f:
-        config = json.load(f)
+    config = _read_json_object(path, "Hugging Face's CLIP config.json (a JSON object)")
     return config.get("text_config", config)
+
+
+def _read_json_object(path: str, what: str) -> dict:
+    """The JSON object in the file ``path``; ConfigError naming the file and ``what`` it should be."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except (ValueError, UnicodeDecodeError) as exc:  # json.JSONDecodeError is a ValueError
+        raise ConfigError(f"{path}: not {what}: {exc}") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: not {what}: a JSON {type(value).__name__}")
+    return value
 
 
 def load_clip_text(weights: str, heads: int | None = None,
