@@ -33,11 +33,7 @@ fi
 
 OUT="${OUT:-gpu_results}"
 mkdir -p "$OUT"
-PY="${PYTHON:-python3}"
-if ! "$PY" -c "import stratagen.cli" 2>/dev/null; then  # the GPU image: install the carried wheels
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-    export PYTHONPATH=/tmp/site
-fi
+source benchmarks/gpu_env.sh  # PY; installs the carried wheels where stratagen is missing
 export PYTHONUNBUFFERED=1
 BENCH=("$PY" -m stratagen.cli bench --json --repeats 3)  # python -m: torchrun's way too
 

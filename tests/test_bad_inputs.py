@@ -178,6 +178,8 @@ BAD_INPUTS = [
      "eval --reference needs torch-fidelity's Inception weights"),
     ("reference-with-tokenizers-only", ["eval", "{run}", "--reference", "{root}/ref_ok.npz", "--tokenizers-only"], {},
      "--reference scores samples; drop --tokenizers-only"),
+    ("reference-only-without-reference", ["eval", "{run}", "--reference-only"], {},
+     "scoring against the reference batch only needs a reference batch (--reference)"),
     ("stats-weights-carry-code", ["data", "stats", "{root}/images", "{root}/out.npz", "--inception-weights",
                                   "{root}/code.pth", "--resolution", "16"], {},
      "not a weights file that loads as plain tensors"),

@@ -11,7 +11,8 @@ from PIL import Image
 from stratagen import api, cli
 
 
-def test_eval_against_the_reference_batch_of_a_folder_gives_the_folder_fid(trained_run, tmp_path, capsys) -> None:
+def test_eval_against_the_reference_batch_of_a_folder_gives_the_folder_fid(trained_run, tmp_path, capsys,
+                                                                          monkeypatch) -> None:
     from inception_weights import write_calibrated_inception
 
     run = tmp_path / "run"
@@ -38,3 +39,20 @@ def test_eval_against_the_reference_batch_of_a_folder_gives_the_folder_fid(train
     assert abs(samples["fid"] - samples["fid_adm"]) <= 1e-4 and samples["fid"] > 1
     assert samples["sfid_adm"] > 0 and samples["is_adm"] >= 1
     assert 0 <= samples["precision_adm"] <= 1 and 0 <= samples["recall_adm"] <= 1
+
+    # --reference-only: the same ADM scores, nothing else, and the run's dataset is never opened
+    from stratagen.engine import evaluate
+
+    def no_dataset(*args, **kwargs):
+        raise AssertionError("the run's dataset was opened")
+
+    monkeypatch.setattr(evaluate, "reference_set", no_dataset)
+    assert cli.main(["eval", str(run), "--reference", str(reference), "--reference-only", "--set", smaller[0],
+                     "--set", "eval.samples_per_class=1",
+                     "--set", f"eval.metrics=[{{name: inception, weights: {weights}, metrics: [fid]}}]"]) == 0
+    only = json.loads((run / "eval.json").read_text())
+    assert set(only) == {"samples"}
+    assert set(only["samples"]) == {"fid_adm", "sfid_adm", "is_adm", "precision_adm", "recall_adm",
+                                    "sec_per_image", "count"}
+    for key in ("fid_adm", "sfid_adm", "is_adm", "precision_adm", "recall_adm"):
+        assert only["samples"][key] == samples[key], key  # same seeds, same images, same scores

@@ -52,6 +52,9 @@ def add_parsers(sub: argparse._SubParsersAction, add_set: Callable[[argparse.Arg
                    help="also score the samples as the published tables do (ADM's evaluator): fid_adm, sfid_adm, "
                         "is_adm and, when REF holds images, precision_adm / recall_adm (Inception, k = 3), against "
                         "this ADM reference batch (e.g. VIRTUAL_imagenet256_labeled.npz, or `stratagen data stats`)")
+    p.add_argument("--reference-only", action="store_true",
+                   help="with --reference: score the samples by that protocol alone (no tokenizer report, no "
+                        "configured metric; the run's dataset is not read)")
     p.add_argument("--inception-weights", default=None, metavar="PATH",
                    help="torch-fidelity's weights-inception-2015-12-05-6726825d.pth, for --reference (default: the "
                         "weights of the run's 'inception' metric)")
@@ -193,7 +196,7 @@ def _eval(args: argparse.Namespace) -> int:
     procs = setup_processes(config.run.device)  # under torchrun: joins the group, picks this process's GPU
     adm = adm_evaluator(*reference, procs.device) if reference is not None else None
     pipe = api.Pipeline.from_config(config)
-    report = evaluate_run(pipe, procs, samples=not args.tokenizers_only, adm=adm)
+    report = evaluate_run(pipe, procs, samples=not args.tokenizers_only, adm=adm, reference_only=args.reference_only)
     if procs.is_main:
         checkpoint.write_json(pipe.run.path("eval.json"), report)
         print(json.dumps(report, indent=2))

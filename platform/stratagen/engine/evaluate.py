@@ -142,39 +142,46 @@ def _log_tokenizers(logdir: str, reports: dict[str, dict[str, float]], swap_figu
     logger.close()
 
 
-def evaluate_run(pipe: Any, procs: Processes, samples: bool = True, adm: AdmEvaluator | None = None
-                 ) -> dict[str, Any]:
+def evaluate_run(pipe: Any, procs: Processes, samples: bool = True, adm: AdmEvaluator | None = None,
+                 reference_only: bool = False) -> dict[str, Any]:
     """``stratagen eval``'s report: ``tokenizers`` (:func:`tokenizer_report`) and, with ``samples`` and a
     sampler, ``samples``: the configured metrics of ``eval.samples_per_class`` images per class, their
     wall time per image and count; with ``adm``, also the ADM protocol's scores against its reference
     batch (:meth:`stratagen.eval.adm.AdmEvaluator.score`). Two-level tokenizers also get a level-swap figure
     (:func:`level_swap_figures`, under ``<run>/figures/``, listed in ``figures``); the tokenizer numbers
-    and the figures are logged to the run's TensorBoard under ``eval/``.
+    and the figures are logged to the run's TensorBoard under ``eval/``. With ``reference_only`` (and
+    ``adm``) the samples are scored by the ADM protocol alone: no tokenizer report, no configured
+    metric, and the run's dataset is never opened (a converted run on a machine without its images).
 
     Under torchrun the sampling is split over the processes (:func:`generate`); the tokenizer report
     and the metrics are computed on rank 0 alone, which reads the reference set. Every process
     returns the same report.
     """
+    if reference_only and adm is None:
+        raise StratagenError("eval: scoring against the reference batch only needs a reference batch (--reference)")
     settings = pipe.config.eval
-    metrics = build_metrics(settings, pipe.registry)
     cache_dir = pipe.run.local_path("eval_cache")
-    reference = reference_set(pipe.built, cache_dir)
     labels = sample_labels(pipe.model.num_classes, settings)
     if adm is not None and adm.reference.images is not None and len(labels) <= NEIGHBOURS:
         raise StratagenError(f"precision/recall against {adm.reference.url} (k = {NEIGHBOURS}) need at least "
                              f"{NEIGHBOURS + 1} samples; eval draws {len(labels)}")
-    report: dict[str, Any] = {"tokenizers": on_main(procs, lambda: tokenizer_report(pipe, reference, metrics))}
-    swap_figures = on_main(procs, lambda: level_swap_figures(pipe, reference, pipe.run.local_path("figures")))
-    if swap_figures:
-        report["figures"] = {f"level_swap_{tid}": path for tid, path in swap_figures.items()}
-    if procs.is_main:
-        _log_tokenizers(pipe.run.local_path("tb", "eval"), report["tokenizers"], swap_figures)
+    report: dict[str, Any] = {}
+    if not reference_only:
+        metrics = build_metrics(settings, pipe.registry)
+        reference = reference_set(pipe.built, cache_dir)
+        report["tokenizers"] = on_main(procs, lambda: tokenizer_report(pipe, reference, metrics))
+        swap_figures = on_main(procs, lambda: level_swap_figures(pipe, reference, pipe.run.local_path("figures")))
+        if swap_figures:
+            report["figures"] = {f"level_swap_{tid}": path for tid, path in swap_figures.items()}
+        if procs.is_main:
+            _log_tokenizers(pipe.run.local_path("tb", "eval"), report["tokenizers"], swap_figures)
     if samples and pipe.config.sampler is not None:
         generated = generate(pipe, labels, settings.seed, settings.batch_size, procs=procs)
 
         def scores() -> dict[str, Any]:
             protocol = adm.score(generated.images, cache_dir) if adm is not None else {}
-            return {**score(generated, metrics, reference), **protocol,
+            configured = {} if reference_only else score(generated, metrics, reference)
+            return {**configured, **protocol,
                     "sec_per_image": generated.seconds_per_image, "count": len(labels)}
 
         report["samples"] = on_main(procs, scores)
