@@ -72,7 +72,7 @@ def test_table1_perplexity_per_level():
     assert verdicts(table1({})) == ["not tested", "not tested"]
     for per in reports.values():  # one trained tokenizer each: no spread over training
         per["vq"]["seeds"] = 1
-    assert verdicts(table1(reports)) == ["indicative (1 seed): as the paper", "indicative (1 seed): against the paper"]
+    assert verdicts(table1(reports)) == ["indicative (1 training seed): as the paper", "indicative (1 training seed): against the paper"]
 
 
 def test_one_seed_gives_indicative_verdicts_never_bare_ones():
@@ -115,6 +115,6 @@ def test_aggregate_mean_and_std_over_seeds_and_ties():
                 for v, fids in (("a", (1.0, 3.0)), ("b", (2.5, 3.5)), ("c", (9.0, 9.2))) for s, f in zip((0, 1), fids)]
     rows = aggregate(per_seed)
     assert [(r["variant"], r["fid"], r["fid_std"], r["seeds"]) for r in rows] == [
-        ("a", 2.0, 1.0, 2), ("b", 3.0, 0.5, 2), ("c", 9.1, 0.1, 2)]
+        ("a", 2.0, 1.4142, 2), ("b", 3.0, 0.7071, 2), ("c", 9.1, 0.1414, 2)]  # sample std: |a - b| / sqrt(2)
     assert "seed" not in rows[0] and rows[0]["steps"] == "9+3"
-    assert mark_ties(rows, "fid") == ["2 ± 1 (best)", "3 ± 0.5 (tie)", "9.1 ± 0.1"]
+    assert mark_ties(rows, "fid") == ["2 ± 1.4 (best)", "3 ± 0.71 (tie)", "9.1 ± 0.14"]

@@ -170,6 +170,11 @@ BROKEN = [
      "eval.classes: [3, 12] do not all exist in variant a, whose data has 10 classes"),
     ("missing-metric-weights", {"a": STRAIT}, {"eval": {"metrics": [{"name": "inception", "weights": "nope.pth"}]}},
      "metric 'inception': weights nope.pth does not exist"),
+    # a run: variant's set may change sampling, not what its trained weights were trained with
+    ("run-with-other-prior-width", {"a": {"run": "runs/demo/strait_r", "set": ["priors.top.model.width=64"]}}, {},
+     "runs/demo/strait_r: variant a reads this run with a changed config: priors.top.model.width was 128, now 64"),
+    ("run-with-swapped-tokenizer", {"a": {"run": "runs/demo/strait_r", "set": ["tokenizers.vq.model.name=vqgan2-c"]}},
+     {}, "variant a: runs/demo/strait_r/config.yaml: tokenizers.vq.model: vqgan2-c takes fusion 'concat' or 'concat-stem', not 'residual'"),
 ]
 
 

@@ -69,8 +69,13 @@ def test_children_are_the_finer_tokens_under_each_coarse_token():
     top = torch.tensor([[[True, False], [False, False]]])
     bottom = editing.children(top, 4, 4)
     assert bottom[0, :2, :2].all() and bottom.sum() == 4
-    with pytest.raises(StratagenError, match="2x2 level does not split into 3x3"):
-        editing.children(top, 3, 3)
+    # VAR's scales 2 -> 3: coarse cell [0, 1/2) overlaps fine cells [0, 1/3) and [1/3, 2/3)
+    assert editing.children(top, 3, 3)[0].tolist() == [[True, True, False], [True, True, False],
+                                                        [False, False, False]]
+    # a coarse cell with a border inside a fine cell shares that cell with its neighbour
+    right = torch.tensor([[[False, True], [False, False]]])
+    assert editing.children(right, 3, 3)[0].tolist() == [[False, True, True], [False, True, True],
+                                                          [False, False, False]]
 
 
 def expected_regenerated(mask: torch.Tensor, top_shape, bottom_shape, keep_children: bool):

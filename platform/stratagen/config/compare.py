@@ -18,6 +18,8 @@ def _check_sweeps(cls: type, sweeps: dict[str, list[Any]] | None) -> dict[str, l
     for setting, values in (sweeps or {}).items():
         if setting not in StageSettings.model_fields:
             raise ValueError(f"unknown sweep {setting!r}; stage settings: {', '.join(StageSettings.model_fields)}")
+        if not values:
+            raise ValueError(f"sweep {setting!r} has no values; give at least one, or remove it")
         try:
             check_sweep_values(setting, values)
         except ConfigError as exc:

@@ -2,8 +2,9 @@
 
 A compare config with ``seeds: [s1, s2, ...]`` scores every variant and sweep point once per
 seed. :func:`aggregate` folds those per-seed rows into one row per (variant, sweep, value):
-each numeric metric becomes its mean, with ``<metric>_std`` (population standard deviation
-over the seeds) beside it, and ``seeds`` counts them. :func:`mark_ties` then marks, per metric
+each numeric metric becomes its mean, with ``<metric>_std`` (the sample standard deviation
+over the seeds, dividing by n - 1: with few seeds the population's, dividing by n, understates the
+spread and turns noise into verdicts) beside it, and ``seeds`` counts them. :func:`mark_ties` then marks, per metric
 column of a table, the best row and every row whose difference from it is within the spread
 (``|a - b| <= std_a + std_b``): those are ties, not wins.
 """
@@ -16,6 +17,14 @@ from .claims import DIRECTIONS, Measure, order
 
 #: columns that describe a row rather than measure it
 KEY_COLUMNS = ("variant", "sweep", "value")
+
+
+def mean_and_spread(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n - 1; 0 for one value) of ``values``."""
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
 def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -31,9 +40,8 @@ def aggregate(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 continue
             values = [r[column] for r in members if column in r]
             if column in DIRECTIONS and all(isinstance(v, (int, float)) for v in values):
-                mean = sum(values) / len(values)
-                merged[column] = round(mean, 4)
-                merged[f"{column}_std"] = round(math.sqrt(sum((v - mean) ** 2 for v in values) / len(values)), 4)
+                mean, spread = mean_and_spread(values)
+                merged[column], merged[f"{column}_std"] = round(mean, 4), round(spread, 4)
             else:
                 merged[column] = values[0]
         out.append(merged)

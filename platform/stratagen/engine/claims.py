@@ -60,13 +60,14 @@ class Claim:
     verdict: str
 
 
-def verdict(a: Measure, b: Measure, direction: int, expected: str) -> str:
-    """The verdict on the paper's claim that ``a`` is ``expected`` (``"better"`` / ``"worse"``) than ``b``."""
+def verdict(a: Measure, b: Measure, direction: int, expected: str, seed: str = "seed") -> str:
+    """The verdict on the paper's claim that ``a`` is ``expected`` (``"better"`` / ``"worse"``) than ``b``;
+    ``seed`` names what the seeds behind the spread are (``"training seed"`` for trained tokenizers)."""
     outcome = order(a, b, direction)
     seeds = min(a.seeds, b.seeds)
     if seeds < MIN_SEEDS:
         lean = "equal" if outcome == "tie" else ("as the paper" if outcome == expected else "against the paper")
-        return f"indicative ({seeds} seed{'' if seeds == 1 else 's'}): {lean}"
+        return f"indicative ({seeds} {seed}{'' if seeds == 1 else 's'}): {lean}"
     return "tie" if outcome == "tie" else ("reproduced" if outcome == expected else "not reproduced")
 
 
@@ -93,7 +94,7 @@ def table1(tokenizers: dict[str, dict[str, dict[str, Any]]]) -> list[Claim]:
         variant, report = found[0]
         a, b = measure(report, f"ppl_{high}"), measure(report, f"ppl_{low}")
         evidence = f"{variant}: perplexity {high} {a}, {low} {b}"
-        claims.append(Claim("Table 1", text, evidence, verdict(a, b, -1, "better")))
+        claims.append(Claim("Table 1", text, evidence, verdict(a, b, -1, "better", seed="training seed")))
     return claims
 
 

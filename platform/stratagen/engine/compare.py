@@ -42,6 +42,7 @@ import csv
 import io
 import logging
 import os
+import shutil
 import traceback
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
@@ -237,6 +238,7 @@ class CompareRunner:
 
         from .logger import add_png, image_grid
 
+        shutil.rmtree(self.path("tb"), ignore_errors=True)  # a re-run rewrites the dashboard, not a second copy
         metrics = [m for m in TABLE_METRICS if any(m in r for r in result.rows)]
         sweeps = list(dict.fromkeys(r["sweep"] for r in result.rows))
         layout = {f"compare: {sweep}": {m: ["Multiline", [f"{sweep}/{m}$"]] for m in metrics} for sweep in sweeps}
@@ -308,10 +310,13 @@ def _table(rows: list[dict[str, Any]], head: list[str]) -> str:
 def results_markdown(result: CompareResult) -> str:
     """The Table 6-shaped summary (best FID over the temperature sweep), every sweep point, the claims."""
     best = best_rows(result.rows)
-    text = ("## Results (best FID over the temperature sweep; mean ± std over seeds)\n\n"
+    swept = any(r["sweep"] == "temperature" for r in result.rows)
+    heading = "best FID over the temperature sweep" if swept else "each variant's configured sampler"
+    text = (f"## Results ({heading}; mean ± std over seeds)\n\n"
             f"{result.spread} (best) marks the best value of a column, (tie) a value within the spread of it "
             "(|difference| <= sum of the two stds).\n\n")
-    text += _table(best, ["variant", "tokens", "steps", "order", "params", "sec_per_image", "temperature", "seeds"])
+    text += _table(best, ["variant", "tokens", "steps", "order", "params", "sec_per_image",
+                          *(["temperature"] if swept else []), "seeds"])
     text += "\n## Every sweep point\n\n"
     for sweep in dict.fromkeys(r["sweep"] for r in result.rows):
         text += f"### {sweep}\n\n" + _table([r for r in result.rows if r["sweep"] == sweep],
@@ -335,14 +340,15 @@ def _tokenizer_kind(run_config: BaseModel, tokenizer_id: str) -> str:
 
 def _mean_reports(reports: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
     """Tokenizer reports of several seeds -> their mean, with ``<key>_std`` when there are several."""
+    from .aggregate import mean_and_spread
+
     out: dict[str, dict[str, float]] = {}
     for tid in reports[0]:
         for key in reports[0][tid]:
-            values = [r[tid][key] for r in reports]
-            mean = sum(values) / len(values)
+            mean, spread = mean_and_spread([r[tid][key] for r in reports])
             out.setdefault(tid, {})[key] = mean
-            if len(values) > 1:
-                out[tid][f"{key}_std"] = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
+            if len(reports) > 1:
+                out[tid][f"{key}_std"] = spread
     return out
 
 

@@ -24,6 +24,7 @@ from stratagen.registry import ConfigError, Registry, SamplerConfig, StratagenEr
 from .build import BuiltRun, build, build_metrics, build_sampler
 from .evaluate import sample_labels
 from .pipeline import load_config
+from .resume import check_unchanged
 
 
 @dataclass
@@ -174,6 +175,8 @@ def plan_comparison(config: BaseModel, registry: Registry | None = None) -> Comp
         run_config = next(iter(plan.run_configs.values()))
         plan.points = _check_variant(config, plan.name, variant, run_config, registry,
                                      check_weights=not plan.trains and plan.trained_by is None)
+        for each in plan.run_configs.values():
+            _check_trained_with(plan.name, each, registry)
         plan.images = len(sample_labels(run_config.data.num_classes, config.eval))
     return ComparePlan(config, sampling_seeds(config), variants,
                        build_metrics(config.eval, registry))
@@ -204,12 +207,30 @@ def _check_variant(config: BaseModel, name: str, variant: Any, run_config: BaseM
     return points
 
 
+def _components(built: BuiltRun) -> list[tuple[str, str]]:
+    """(kind, id) of every component of a run that has weights of its own."""
+    model = built.model
+    return ([("tokenizer", tid) for tid in model.tokenizers if model.owns_weights(tid)]
+            + [("prior", pid) for pid in model.priors] + [("critic", cid) for cid in model.critics])
+
+
+def _check_trained_with(name: str, run_config: BaseModel, registry: Registry) -> None:
+    """A variant whose run directory already holds trained components must not change what they were
+    trained with (its ``set:`` on a ``run:``, or a ``config:`` that changed since): their weights would
+    not fit, or would be resumed from another recipe."""
+    run = Run(run_config.run.dir)
+    if not run.exists():
+        return
+    with torch.device("meta"):
+        built = build(run_config, registry)
+    trained = [(kind, cid) for kind, cid in _components(built) if run.trained_step(kind, cid) is not None]
+    check_unchanged(run, run_config, trained, action=f"variant {name} reads this run")
+
+
 def _check_trained(name: str, run_dir: str, built: BuiltRun) -> None:
     """Every component of an existing run that sampling loads has its trained weights."""
-    run, model = Run(run_dir), built.model
-    needed = [("tokenizer", tid) for tid in model.tokenizers if model.owns_weights(tid)]
-    needed += [("prior", pid) for pid in model.priors] + [("critic", cid) for cid in model.critics]
-    for kind, cid in needed:
+    run = Run(run_dir)
+    for kind, cid in _components(built):
         if run.trained_step(kind, cid) is None:
             raise ConfigError(f"variant {name}: run {run_dir} has no trained {kind} {cid!r} "
                               f"({run.component_url(kind, cid)}); finish it with `stratagen train {run_dir} "

@@ -83,11 +83,18 @@ def box_mask(batch: int, height: int, width: int, top: int, left: int, box_h: in
 
 def children(parent_mask: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Token mask ``[B, h, w]`` of a coarser level -> ``[B, height, width]``: True on every finer token
-    whose cell lies in a True coarse cell (the bottom tokens under a top token: 2x2 in VQGAN2)."""
-    B, h, w = parent_mask.shape
-    if height % h or width % w:
-        raise StratagenError(f"a {h}x{w} level does not split into {height}x{width} tokens")
-    return parent_mask.repeat_interleave(height // h, dim=1).repeat_interleave(width // w, dim=2)
+    whose cell overlaps a True coarse cell (the 2x2 bottom tokens under a top token in VQGAN2; where
+    the grids do not divide each other, as VAR's scales 2 and 3, every finer token a coarse cell
+    touches)."""
+    _, h, w = parent_mask.shape
+
+    def overlap(fine: int, coarse: int) -> torch.Tensor:
+        """``[fine, coarse]``: whether fine cell i and coarse cell j of [0, 1) overlap."""
+        i, j = torch.arange(fine)[:, None], torch.arange(coarse)[None]
+        return ((j * fine < (i + 1) * coarse) & (i * coarse < (j + 1) * fine)).float()
+
+    rows, cols = overlap(height, h).to(parent_mask.device), overlap(width, w).to(parent_mask.device)
+    return (rows @ parent_mask.float() @ cols.T) > 0
 
 
 def token_canvas(pipe: Pipeline, images: torch.Tensor, pixel_mask: torch.Tensor,

@@ -132,8 +132,11 @@ def level_swap_figures(pipe: Any, reference: ReferenceSet, folder: str, variant:
 def _log_tokenizers(logdir: str, reports: dict[str, dict[str, float]], swap_figures: dict[str, str]) -> None:
     """The tokenizer report as TensorBoard scalars ``eval/<tokenizer id>/<metric>`` and the level-swap
     figures as images."""
+    import shutil
+
     from .logger import RunLogger
 
+    shutil.rmtree(logdir, ignore_errors=True)  # the latest evaluation, not one copy per run of `eval`
     logger = RunLogger(logdir)
     for tid, values in reports.items():
         logger.scalars(f"eval/{tid}", values, 0)

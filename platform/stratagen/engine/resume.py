@@ -105,8 +105,9 @@ def _trained_with(run: Run, kind: str, cid: str) -> str | None:
     return run.path(CONFIG) if run.exists() else None
 
 
-def check_unchanged(run: Run, config: Any, trained: list[tuple[str, str]]) -> None:
-    """Refuse to resume ``run`` with ``config`` if a change reaches a ``trained`` (kind, id) component."""
+def check_unchanged(run: Run, config: Any, trained: list[tuple[str, str]], action: str = "--resume") -> None:
+    """Refuse to resume ``run`` with ``config`` if a change reaches a ``trained`` (kind, id) component;
+    ``action`` names what would use the run so (``--resume``, a compare variant)."""
     new = dict(_flatten(config.model_dump(mode="json")))
     stored: dict[str, dict[Key, Any]] = {}
     for kind, cid in trained:
@@ -126,6 +127,6 @@ def check_unchanged(run: Run, config: Any, trained: list[tuple[str, str]]) -> No
             key = hits[0]
             more = f" (and {len(hits) - 1} more)" if len(hits) > 1 else ""
             raise StratagenError(
-                f"{run.url}: --resume with a changed config: {'.'.join(key)} was {old.get(key)!r}, now "
+                f"{run.url}: {action} with a changed config: {'.'.join(key)} was {old.get(key)!r}, now "
                 f"{new.get(key)!r}{more}, and {kind} {cid!r} was trained with the old value; start over in "
                 f"another run.dir, or delete {run.path(kind + 's', cid)} and what was trained from it")
