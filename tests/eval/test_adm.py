@@ -266,6 +266,7 @@ def test_malformed_reference_batch_is_one_line(tmp_path, make, fragment) -> None
     with pytest.raises(StratagenError) as error:
         ReferenceBatch.read(str(path))
     assert fragment in str(error.value) and "\n" not in str(error.value)
+    assert "allow_pickle" not in str(error.value)  # never numpy's advice to unpickle
 
 
 def test_an_object_array_carrying_code_is_never_unpickled(tmp_path) -> None:
@@ -273,3 +274,4 @@ def test_an_object_array_carrying_code_is_never_unpickled(tmp_path) -> None:
     with pytest.raises(StratagenError, match="mu is a pickled object array"):
         ReferenceBatch.read(str(write_npz_with_code(tmp_path / "ref.npz", marker)))
     assert not marker.exists()
+

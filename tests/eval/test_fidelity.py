@@ -181,7 +181,7 @@ def test_unreadable_inception_weights_are_reported(tmp_path, no_downloads, score
     weights = tmp_path / "weights-inception-2015-12-05-6726825d.pth"
     weights.write_bytes(b"not a state dict")
     metric = InceptionMetric(weights=str(weights), metrics=["fid"])
-    with pytest.raises(StratagenError, match="not a weights file that loads as plain tensors"):
+    with pytest.raises(StratagenError, match="not a PyTorch checkpoint"):
         metric.compute(torch.zeros(2, 3, 32, 32), torch.zeros(2, dtype=torch.long), scored[1])
 
 

@@ -46,3 +46,26 @@ def test_plain_tensors_still_load(tmp_path):
     path = tmp_path / "weights.pth"
     torch.save({"w": torch.arange(3.0)}, path)
     assert checkpoint.read_state_dict(str(path))["w"].tolist() == [0.0, 1.0, 2.0]
+
+
+class RunsACommand:
+    """Unpickling it would run ``os.system`` (what a hostile checkpoint does)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_payload_is_named_and_a_foreign_file_is_one_line(tmp_path):
+    marker = tmp_path / "code-ran"
+    torch.save({"w": torch.zeros(2), "payload": RunsACommand(marker)}, tmp_path / "evil.pth")
+    with pytest.raises(StratagenError, match=r"evil.pth: refused, it holds (posix|os)\.system, which is not a tensor"):
+        checkpoint.load_torch_file(str(tmp_path / "evil.pth"))
+    assert not marker.exists()
+    (tmp_path / "text.pth").write_text("hello world\n")  # torch's loader fails with a KeyError on it
+    with pytest.raises(StratagenError, match=r"text.pth: not a PyTorch checkpoint \(KeyError: unreadable\)"):
+        checkpoint.read_state_dict(str(tmp_path / "text.pth"))

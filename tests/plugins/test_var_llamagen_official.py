@@ -18,7 +18,8 @@ from PIL import Image
 
 from stratagen import api
 from stratagen.cli import main
-from stratagen.plugins.ldm import convert_llamagen_vq, convert_var_official, load_torch_file
+from stratagen.io.checkpoint import load_torch_file
+from stratagen.plugins.ldm import convert_llamagen_vq, convert_var_official
 from stratagen.plugins.var import NextScaleTransformer
 from stratagen.plugins.var.sampler import smooth_codes
 from stratagen.plugins.var.tokenizer import phi_index
@@ -230,3 +231,11 @@ def test_cli_converts_llamagen_under_a_run_config_trains_its_prior_then_samples_
     assert main(["edit", str(out), "--image", str(tmp_path / "in.png"), "--box", "8,8,16,16", "--class", "1",
                  "--out", str(tmp_path / "edit.png")]) == 0
     assert Image.open(tmp_path / "edit.png").size == (32, 32)
+
+
+@needs_fixtures
+def test_a_tokenizer_only_conversion_suggests_evaluating_it_not_sampling(tmp_path, capsys):
+    assert main(["convert", "llamagen-vq", "--checkpoint", str(LLAMAGEN / "vq.pt"), "--resolution", "32",
+                 str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert f"stratagen eval {tmp_path / 'run'} --tokenizers-only" in out and "stratagen sample" not in out

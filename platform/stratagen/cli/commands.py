@@ -257,7 +257,9 @@ def _convert(args: argparse.Namespace) -> int:
         raise ConfigError(f"convert {args.converter}: --{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
     with replacing(out, overwrite):  # refuses a used OUT before anything is read or written
         run = registry.build("converter", config, out=out)
-    print(f"converted: {run.url}\nsample: stratagen sample {run.url} --classes 0 --count 4")
+    next_step = (f"sample: stratagen sample {run.url} --classes 0 --count 4" if run.load_config().sampler is not None
+                 else f"evaluate the tokenizer: stratagen eval {run.url} --tokenizers-only")
+    print(f"converted: {run.url}\n{next_step}")
     return 0
 
 

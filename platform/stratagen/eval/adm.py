@@ -237,8 +237,11 @@ _READ_ERRORS = (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error)
 
 
 def _first_line(exc: BaseException) -> str:
+    """The reason, without numpy's advice to load pickled data (never taken here)."""
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    if not text or "allow_pickle" in text:
+        return type(exc).__name__
+    return text.splitlines()[0]
 
 
 def _images_header(archive: zipfile.ZipFile, url: str) -> ReferenceImages:

@@ -5,6 +5,7 @@ Nothing here unpickles: tensors come from safetensors, everything else from JSON
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from typing import Any, Mapping, Sequence
 
@@ -79,18 +80,54 @@ def load_tensors(url: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     return tensors, json.loads(header.get("__metadata__", {}).get("json", "{}"))
 
 
+def load_torch_file(url: str, allowed: Sequence[type] = ()) -> Any:
+    """The object saved in the PyTorch file at ``url`` (path or fsspec URL), on the CPU, without
+    running any code it may carry.
+
+    ``torch.load(weights_only=True)`` rebuilds tensors, containers and numbers only; the types in
+    ``allowed`` (e.g. LlamaGen's ``argparse.Namespace`` of training arguments) are allowlisted for
+    this one call. StratagenError (one line) for a file holding any other global (a class, a
+    function, a payload whose ``__reduce__`` would run code) and for a file that is not a PyTorch file.
+    """
+    accepted = ", ".join(f"{t.__module__}.{t.__qualname__}" for t in allowed)
+    try:
+        # streamed from the (seekable) file: a multi-GB checkpoint is not held twice in memory
+        with fsspec.open(url, "rb") as file, torch.serialization.safe_globals(list(allowed)):
+            return torch.load(file, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise StratagenError(f"{url}: file not found") from None
+    except Exception as exc:  # a pickle that carries code, a truncated or foreign file
+        found = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) (\S+)", str(exc))
+        if found is None:
+            raise StratagenError(f"{url}: not a PyTorch checkpoint ({_torch_reason(exc)})") from None
+        raise StratagenError(f"{url}: refused, it holds {found.group(1)}, which is not a tensor"
+                             f"{', container or ' + accepted if accepted else ' or container'}; "
+                             "stratagen never unpickles other objects") from None
+
+
+def _torch_reason(exc: Exception) -> str:
+    """The reason in torch's message, without its advice to load with ``weights_only=False``."""
+    text = str(exc).strip()
+    reason = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    if reason:
+        return reason.group(1).strip()
+    if isinstance(exc, KeyError) or not text or text.startswith("Weights only load failed"):
+        return f"{type(exc).__name__}: unreadable"
+    return text.splitlines()[0]
+
+
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     """A user's weights file as a state dict, without running any code it may carry:
-    ``.safetensors``, or a PyTorch file read with ``torch.load(weights_only=True)``."""
-    try:
-        if path.endswith(".safetensors"):
-            return load_safetensors(read_bytes(path))
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except StratagenError:
-        raise
-    except Exception as exc:  # a pickle that carries code, a truncated or foreign file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise StratagenError(f"{path}: not a weights file that loads as plain tensors ({first})") from None
+    ``.safetensors``, or a PyTorch file read by :func:`load_torch_file`."""
+    if path.endswith(".safetensors"):
+        try:
+            state = load_safetensors(read_bytes(path))
+        except StratagenError:
+            raise
+        except Exception as exc:
+            raise StratagenError(f"{path}: not a readable safetensors file ({type(exc).__name__})") from None
+    else:
+        state = load_torch_file(path)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise StratagenError(f"{path}: not a state dict (a mapping of names to tensors)")
     return state

@@ -8,7 +8,7 @@
 - converter ``llamagen-vq``: ``stratagen convert llamagen-vq --checkpoint VQ.pt OUT``
   (:mod:`.convert_llamagen`).
 
-Checkpoints load with ``torch.load(weights_only=True)`` only (:mod:`.torch_files`).
+Checkpoints load with ``torch.load(weights_only=True)`` only (:func:`stratagen.io.checkpoint.load_torch_file`).
 """
 from __future__ import annotations
 
@@ -23,7 +23,6 @@ from stratagen.registry import ComponentConfig, ConfigError, hookimpl
 from .convert_llamagen import convert_llamagen_vq
 from .convert_var import convert_var_official
 from .tokenizer import LDMVQTokenizer, build_var_tokenizer
-from .torch_files import load_torch_file
 
 #: the official releases train their tokenizers elsewhere: no perceptual or adversarial loss by default
 NO_GAN = VQGANLossConfig(gan_weight=0.0, perceptual_weight=0.0)
@@ -121,4 +120,4 @@ def stratagen_register_converters(register):
     register("llamagen-vq", convert_llamagen_vq, LlamaGenConverterConfig)
 
 
-__all__ = ["LDMVQTokenizer", "build_var_tokenizer", "convert_llamagen_vq", "convert_var_official", "load_torch_file"]
+__all__ = ["LDMVQTokenizer", "build_var_tokenizer", "convert_llamagen_vq", "convert_var_official"]

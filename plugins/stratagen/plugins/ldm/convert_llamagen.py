@@ -19,7 +19,7 @@ from stratagen.io.run import Run, load_state
 from stratagen.registry import ConfigError, StratagenError, get_registry
 
 from .keys import autoencoder_sizes, autoencoder_state
-from .torch_files import load_torch_file
+from stratagen.io.checkpoint import load_torch_file
 
 TOKENIZER_ID = "vq"
 CONVERTED = {"steps": 0, "checkpoint_every": 1}  # nothing left to train

@@ -24,7 +24,7 @@ from stratagen.registry import ConfigError, StratagenError, get_registry
 
 from .convert_llamagen import CONVERTED, TOKENIZER_ID
 from .keys import autoencoder_sizes, autoencoder_state
-from .torch_files import load_torch_file
+from stratagen.io.checkpoint import load_torch_file
 
 PRIOR_ID = "main"
 
