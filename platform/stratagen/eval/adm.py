@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-import uuid
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -187,15 +186,6 @@ class ImageSink:
             out.write(block)
 
 
-def _atomic_file(url: str) -> tuple[fsspec.AbstractFileSystem, str, str]:
-    """(filesystem, path, temporary sibling): write the temporary file, then move it over ``path``."""
-    fs, path = fsspec.core.url_to_fs(url)
-    parent = path.rsplit("/", 1)[0] if "/" in path else ""
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
-    return fs, path, f"{path}{checkpoint.TEMPORARY}{uuid.uuid4().hex[:8]}"
-
-
 def write_reference(url: str, pool: GaussianAccumulator, spatial: GaussianAccumulator,
                     images: ImageSink | None = None) -> None:
     """Write an ADM reference batch (uncompressed ``.npz``, as ``np.savez``) to ``url``, atomically.
@@ -203,23 +193,16 @@ def write_reference(url: str, pool: GaussianAccumulator, spatial: GaussianAccumu
     Statistics are float64; ``images`` become ``arr_0`` ``[N, H, W, 3]`` uint8 when given and not empty.
     """
     arrays = {"mu": pool.mean, "sigma": pool.covariance(), "mu_s": spatial.mean, "sigma_s": spatial.covariance()}
-    fs, path, temporary = _atomic_file(url)
-    try:
-        with fs.open(temporary, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
-            if images is not None and images.count:
-                with archive.open(f"{IMAGES}.npy", "w", force_zip64=True) as member:
-                    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
-                              "shape": (images.count, *images.shape, 3)}
-                    np.lib.format.write_array_header_1_0(member, header)
-                    images.copy_to(member)
-            for key, value in arrays.items():
-                with archive.open(f"{key}.npy", "w", force_zip64=True) as member:
-                    np.lib.format.write_array(member, value.numpy(), allow_pickle=False)
-        fs.mv(temporary, path)
-    except BaseException:
-        if fs.exists(temporary):
-            fs.rm(temporary)
-        raise
+    with checkpoint.atomic_open(url) as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        if images is not None and images.count:
+            with archive.open(f"{IMAGES}.npy", "w", force_zip64=True) as member:
+                header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
+                          "shape": (images.count, *images.shape, 3)}
+                np.lib.format.write_array_header_1_0(member, header)
+                images.copy_to(member)
+        for key, value in arrays.items():
+            with archive.open(f"{key}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, value.numpy(), allow_pickle=False)
 
 
 # ----------------------------------------------------------------------------- reading

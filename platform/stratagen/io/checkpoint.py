@@ -4,10 +4,11 @@ Nothing here unpickles: tensors come from safetensors, everything else from JSON
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import uuid
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import fsspec
 import torch
@@ -29,7 +30,15 @@ def exists(url: str) -> bool:
 
 
 def write_bytes_atomic(url: str, data: bytes) -> None:
-    """Write to a temporary sibling, then move it over ``url``: a crash never leaves a torn file.
+    """Write ``data`` to ``url`` atomically (:func:`atomic_open`)."""
+    with atomic_open(url) as f:
+        f.write(data)
+
+
+@contextlib.contextmanager
+def atomic_open(url: str) -> Iterator[Any]:
+    """A binary file to write, a temporary sibling of ``url`` moved over it when the block ends: a
+    crash never leaves a torn file.
 
     An interrupted write removes its temporary file; those a killed process leaves behind are
     removed by :meth:`stratagen.io.run.Run.prepare` when training starts.
@@ -41,7 +50,7 @@ def write_bytes_atomic(url: str, data: bytes) -> None:
     temporary = f"{path}{TEMPORARY}{uuid.uuid4().hex[:8]}"
     try:
         with fs.open(temporary, "wb") as f:
-            f.write(data)
+            yield f
         fs.mv(temporary, path)
     except BaseException as exc:
         if fs.exists(temporary):
