@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
+import torch
 import yaml
 
 from stratagen import api, cli
@@ -61,3 +62,29 @@ def test_only_components_still_to_train_must_split_over_the_processes(trained_ru
 
     assert to_train([]) == []
     assert to_train(["priors.main.train.steps=9"]) == ["priors.main.train"]
+
+
+def test_raising_steps_under_a_constant_rate_extends_a_finished_component_exactly(tmp_path):
+    """A prior trained 2 steps and then extended to 4 ends with the weights of one trained 4 steps;
+    its tokenizer cannot be extended under it, nor a cosine schedule."""
+    from safetensors.torch import load_file
+
+    from tinyconfigs import tiny_config, write_config
+
+    def train(name: str, steps: int, run: str, resume: bool = False, schedule: str = "constant") -> None:
+        config = tiny_config(tmp_path / run)
+        config["tokenizers"]["vq"]["train"].update(steps=2, lr_schedule="constant", warmup_steps=0)
+        config["priors"]["main"]["train"].update(steps=steps, lr_schedule=schedule, warmup_steps=0)
+        api.train(api.load(str(write_config(tmp_path / name, config))), resume=resume)
+
+    train("short.yaml", 2, "extended")
+    train("long.yaml", 4, "extended", resume=True)
+    train("direct.yaml", 4, "direct")
+    weights = [load_file(next((tmp_path / run / "priors/main").glob("*.safetensors"))) for run in ("extended", "direct")]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    with pytest.raises(StratagenError, match="tokenizers.vq.train.steps was 2, now 3.*prior 'main'"):
+        api.train(api.load(str(tmp_path / "extended"), ["tokenizers.vq.train.steps=3"]), resume=True)
+    train("cosine.yaml", 2, "cosine", schedule="cosine")
+    with pytest.raises(StratagenError, match="priors.main.train.steps was 2, now 4"):
+        train("cosine-long.yaml", 4, "cosine", resume=True, schedule="cosine")

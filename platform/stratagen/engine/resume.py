@@ -11,6 +11,11 @@ components that are not trained yet. So may the ways of computing a step (``para
 and the weights move as they would have, up to float rounding and, when ``accumulate`` or the
 number of processes changes, to the micro-batches' random draws.
 
+One change to a component's own section is an extension, not a new model: raising its
+``train.steps`` under a constant learning rate (past any warmup) continues it from its last
+checkpoint exactly as a run configured that long from the start would have gone on (the same
+per-step seeds and learning rates). Anything trained from it is still checked against the old value.
+
 Each component is checked against the config it was trained with (``<kind>s/<id>/config.yaml``,
 written when it starts training), not against the run's ``config.yaml``: several configs may
 share one run directory (a critic variant adds critics to a run, and ``stratagen compare`` trains
@@ -77,6 +82,17 @@ def _stored(url: str) -> dict[str, Any]:
         return stored
 
 
+def _extends(key: Key, kind: str, cid: str, old: dict[Key, Any], new: dict[Key, Any]) -> bool:
+    """Whether ``key`` is component ``cid``'s own ``train.steps``, raised under a constant learning
+    rate whose warmup ended within the old steps: the longer run's first steps are the old run."""
+    section = (f"{kind}s", cid, "train")
+    if key != section + ("steps",) or not isinstance(old.get(key), int) or not isinstance(new.get(key), int):
+        return False
+    schedule, warmup = section + ("lr_schedule",), section + ("warmup_steps",)
+    return (new[key] > old[key] and old.get(schedule) == new.get(schedule) == "constant"
+            and old.get(warmup) == new.get(warmup) and (new.get(warmup) or 0) <= old[key])
+
+
 def keep_records(run: Run) -> None:
     """Before the run's ``config.yaml`` is replaced: give every trained component without a config
     record of its own (a run written before those records) the one it was checked against until
@@ -122,7 +138,8 @@ def check_unchanged(run: Run, config: Any, trained: list[tuple[str, str]], actio
         inputs = _inputs(config, kind, cid)
         hits = sorted(k for k in old.keys() | new.keys()
                       if old.get(k) != new.get(k) and not (k and k[-1] in FREE_KEYS)
-                      and any(k[:len(prefix)] == prefix for prefix in inputs))
+                      and any(k[:len(prefix)] == prefix for prefix in inputs)
+                      and not _extends(k, kind, cid, old, new))
         if hits:
             key = hits[0]
             more = f" (and {len(hits) - 1} more)" if len(hits) > 1 else ""
