@@ -1,6 +1,8 @@
 """The GPU scripts, run on the CPU at tiny size: benchmarks/gpu_var_official.sh converts the official
 code's tiny VAR (../shared/fixtures/var-llamagen-official), samples under torchrun and scores it with
-ADM's protocol against a reference batch, exactly the steps it takes with VAR-d16 on a GPU."""
+ADM's protocol against a reference batch, exactly the steps it takes with VAR-d16 on a GPU;
+benchmarks/gpu_medium.sh runs a comparison with training seeds and writes the results files and
+the stage times that the medium comparison commits."""
 from __future__ import annotations
 
 import json
@@ -13,7 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import yaml
+
 from stratagen import cli
+from tinyconfigs import tiny_config, write_config
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = next((p / "shared/fixtures/var-llamagen-official/var" for p in ROOT.parents
@@ -49,3 +54,27 @@ def test_var_official_script_converts_samples_and_scores_the_fixture(tmp_path, c
     assert 0 <= samples["precision_adm"] <= 1 and 0 <= samples["recall_adm"] <= 1
     summary = (tmp_path / "out/var_official/summary.md").read_text()
     assert summary in done.stdout and f"| var | 10 | {samples['fid_adm']:.4g} |" in summary
+
+
+def test_medium_script_runs_a_comparison_and_writes_its_results_and_stage_times(tmp_path):
+    write_config(tmp_path / "strait.yaml", tiny_config(tmp_path / "runs/strait", "strait"))
+    (tmp_path / "compare.yaml").write_text(yaml.safe_dump({
+        "dir": str(tmp_path / "compare"), "device": "cpu", "seeds": [0, 1], "train_per_seed": True,
+        "variants": {"tiny-strait": {"config": "strait.yaml"}},
+        "eval": {"samples_per_class": 2, "seed": 0, "batch_size": 4,
+                 "metrics": [{"name": "in-domain", "classifier_steps": 5, "batch_size": 8, "kid_subset_size": 4}]},
+        "sweeps": {"choice_temperature": [3.0]}}))
+    env = {**os.environ, "CONFIG": str(tmp_path / "compare.yaml"), "OUT": str(tmp_path / "out"),
+           "PYTHON": sys.executable, "STRATAGEN_PROGRESS": "1"}
+    done = subprocess.run(["bash", str(ROOT / "benchmarks/gpu_medium.sh")], env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    out = tmp_path / "out/medium"
+    assert (out / "results.md").read_text() == (tmp_path / "compare/results.md").read_text()
+    assert "choice_temperature" in (out / "results.csv").read_text() and (out / "claims.csv").exists()
+    stages = (out / "stages.txt").read_text().splitlines()
+    trained = [line for line in stages if ": training " in line]
+    assert trained == [f"tiny-strait seed {s}: training {tmp_path}/runs/strait-seed{s}" for s in (0, 1)]
+    total = sum(int(line.rsplit("(done in ", 1)[1].split()[0]) for line in stages if "(done in " in line)
+    assert f"sum of the stage times: {total} s" in stages[-2] and stages[-1].startswith("compare exit 0 after ")
+    assert "StraIT" not in done.stderr and "results.md" not in done.stderr

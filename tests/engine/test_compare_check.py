@@ -137,6 +137,8 @@ def test_per_seed_training_reaches_the_run_variants_an_earlier_variant_trains(wo
     assert code == 0 and "trained models: one model per variant and seed (train_per_seed)" in out
     assert "StraIT-C         config " + str(DEMO / "strait_c.yaml") + " (trains what is missing in " \
            "runs/demo/strait_c-seed0, runs/demo/strait_c-seed1, runs/demo/strait_c-seed2)" in out
+    assert "MaskGIT-f8       run runs/demo/maskgit_cascade (trained by MaskGIT-cascade: reads " \
+           "runs/demo/maskgit_cascade-seed0, runs/demo/maskgit_cascade-seed1, runs/demo/maskgit_cascade-seed2)" in out
 
 
 def write_compare(root: Path, name: str, variants: dict, **extra) -> Path:

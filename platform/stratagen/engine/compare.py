@@ -62,6 +62,7 @@ from .compare_plan import (ComparePlan, VariantPlan, plan_comparison, resolve_va
                            variant_configs, variant_sweeps)
 from .distributed import Processes, setup_processes
 from .gather import on_main
+from .logger import announce
 from .pipeline import Pipeline, load_config, train
 
 log = logging.getLogger("stratagen")
@@ -135,6 +136,9 @@ class CompareRunner:
             if per_seed_training or not reports:  # one trained model, or one per seed
                 run_config = plan.run_configs[seed if per_seed_training else None]
                 if variant.config is not None:
+                    if self.procs.is_main:
+                        announce(f"{name} seed {seed}: training {run_config.run.dir}" if per_seed_training
+                                 else f"{name}: training {run_config.run.dir}")
                     pipe = train(run_config, resume=True, registry=self.registry)
                 else:
                     if plan.trained_by is not None:  # an earlier variant trained it: read what it saved

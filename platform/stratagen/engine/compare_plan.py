@@ -72,7 +72,7 @@ class ComparePlan:
             if plan.trains:
                 state = "trains what is missing in " + ", ".join(dirs)
             elif plan.trained_by:
-                state = f"trained by {plan.trained_by}"
+                state = f"trained by {plan.trained_by}" + (f": reads {', '.join(dirs)}" if len(dirs) > 1 else "")
             else:
                 state = "trained"
             sampler = next(iter(plan.run_configs.values())).sampler.name

@@ -24,6 +24,16 @@ def progress(iterable: Iterable, desc: str = "", total: int | None = None, initi
     return LineProgress(iterable, desc, total, initial)
 
 
+def announce(text: str) -> None:
+    """One line between progress bars (e.g. which run a comparison trains next); nothing with
+    ``STRATAGEN_PROGRESS=0``."""
+    from tqdm.auto import tqdm
+
+    if os.environ.get("STRATAGEN_PROGRESS", "") not in ("0", "false"):
+        tqdm.write(text)
+        sys.stdout.flush()
+
+
 class LineProgress:
     """Progress as plain lines on stdout (the interface of tqdm that the engine uses)."""
 
