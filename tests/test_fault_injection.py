@@ -201,6 +201,34 @@ def test_an_interrupted_sample_leaves_the_earlier_images_untouched(run, tmp_path
     assert files(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["run", "samples"]
 
 
+def test_sigterm_is_an_interruption_with_a_line_and_exit_143(run, tmp_path, capsys, monkeypatch):
+    """A scheduler's stop (SIGTERM, e.g. `timeout`) cleans up like Ctrl-C and says how to continue."""
+    import os
+    import signal
+
+    import torchvision.utils
+
+    from stratagen.engine import images
+
+    out = tmp_path / "samples"
+    assert stratagen(["sample", run, "--classes", "0,1", "--out", out], capsys)[0] == 0
+    before = files(out)
+    real, calls = torchvision.utils.save_image, []
+
+    def terminated_on_the_second_image(tensor, fp, **kwargs):
+        calls.append(fp)
+        if len(calls) == 2:
+            Path(fp).write_bytes(b"\x89PNG torn")
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(tensor, fp, **kwargs)
+
+    monkeypatch.setattr(images, "save_image", terminated_on_the_second_image)
+    code, err = stratagen(["sample", run, "--classes", "2,3", "--out", out], capsys)
+    assert code == 143 and err.strip().startswith("terminated (SIGTERM): what finished is kept")
+    assert files(out) == before and len(calls) == 2
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the command's handler is gone after it
+
+
 def test_a_folder_with_other_files_is_refused_before_sampling(run, tmp_path, capsys):
     out = tmp_path / "mine"
     out.mkdir()

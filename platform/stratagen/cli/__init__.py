@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from typing import Sequence
 
@@ -92,8 +93,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handler = HANDLERS[args.command]
+    on_term = _raise_terminated_on_sigterm()
     try:
         return handler(args) or 0
+    except Terminated:
+        if _is_process_0():
+            print("terminated (SIGTERM): what finished is kept; the same command continues it "
+                  "(train: --resume)", file=sys.stderr)
+        return 143
     except StratagenError as exc:
         _error(str(exc))
         return 2
@@ -104,6 +111,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         if _is_process_0():
             print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        if on_term is not None:
+            signal.signal(signal.SIGTERM, on_term)
+
+
+class Terminated(BaseException):
+    """SIGTERM (a job scheduler's stop, ``timeout``, ``kill``), raised where the process is, so the
+    atomic writes under way clean up as they do for Ctrl-C."""
+
+
+def _raise_terminated_on_sigterm() -> object | None:
+    """Turn SIGTERM into :class:`Terminated` while a command runs; the handler it replaces (None
+    outside the main thread, where no handler can be set)."""
+    def terminate(signum: int, frame: object) -> None:
+        raise Terminated
+
+    try:
+        return signal.signal(signal.SIGTERM, terminate)
+    except ValueError:
+        return None
 
 
 def _is_process_0() -> bool:
