@@ -174,7 +174,7 @@ def test_level_swap_on_vqgan2(fusion: str) -> None:
     swap_keys = {"swap_keep_top_psnr", "swap_keep_bottom_psnr", "swap_other_psnr"}
     assert swap_keys <= set(result) and ("top_only_psnr" in result) == (fusion == "residual")
     examples = level_swap_examples(tokenizer, data, 4, "cpu")
-    assert set(examples) == {"image", "swap_keep_top", "swap_keep_bottom", "swap_other"} | (
+    assert set(examples) == {"image", "reconstruction", "swap_keep_top", "swap_keep_bottom", "swap_other"} | (
         {"top_only"} if fusion == "residual" else set())
     tokenizer.eval()
     with torch.no_grad():  # the examples use the first batch's pairing
@@ -183,3 +183,4 @@ def test_level_swap_on_vqgan2(fusion: str) -> None:
         assert torch.allclose(examples["swap_keep_top"], tokenizer.decode(
             {"top": grids["top"], "bottom": grids["bottom"][partner]}).clamp(-1, 1))
         assert torch.equal(examples["swap_other"], examples["image"][partner])
+        assert torch.allclose(examples["reconstruction"], tokenizer.decode(grids).clamp(-1, 1))

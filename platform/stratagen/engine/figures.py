@@ -29,7 +29,8 @@ def side_by_side(grids: dict[str, torch.Tensor], class_names: list[str], path: s
     return path
 
 
-SWAP_COLUMNS = {"image": "A", "swap_other": "B", "swap_keep_top": "top A + bottom B",
+SWAP_COLUMNS = {"image": "A", "reconstruction": "top A + bottom A", "swap_other": "B",
+                "swap_keep_top": "top A + bottom B",
                 "swap_keep_bottom": "top B + bottom A", "top_only": "top A alone"}
 
 

@@ -78,8 +78,8 @@ def level_swaps(tokenizer: Tokenizer, images: torch.Tensor, grids: Mapping[str, 
 @torch.no_grad()
 def level_swap_examples(tokenizer: Tokenizer, dataset: Dataset, count: int, device: str | torch.device,
                         resolution: int | None = None) -> dict[str, torch.Tensor] | None:
-    """The first ``count`` images of ``dataset`` with their level swaps, for a figure: ``image`` (A)
-    and every entry of :func:`level_swaps`, each ``[count, 3, H, W]`` on the CPU; None unless the
+    """The first ``count`` images of ``dataset`` with their level swaps, for a figure: ``image`` (A),
+    its ``reconstruction`` (top A + bottom A) and every entry of :func:`level_swaps`, each ``[count, 3, H, W]`` on the CPU; None unless the
     tokenizer has two levels. The pairing is that of the first batch of :func:`evaluate_tokenizer`
     with ``batch_size=count``."""
     images = torch.stack([dataset[i][0] for i in range(min(count, len(dataset)))])
@@ -92,7 +92,8 @@ def level_swap_examples(tokenizer: Tokenizer, dataset: Dataset, count: int, devi
     swaps = None
     if len(grids) == 2:
         partner = swap_partners(len(images), torch.Generator().manual_seed(SWAP_SEED)).to(device)
-        swaps = {"image": images.cpu(), **{k: v.cpu() for k, v in level_swaps(tokenizer, images, grids, partner).items()}}
+        swaps = {"image": images.cpu(), "reconstruction": tokenizer.decode(grids).clamp(-1, 1).cpu(),
+                 **{k: v.cpu() for k, v in level_swaps(tokenizer, images, grids, partner).items()}}
     tokenizer.train(was_training)
     return swaps
 
