@@ -30,6 +30,16 @@ def test_eval_against_the_reference_batch_of_a_folder_gives_the_folder_fid(train
     assert f"{reference}: statistics of {len(split)} images, 5 images as arr_0" in capsys.readouterr().out
     with np.load(reference, allow_pickle=False) as npz:
         assert npz["arr_0"].shape == (5, 16, 16, 3) and npz["sigma_s"].shape == (2023, 2023)
+        # the same images in one flat folder (no class sub-folders: a folder of samples) give the same batch
+        (tmp_path / "flat").mkdir()
+        for png in (tmp_path / "eval").rglob("*.png"):
+            shutil.copy(png, tmp_path / "flat" / f"{png.parent.name}_{png.name}")
+        assert cli.main(["data", "stats", str(tmp_path / "flat"), str(tmp_path / "flat.npz"), "--inception-weights",
+                         str(weights), "--resolution", "16", "--batch-size", "3", "--device", "cpu"]) == 0
+        assert f"statistics of {len(split)} images" in capsys.readouterr().out
+        with np.load(tmp_path / "flat.npz", allow_pickle=False) as flat:
+            for key in ("mu", "sigma", "mu_s", "sigma_s"):
+                assert np.allclose(flat[key], npz[key], rtol=1e-5, atol=1e-6), key
 
     assert cli.main(["eval", str(run), "--reference", str(reference), "--set", smaller[0],
                      "--set", "eval.samples_per_class=1",

@@ -359,12 +359,12 @@ def _data_stats(args: argparse.Namespace) -> int:
         try:
             dataset = TarShards(args.source, args.resolution)
         except FileNotFoundError:  # no tar shards: an image folder
-            dataset = ImageFolder(args.source, args.resolution)
+            dataset = ImageFolder(args.source, args.resolution, unlabelled_ok=True)
     except ImportError as exc:  # e.g. "Install s3fs to access S3"
         raise StratagenError(f"{exc}") from None
     except (FileNotFoundError, ValueError) as exc:
-        raise StratagenError(f"data stats: {exc}; expected an image folder (one sub-folder per class) or tar "
-                             f"shards") from None
+        raise StratagenError(f"data stats: {exc}; expected an image folder (its images, or one sub-folder per "
+                             f"class) or tar shards") from None
     inception = load_inception(args.inception_weights, "data stats", args.device, args.batch_size)
     count, kept, left_out = reference_statistics(dataset, args.out, inception, args.images)
     for item in left_out:

@@ -134,13 +134,16 @@ class ImageFolder(Dataset):
     (drawn from (seed, epoch, i)), or its centre crop when ``epoch`` is None; it returns (image
     float32 [3, R, R] in [-1, 1], label) or raises :class:`UnreadableImage` (the training loader
     counts those). ``folder[i]`` is the evaluation view: the centre crop of sample ``i``, or of the
-    next readable one. ``views`` decodes once for several epochs.
+    next readable one. ``views`` decodes once for several epochs. With ``unlabelled_ok`` (statistics
+    that need no labels, ``stratagen data stats``) a root without class folders is read as one class
+    of the files directly under it.
 
     The index is two numpy arrays (relative paths as bytes, labels), not Python lists: forked
     DataLoader workers then share its pages instead of copying them as reference counts change.
     """
 
-    def __init__(self, root: str, resolution: int, augment: bool = False, seed: int = 0) -> None:
+    def __init__(self, root: str, resolution: int, augment: bool = False, seed: int = 0,
+                 unlabelled_ok: bool = False) -> None:
         self.root = root
         self.resolution = resolution
         self.augment = augment
@@ -162,6 +165,14 @@ class ImageFolder(Dataset):
                 paths.append(np.array([f"{name}/{f}".encode() for f in files]))
                 labels.append(np.full(len(files), len(self.class_names), dtype=np.int32))
                 self.class_names.append(name)
+        if not paths and unlabelled_ok:
+            files = [entry["name"].rstrip("/").rsplit("/", 1)[-1] for entry in fs.ls(self._base, detail=True)
+                     if entry["type"] == "file"]
+            files = sorted(f for f in files if not f.startswith("."))
+            if files:
+                paths.append(np.array([f.encode() for f in files]))
+                labels.append(np.zeros(len(files), dtype=np.int32))
+                self.class_names.append("")
         if not paths:
             raise ValueError(f"no files under {root}: {_LAYOUT}")
         self.num_classes = len(self.class_names)
