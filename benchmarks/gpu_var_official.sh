@@ -13,7 +13,7 @@
 #
 # Nothing can be downloaded on the GPU machine: the four files must be there (carried or mounted),
 # and the wheels prepared with `bash benchmarks/gpu_paper_scale.sh --prepare` (carry .whl).
-# DEVICE=cpu NPROC=1 PER_CLASS=1 PATCH_NUMS=1,2,3,4,6,8 runs the very same steps on the CPU, as
+# DEVICE=cpu NPROC=1 PER_CLASS=1 runs the very same steps on the CPU, as
 # tests/test_gpu_scripts.py does on the official code's tiny fixtures.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -188,16 +188,34 @@ def test_convert_errors_are_one_line(tmp_path, capsys):
                  str(tmp_path / "run")]) == 2
     assert "var.pth: not VAR's VQVAE" in capsys.readouterr().err
     assert main(["convert", "var-official", "--vae", str(VAR / "vae.pth"), "--var", str(VAR / "var.pth"),
-                 str(tmp_path / "run")]) == 2  # the default patch_nums are VAR's 256 px ones
-    assert "--patch-nums 1,2,3,4,5,6,8,10,13,16 gives 680 tokens but" in capsys.readouterr().err
+                 "--patch-nums", "1,2,3,4,5,6,8,10,13,16", str(tmp_path / "run")]) == 2
+    assert "--patch-nums 1,2,3,4,5,6,8,10,13,16 but " in capsys.readouterr().err  # the checkpoint's lvl_1L differs
     assert not (tmp_path / "run").exists()
+    state = torch.load(VAR / "var.pth", weights_only=True)
+    del state["lvl_1L"]
+    torch.save(state, tmp_path / "no_levels.pth")
+    assert main(["convert", "var-official", "--vae", str(VAR / "vae.pth"), "--var", str(tmp_path / "no_levels.pth"),
+                 str(tmp_path / "run")]) == 2
+    assert "has no level table (lvl_1L); give --patch-nums" in capsys.readouterr().err
+    assert main(["convert", "var-official", "--vae", str(VAR / "vae.pth"), "--var", str(tmp_path / "no_levels.pth"),
+                 "--patch-nums", "1,2,3,4,5,6,8,10,13,16", str(tmp_path / "run")]) == 2
+    assert "--patch-nums 1,2,3,4,5,6,8,10,13,16 gives 680 tokens but" in capsys.readouterr().err
+
+
+def test_var_scales_are_read_from_the_level_table():
+    from stratagen.plugins.ldm.convert_var import scales_of_levels
+
+    levels = torch.cat([torch.full((p * p,), k) for k, p in enumerate([1, 2, 3, 4, 6, 8])])[None]
+    assert scales_of_levels(levels) == [1, 2, 3, 4, 6, 8]
+    assert scales_of_levels(levels[:, :-1]) is None  # the last scale is not a square
+    assert scales_of_levels(levels.flip(1)) is None
 
 
 @needs_fixtures
 def test_cli_converts_var_then_samples_and_edits(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["convert", "var-official", "--vae", str(VAR / "vae.pth"), "--var", str(VAR / "var.pth"),
-                 "--patch-nums", "1,2,3,4,6,8", str(out)]) == 0
+                 str(out)]) == 0  # the scales 1,2,3,4,6,8 read from its lvl_1L
     assert (out / "tokenizers" / "vq" / "model.safetensors").is_file()
     assert main(["sample", str(out), "--classes", "1,8", "--out", str(tmp_path / "s")]) == 0
     pictures = sorted((tmp_path / "s").glob("class*.png"))

@@ -74,7 +74,8 @@ class VarOfficialConverterConfig(ComponentConfig):
     name: Literal["var-official"] = "var-official"
     vae: str = Field(description="VAR's VQVAE state dict, e.g. vae_ch160v4096z32.pth")
     var: str = Field(description="VAR's transformer state dict, e.g. var_d16.pth")
-    patch_nums: str = Field("1,2,3,4,5,6,8,10,13,16", description="token-grid sides of the scales, coarse to fine")
+    patch_nums: str | None = Field(None, description="token-grid sides of the scales, coarse to fine (default: read "
+                                   "from the checkpoint's level table, lvl_1L; VAR's 256 px: 1,2,3,4,5,6,8,10,13,16)")
     data_root: str = Field("/data/imagenet/train", description="ImageNet train folder, for `eval`")
     guidance_scale: float = Field(1.5, ge=0, description="classifier-free guidance (VAR's FID setting: 1.5)")
     top_k: int = Field(900, ge=0, description="top-k of sampling (VAR's FID setting: 900)")

@@ -4,8 +4,9 @@ stratagen run directory.
 Both files are plain state dicts (``torch.load(weights_only=True)``). Sizes come from the shapes:
 the VQVAE's networks, codebook and number of shared phi convs; the transformer's depth, width,
 FFN ratio, classes and heads (the per-head scales of its q/k-normalised attention; VAR's rule
-heads = depth without them). The scales (``patch_nums``) cannot be read from the weights and
-are checked against the position table's length.
+heads = depth without them). The scales (``patch_nums``) come from the transformer's level table
+(``lvl_1L``: the scale of every position, so scale k holds pn_k^2 of them); given by hand, they are
+checked against it and against the position table's length.
 
 The run: tokenizer ``vq`` (``var-vqvae``), prior ``main`` (``var`` with ``qk_norm`` and no key
 bias: VAR's attention) generating the finest scale from the coarser ones, and the ``next-scale``
@@ -98,17 +99,36 @@ def transformer_state(state: dict[str, torch.Tensor], source: str) -> tuple[dict
     return fields | {"num_classes": num_classes}, weights
 
 
-def convert_var_official(*, vae: str, var: str, patch_nums: str, data_root: str, guidance_scale: float, top_k: int,
+def scales_of_levels(levels: torch.Tensor) -> list[int] | None:
+    """VAR's ``patch_nums`` from its level table ``lvl_1L`` ``[1, L]`` (the scale index of every
+    position, ascending): scale k holds pn_k^2 positions. None if the table is not of that form."""
+    flat = levels.flatten().long()
+    if flat.numel() == 0 or bool((flat[1:] < flat[:-1]).any()) or int(flat[0]) != 0:
+        return None
+    counts = torch.bincount(flat).tolist()
+    sides = [round(c ** 0.5) for c in counts]
+    return sides if all(c > 0 and side * side == c for c, side in zip(counts, sides)) else None
+
+
+def convert_var_official(*, vae: str, var: str, patch_nums: str | None, data_root: str, guidance_scale: float, top_k: int,
                          top_p: float, out: str) -> Run:
     """Convert VAR's VQVAE and transformer state dicts (paths or fsspec URLs) into the run ``out``."""
     try:
-        scales = [int(p) for p in patch_nums.split(",")]
+        scales = [int(p) for p in patch_nums.split(",")] if patch_nums else None
     except ValueError:
         raise ConfigError(f"convert var-official: --patch-nums: comma-separated integers, got {patch_nums!r}") from None
     vq_fields, vq_weights = vqvae_state(_state_dict(vae), vae)
-    prior_fields, prior_weights = transformer_state(_state_dict(var), var)
+    state = _state_dict(var)
+    stored = scales_of_levels(state["lvl_1L"]) if "lvl_1L" in state else None
+    prior_fields, prior_weights = transformer_state(state, var)
     num_classes = prior_fields.pop("num_classes")
     positions = prior_weights["position"].shape[1]
+    if scales is None and stored is None:
+        raise ConfigError(f"convert var-official: {var} has no level table (lvl_1L); give --patch-nums")
+    if scales is not None and stored is not None and scales != stored:
+        raise ConfigError(f"convert var-official: --patch-nums {patch_nums} but {var} was trained with "
+                          f"{','.join(map(str, stored))} (its lvl_1L); leave --patch-nums out to use those")
+    scales = scales or stored
     if sum(p * p for p in scales) != positions:
         raise ConfigError(f"convert var-official: --patch-nums {patch_nums} gives {sum(p * p for p in scales)} "
                           f"tokens but {var} has positions for {positions}")
