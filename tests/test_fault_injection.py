@@ -139,6 +139,9 @@ def test_token_ids_beyond_the_codebook_are_named_not_trained_on(run, capsys):
 @pytest.mark.parametrize("argv,damage,fragment", [
     (["sample", "{run}"], lambda run: truncate(run / "priors/main/model.safetensors"),
      "priors/main/model.safetensors: not a readable safetensors file (its tensors need"),
+    (["sample", "{run}"], lambda run: truncate(run / "priors/main/model.safetensors"),
+     "delete it and run `stratagen train {run} --resume`: it is rewritten from {run}/priors/main/"
+     "checkpoint.safetensors (step 4), nothing is retrained"),
     (["sample", "{run}"], lambda run: (run / "priors/main/model.safetensors").write_bytes(b"\xff" * 64),
      "priors/main/model.safetensors: not a readable safetensors file (its header claims"),
     (["train", "{run}", "--resume"],
@@ -151,13 +154,13 @@ def test_token_ids_beyond_the_codebook_are_named_not_trained_on(run, capsys):
     (["sample", "{run}"], lambda run: truncate(run / "config.yaml", 0.1), "config.yaml"),
     (["train", "{run}", "--resume"], lambda run: (run / "priors/main/config.yaml").write_text("- a\n- list\n"),
      "priors/main/config.yaml: not a run config"),
-], ids=["weights-truncated", "weights-garbage-header", "checkpoint-garbage-header", "checkpoint-truncated",
+], ids=["weights-truncated", "weights-truncated-hint", "weights-garbage-header", "checkpoint-garbage-header", "checkpoint-truncated",
         "config-deleted", "config-not-yaml", "config-truncated", "component-config-not-a-mapping"])
 def test_a_damaged_run_file_is_one_line_naming_it(run, capsys, argv, damage, fragment):
     damage(run)
     before = files(run)
     code, err = stratagen([a.format(run=run) for a in argv], capsys)
-    assert_one_error(code, err, fragment)
+    assert_one_error(code, err, fragment.format(run=run))
     assert files(run) == before
 
 

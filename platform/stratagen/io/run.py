@@ -104,7 +104,10 @@ class Run:
         url = self.component_url(kind, cid)
         if not checkpoint.exists(url):
             raise StratagenError(f"{url}: {kind} {cid!r} has not been trained (run `stratagen train`)")
-        tensors, meta = checkpoint.load_tensors(url)
+        try:
+            tensors, meta = checkpoint.load_tensors(url)
+        except StratagenError as exc:
+            raise StratagenError(f"{exc}; {self._rewrite_hint(kind, cid, url)}") from None
         registry = registry or get_registry()
         written_by = meta.get("plugin")
         if written_by not in registry.names(kind):
@@ -116,6 +119,19 @@ class Run:
                                  f"is configured as {plugin!r}; was the config changed?")
         load_state(module, tensors, url, f"the configured {kind} {cid!r}")
         return meta
+
+    def _rewrite_hint(self, kind: str, cid: str, url: str) -> str:
+        """How to get unreadable weights at ``url`` back: from the component's last training state
+        when that is readable (``train --resume`` writes the weights of a finished checkpoint), else by
+        training it again."""
+        try:
+            step = self.trained_step(kind, cid, TRAIN_STATE)
+        except StratagenError:
+            step = None
+        if step is None:
+            return f"delete it and run `stratagen train {self.url} --resume` to train {kind} {cid!r} again"
+        return (f"delete it and run `stratagen train {self.url} --resume`: it is rewritten from "
+                f"{self.component_url(kind, cid, TRAIN_STATE)} (step {step}), nothing is retrained")
 
     def trained_step(self, kind: str, cid: str, filename: str = WEIGHTS) -> int | None:
         """The step of the component's weights (or of its ``TRAIN_STATE`` checkpoint); None if absent."""
