@@ -78,9 +78,11 @@ def test_every_shipped_compare_config_shows_and_checks_writing_nothing(workspace
     assert code == 0, err
     documents = list(yaml.safe_load_all(out))
     variants = documents[0]["variants"]
-    assert len(documents) == 1 + len(variants)  # the compare config, then one resolved run config per variant
-    for name, document in zip(variants, documents[1:]):
-        assert {"run", "data", "tokenizers", "priors", "sampler", "eval"} <= set(document), name
+    # the compare config, then one resolved run config per variant (and training seed, with train_per_seed)
+    per_variant = len(documents[0]["seeds"]) if documents[0].get("train_per_seed") else 1
+    assert len(documents) == 1 + per_variant * len(variants)
+    for document in documents[1:]:
+        assert {"run", "data", "tokenizers", "priors", "sampler", "eval"} <= set(document)
         assert document["sampler"] is not None
     code, out, err = run_cli(["compare", "--check", str(path)], capsys)
     assert code == 0, err
