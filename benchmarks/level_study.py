@@ -107,7 +107,14 @@ def main() -> None:
     text = table(rows)
     print(text)
     if args.out:
-        Path(args.out).write_text(text)
+        command = " ".join(["python", "benchmarks/level_study.py", *sys.argv[1:]])
+        Path(args.out).write_text(
+            "# What makes VQGAN2-R's top level the image's stem (level-swap numbers along training)\n\n"
+            f"Made by `{command}` (see the script's docstring for the options and the data). PSNR in dB to "
+            "image A over the 500 eval images (± std over images); `swap_keep_top_psnr`: decode(top A, "
+            "bottom B); `swap_keep_bottom_psnr`: decode(top B, bottom A); `swap_other_psnr`: B itself; "
+            "`top_only_psnr`: the top level alone; `ppl_dataset_*`: codebook perplexity per level over the "
+            "eval set.\n\n" + text)
 
 
 if __name__ == "__main__":
