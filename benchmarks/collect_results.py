@@ -41,7 +41,8 @@ def main() -> None:
         if (source / name).exists():
             shutil.copy(source / name, dest / name)
     if (source / "figures").is_dir():
-        shutil.copytree(source / "figures", dest / "figures", dirs_exist_ok=True)
+        shutil.rmtree(dest / "figures", ignore_errors=True)  # no figure of an earlier run left beside them
+        shutil.copytree(source / "figures", dest / "figures")
     if args.log:
         (dest / "stages.txt").write_text(stage_times(Path(args.log).read_text(errors="replace")))
 

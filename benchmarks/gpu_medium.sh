@@ -8,8 +8,8 @@
 # MaskGIT cascade, MaskGIT-f16 and -f8 on the photographs at 128 px with wider priors, three training
 # seeds, the choice-temperature sweep) and writes to $OUT/medium the files the CPU medium comparison
 # commits under benchmarks/results/ (results.md/.csv, claims.csv, tokenizers.md, figures/) and
-# stages.txt, every stage's time. Cut off by the call's time limit, the same command on a still-warm
-# machine continues where it stopped. CONFIG=another compare config runs that one instead
+# stages.txt, every stage's time (of every call: compare.log is appended to). Cut off by the call's
+# time limit, the same command on a still-warm machine continues where it stopped and then writes them. CONFIG=another compare config runs that one instead
 # (tests/test_gpu_scripts.py runs a tiny one on the CPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +23,8 @@ if command -v nvidia-smi > /dev/null; then
 fi
 start=$(date +%s)
 status=0
-"$PY" -m stratagen.cli compare "$CONFIG" > "$OUT/compare.log" 2>&1 || status=$?
+echo "== compare started $(date -u +%FT%TZ)" >> "$OUT/compare.log"  # a continued call appends
+"$PY" -m stratagen.cli compare "$CONFIG" >> "$OUT/compare.log" 2>&1 || status=$?
 "$PY" benchmarks/collect_results.py "$CONFIG" "$OUT" --log "$OUT/compare.log"
 echo "compare exit $status after $(( $(date +%s) - start )) s" | tee -a "$OUT/stages.txt"
 [[ $status == 0 ]] || tail -n 20 "$OUT/compare.log"

@@ -227,7 +227,7 @@ def test_sigterm_is_an_interruption_with_a_line_and_exit_143(run, tmp_path, caps
 
     monkeypatch.setattr(images, "save_image", terminated_on_the_second_image)
     code, err = stratagen(["sample", run, "--classes", "2,3", "--out", out], capsys)
-    assert code == 143 and err.strip().startswith("terminated (SIGTERM): what finished is kept")
+    assert code == 143 and err.strip().startswith("terminated (SIGTERM): no half-written file is left")
     assert files(out) == before and len(calls) == 2
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the command's handler is gone after it
 

@@ -102,6 +102,17 @@ def test_missing_root_and_bad_layout(tmp_path: Path) -> None:
     Image.new("RGB", (4, 4)).save(tmp_path / "loose.png")  # no class folder around it
     with pytest.raises(ValueError, match="one sub-folder per class"):
         ImageFolder(str(tmp_path), resolution=8)
+    flat = ImageFolder(str(tmp_path), resolution=8, unlabelled_ok=True)  # statistics need no labels
+    assert len(flat) == 1 and flat.class_names == [""] and flat.path(0) == "loose.png"
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "readme.txt").write_text("x")
+    with pytest.raises(ValueError, match=r"holds both sub-folders with files \(docs\) and 1 file\(s\) beside them "
+                                         r"\(e.g. loose.png\); give one layout"):
+        ImageFolder(str(tmp_path), resolution=8, unlabelled_ok=True)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="no files under .*empty: expected its images, or one sub-folder per class$"):
+        ImageFolder(str(empty), resolution=8, unlabelled_ok=True)
 
 
 def test_crops_and_flips_are_seeded_per_epoch_and_differ_between_epochs(tmp_path: Path) -> None:

@@ -85,6 +85,11 @@ def test_raising_steps_under_a_constant_rate_extends_a_finished_component_exactl
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     with pytest.raises(StratagenError, match="tokenizers.vq.train.steps was 2, now 3.*prior 'main'"):
         api.train(api.load(str(tmp_path / "extended"), ["tokenizers.vq.train.steps=3"]), resume=True)
+    # the extension is the component's record now: the shorter config cannot take the longer weights back
+    assert yaml.safe_load((tmp_path / "extended/priors/main/config.yaml").read_text())["priors"]["main"][
+        "train"]["steps"] == 4
+    with pytest.raises(StratagenError, match="steps was 4, now 2.*steps cannot be lowered"):
+        train("short.yaml", 2, "extended", resume=True)
     train("cosine.yaml", 2, "cosine", schedule="cosine")
-    with pytest.raises(StratagenError, match="priors.main.train.steps was 2, now 4"):
+    with pytest.raises(StratagenError, match="priors.main.train.steps was 2, now 4.*only under lr_schedule: constant"):
         train("cosine-long.yaml", 4, "cosine", resume=True, schedule="cosine")

@@ -90,16 +90,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not _is_process_0():  # under torchrun process 0 reports for all; the others keep only crashes
         sys.stdout = open(os.devnull, "w")
         logging.disable(logging.WARNING)
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    handler = HANDLERS[args.command]
     on_term = _raise_terminated_on_sigterm()
     try:
-        return handler(args) or 0
+        args = build_parser().parse_args(argv)
+        return HANDLERS[args.command](args) or 0
     except Terminated:
         if _is_process_0():
-            print("terminated (SIGTERM): what finished is kept; the same command continues it "
-                  "(train: --resume)", file=sys.stderr)
+            print("terminated (SIGTERM): no half-written file is left; run the command again to redo it "
+                  "(train and compare continue from what they finished; train needs --resume)", file=sys.stderr)
         return 143
     except StratagenError as exc:
         _error(str(exc))

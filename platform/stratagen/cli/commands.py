@@ -108,7 +108,7 @@ def add_parsers(sub: argparse._SubParsersAction, add_set: Callable[[argparse.Arg
     pack.add_argument("out")
     pack.add_argument("--shard-size", type=positive_int, default=1000, help="samples per shard (default 1000)")
     stats = dsub.add_parser("stats", help="write an ADM reference batch (.npz) of an image folder or tar shards",
-                            description="Stream the images of SOURCE (an image folder, one sub-folder per class, or "
+                            description="Stream the images of SOURCE (an image folder: its images, or one sub-folder per class; or "
                                         "tar shards as `data pack` writes them) once, centre-cropped to "
                                         "--resolution, and write OUT.npz in the format of ADM's evaluator: mu, sigma "
                                         "(Inception pool features), mu_s, sigma_s (spatial features, for sFID) and, "
@@ -363,8 +363,7 @@ def _data_stats(args: argparse.Namespace) -> int:
     except ImportError as exc:  # e.g. "Install s3fs to access S3"
         raise StratagenError(f"{exc}") from None
     except (FileNotFoundError, ValueError) as exc:
-        raise StratagenError(f"data stats: {exc}; expected an image folder (its images, or one sub-folder per "
-                             f"class) or tar shards") from None
+        raise StratagenError(f"data stats: {exc} (or tar shards)") from None
     inception = load_inception(args.inception_weights, "data stats", args.device, args.batch_size)
     count, kept, left_out = reference_statistics(dataset, args.out, inception, args.images)
     for item in left_out:

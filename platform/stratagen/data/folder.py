@@ -165,16 +165,21 @@ class ImageFolder(Dataset):
                 paths.append(np.array([f"{name}/{f}".encode() for f in files]))
                 labels.append(np.full(len(files), len(self.class_names), dtype=np.int32))
                 self.class_names.append(name)
-        if not paths and unlabelled_ok:
-            files = [entry["name"].rstrip("/").rsplit("/", 1)[-1] for entry in fs.ls(self._base, detail=True)
-                     if entry["type"] == "file"]
-            files = sorted(f for f in files if not f.startswith("."))
-            if files:
-                paths.append(np.array([f.encode() for f in files]))
-                labels.append(np.zeros(len(files), dtype=np.int32))
+        if unlabelled_ok:
+            loose = sorted(name for entry in fs.ls(self._base, detail=True) if entry["type"] == "file"
+                           for name in [entry["name"].rstrip("/").rsplit("/", 1)[-1]] if not name.startswith("."))
+            if loose and paths:
+                raise ValueError(f"{root} holds both sub-folders with files ({', '.join(self.class_names[:3])}"
+                                 f"{', ...' if len(self.class_names) > 3 else ''}) and {len(loose)} file(s) beside "
+                                 f"them (e.g. {loose[0]}); give one layout: the images directly in the folder, or "
+                                 f"one sub-folder per class")
+            if loose:
+                paths.append(np.array([f.encode() for f in loose]))
+                labels.append(np.zeros(len(loose), dtype=np.int32))
                 self.class_names.append("")
         if not paths:
-            raise ValueError(f"no files under {root}: {_LAYOUT}")
+            raise ValueError(f"no files under {root}: " + (
+                "expected its images, or one sub-folder per class" if unlabelled_ok else _LAYOUT))
         self.num_classes = len(self.class_names)
         self.paths = np.concatenate(paths)  # bytes, fixed width
         self.labels = np.concatenate(labels)

@@ -136,7 +136,7 @@ class CompareRunner:
             if per_seed_training or not reports:  # one trained model, or one per seed
                 run_config = plan.run_configs[seed if per_seed_training else None]
                 if variant.config is not None:
-                    if self.procs.is_main:
+                    if self.procs.is_main and _untrained(run_config):
                         announce(f"{name} seed {seed}: training {run_config.run.dir}" if per_seed_training
                                  else f"{name}: training {run_config.run.dir}")
                     pipe = train(run_config, resume=True, registry=self.registry)
@@ -377,3 +377,11 @@ def show_compare(source: str, overrides: list[str] | None = None, registry: Regi
                 f", training seed {seed}" if seed is not None else "")
             documents.append(f"# variant {plan.name}: {plan.source}{how}, resolved\n{cfg.dump_config(run_config)}")
     return "---\n".join(documents)
+
+
+def _untrained(run_config: BaseModel) -> bool:
+    """Whether the run lacks the final weights of a component it configures (training has work to do)."""
+    run = Run(run_config.run.dir)
+    return any(getattr(entry, "share", None) is None and not run.finished(section[:-1], cid, entry.train.steps)
+               for section in ("tokenizers", "priors", "critics")
+               for cid, entry in (getattr(run_config, section) or {}).items())

@@ -182,8 +182,8 @@ def _run_stage(kind: str, cid: str, pipeline: Pipeline, procs: Any, logger: RunL
         run.load_weights(kind, cid, module, entry.model.name, built.registry)
         module.eval()
         return
-    if procs.is_main and not (run.started(kind, cid) and run.trained_with(kind, cid)):
-        run.save_config(config, kind, cid)  # what --resume checks this component against (see .resume)
+    if procs.is_main:  # what --resume checks this component against (see .resume); the resume check let
+        run.save_config(config, kind, cid)  # through only changes it may take, e.g. raised steps (an extension)
     if kind == "tokenizer":
         training.train_tokenizer(run, config, cid, module, built.dataset("train"), procs, logger, resume,
                                  built.registry)

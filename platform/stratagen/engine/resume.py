@@ -141,9 +141,12 @@ def check_unchanged(run: Run, config: Any, trained: list[tuple[str, str]], actio
                       and any(k[:len(prefix)] == prefix for prefix in inputs)
                       and not _extends(k, kind, cid, old, new))
         if hits:
-            key = hits[0]
+            steps = (f"{kind}s", cid, "train", "steps")
+            key = next((k for k in hits if k != steps), hits[0])  # what keeps raised steps from extending it
             more = f" (and {len(hits) - 1} more)" if len(hits) > 1 else ""
+            why = (f"; raising train.steps extends a component only under lr_schedule: constant with its warmup "
+                   f"within the old steps, and steps cannot be lowered" if steps in hits else "")
             raise StratagenError(
                 f"{run.url}: {action} with a changed config: {'.'.join(key)} was {old.get(key)!r}, now "
-                f"{new.get(key)!r}{more}, and {kind} {cid!r} was trained with the old value; start over in "
+                f"{new.get(key)!r}{more}, and {kind} {cid!r} was trained with the old value{why}; start over in "
                 f"another run.dir, or delete {run.path(kind + 's', cid)} and what was trained from it")
