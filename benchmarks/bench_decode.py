@@ -7,7 +7,7 @@ Ways of running the prior (``--networks``):
 * ``autocast``: the trained fp32 module, under bf16 autocast for bf16 (how sampling ran before the
   inference copies; fp32 matmuls through torch's default CPU GEMM);
 * ``copy``: what ``Pipeline.sample`` runs, the inference copy
-  (:func:`stratagen.engine.precision.inference_copies`: weights cast once, oneDNN linears).
+  (:func:`stratagen.engine.devices.precision.inference_copies`: weights cast once, oneDNN linears).
 
     python benchmarks/bench_decode.py configs/demo/strait_r.yaml --batch 128
     python benchmarks/bench_decode.py configs/demo/maskgit_f16.yaml --batch 8 --set data.resolution=64 \\
@@ -34,8 +34,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from stratagen import api
-from stratagen.engine.bench import count_flops, matmul_peak
-from stratagen.engine.precision import autocast, inference_copies
+from stratagen.engine.evaluation.bench import count_flops, matmul_peak
+from stratagen.engine.devices.precision import autocast, inference_copies
 from stratagen.registry import UNKNOWN, Prior
 from stratagen.sampling import iterative_decode
 

@@ -33,7 +33,7 @@ def trained_run(tmp_path_factory) -> Path:
 def sharded_run(tmp_path_factory) -> Path:
     """A tiny maskgit run trained without interruption, its token cache in 4 shards; copy it before
     changing it."""
-    import stratagen.engine.tokenize as tokenize_module
+    import stratagen.engine.training.tokenize as tokenize_module
     from stratagen import api
 
     root = tmp_path_factory.mktemp("sharded")

@@ -28,7 +28,7 @@ from typing import Callable
 import pytest
 from fsspec.implementations.local import LocalFileOpener
 
-import stratagen.engine.tokenize as tokenize_module
+import stratagen.engine.training.tokenize as tokenize_module
 from stratagen import api, cli
 from stratagen.io import checkpoint
 from stratagen.io.run import Run
@@ -185,7 +185,7 @@ def test_sampling_again_replaces_the_folder_as_a_whole(run, tmp_path, capsys):
 def test_an_interrupted_sample_leaves_the_earlier_images_untouched(run, tmp_path, capsys, monkeypatch):
     import torchvision.utils
 
-    from stratagen.engine import images
+    from stratagen.engine.reporting import images
 
     out = tmp_path / "samples"
     assert stratagen(["sample", run, "--classes", "0,1", "--out", out], capsys)[0] == 0
@@ -211,7 +211,7 @@ def test_sigterm_is_an_interruption_with_a_line_and_exit_143(run, tmp_path, caps
 
     import torchvision.utils
 
-    from stratagen.engine import images
+    from stratagen.engine.reporting import images
 
     out = tmp_path / "samples"
     assert stratagen(["sample", run, "--classes", "0,1", "--out", out], capsys)[0] == 0
@@ -311,7 +311,7 @@ KILLER = """
 import os, signal, sys
 import torch
 from fsspec.implementations.local import LocalFileSystem
-import stratagen.engine.tokenize as tokenize_module
+import stratagen.engine.training.tokenize as tokenize_module
 from stratagen import cli
 from stratagen.io import checkpoint
 from stratagen.io.tokens import TokenCache

@@ -3,6 +3,10 @@
 cli -> api -> engine -> {eval, data, nn, sampling} -> io -> config -> registry; plugins import
 the contract and the building blocks only (io and config too: a converter writes a run). Read from the source with ``ast`` (every import,
 also those inside functions), so a lazy import cannot hide a cycle.
+
+Inside the engine, its places (the rooms ``reporting/``, ``devices/``, ``training/``,
+``evaluation/``, ``comparison/`` and the door modules ``build``, ``pipeline``, ``editing``)
+import one way too, in :data:`ENGINE_ORDER`.
 """
 from __future__ import annotations
 
@@ -56,8 +60,8 @@ def layer(module: str) -> str:
 
 
 def test_there_are_modules_to_check(graph):
-    assert {"stratagen.registry.interfaces", "stratagen.engine.pipeline", "stratagen.api",
-            "stratagen.plugins.critic.model"} <= set(graph)
+    assert {"stratagen.registry.interfaces", "stratagen.engine.pipeline", "stratagen.engine.training.train",
+            "stratagen.api", "stratagen.plugins.critic.model"} <= set(graph)
 
 
 def test_no_import_cycles(graph):
@@ -105,3 +109,33 @@ def test_layers_point_one_way(graph):
 
 def test_the_engine_and_eval_never_import_the_public_api(graph):
     assert not [m for m, deps in graph.items() if layer(m) in ("engine", "eval") and "stratagen.api" in deps]
+
+
+# The engine's places, lowest first: a room (sub-package) or a door module directly in engine/.
+# A module imports only modules of its own place or of earlier places, so the places import one
+# way (a strict order has no cycle); inside a place, test_no_import_cycles keeps modules acyclic.
+# The door sits in the middle: build and pipeline are made from the lower rooms, and editing,
+# evaluation and comparison work on a built run or a pipeline.
+ENGINE_ORDER = ("reporting", "devices", "training", "build", "pipeline", "editing", "evaluation", "comparison")
+
+
+def engine_place(module: str) -> str | None:
+    """The place of an engine module (``stratagen.engine.training.fit`` -> ``training``); None for
+    the ``stratagen.engine`` package itself and for modules outside the engine."""
+    parts = module.split(".")
+    return parts[2] if parts[:2] == ["stratagen", "engine"] and len(parts) > 2 else None
+
+
+def test_every_engine_module_has_a_place(graph):
+    engine = [m for m in graph if m.startswith("stratagen.engine.")]
+    assert {engine_place(m) for m in engine} == set(ENGINE_ORDER), "a new engine room needs its place in ENGINE_ORDER"
+
+
+def test_engine_places_import_one_way(graph):
+    rank = {place: i for i, place in enumerate(ENGINE_ORDER)}
+    wrong = sorted(f"{m} ({engine_place(m)}) imports {i} ({engine_place(i) or 'the engine package'})"
+                   for m, deps in graph.items() if engine_place(m)
+                   for i in deps if layer(i) == "engine"
+                   and (engine_place(i) is None or rank[engine_place(i)] > rank[engine_place(m)]))
+    assert not wrong, "\n".join(wrong)
+

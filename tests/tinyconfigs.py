@@ -14,7 +14,7 @@ TINY_VQ = {"channels": 8, "channel_mult": [1, 2, 2], "num_res_blocks": 1, "codeb
            "embedding_dim": 8, "loss": {"gan_weight": 0.0, "perceptual_weights": None}}
 TINY_PRIOR = {"depth": 1, "width": 32, "heads": 2, "mlp_dim": 64, "dropout": 0.0}
 #: images per token shard of conftest's ``sharded_run`` (32 images: 4 shards); tests that resume or
-#: rebuild its cache set ``stratagen.engine.tokenize.SHARD_SIZE`` to this too
+#: rebuild its cache set ``stratagen.engine.training.tokenize.SHARD_SIZE`` to this too
 SHARD_SIZE = 8
 TINY_VAR = {"depth": 1, "width": 32, "heads": 2, "feature_dim": TINY_VQ["embedding_dim"]}
 

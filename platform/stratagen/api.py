@@ -12,7 +12,7 @@ The engine never imports this module; it sits on top.
 from __future__ import annotations
 
 from stratagen.engine.build import BuiltRun, build, build_metrics
-from stratagen.engine.compare import CompareResult, check_compare, compare, show_compare
+from stratagen.engine.comparison.compare import CompareResult, check_compare, compare, show_compare
 from stratagen.engine.pipeline import Pipeline, load_config, resolve_device, train
 
 load = load_config

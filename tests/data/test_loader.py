@@ -77,7 +77,7 @@ def test_two_processes_read_disjoint_samples_covering_each_epoch(tmp_path: Path)
     script = tmp_path / "ranks.py"
     script.write_text(
         "import sys, torch, torch.distributed as dist\n"
-        "from stratagen.engine.distributed import setup_processes\n"
+        "from stratagen.engine.devices.processes import setup_processes\n"
         "from stratagen.data import StepBatches, SyntheticShapes\n"
         "procs = setup_processes('cpu')\n"
         "data = SyntheticShapes(num_classes=16, resolution=8, size=16)  # label == index\n"

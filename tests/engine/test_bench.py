@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from stratagen.config.schema import validate
-from stratagen.engine.bench import benchmark, count_flops
+from stratagen.engine.evaluation.bench import benchmark, count_flops
 from tinyconfigs import tiny_config, write_config
 
 
@@ -29,8 +29,8 @@ def test_bench_rows_count_model_flops_and_divide_by_the_measured_peak(tmp_path):
 def test_train_rows_run_with_the_block_options_and_count_model_flops(tmp_path, monkeypatch):
     """A prior training with activation checkpointing is timed checkpointed, its FLOPs are the plain
     step's (recomputation is not model work), and its blocks are plain again afterwards."""
-    from stratagen.engine import bench
-    from stratagen.engine.parallel import blocks
+    from stratagen.engine.evaluation import bench
+    from stratagen.engine.devices.parallel import blocks
 
     config = validate(tiny_config(tmp_path / "run"), "test")
     plain = {r["component"]: r for r in benchmark(config, repeats=1, parts=["priors"])["rows"]}

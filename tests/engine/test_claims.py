@@ -1,9 +1,9 @@
 """Verdicts on the paper's claims and ties over seeds, on hand-made rows."""
 import pytest
 
-from stratagen.engine.aggregate import aggregate, mark_ties
-from stratagen.engine.claims import (Measure, check_claims, claims_markdown, order, spread_text, table1, table6,
-                                     table7, table10)
+from stratagen.engine.comparison.aggregate import aggregate, mark_ties
+from stratagen.engine.comparison.claims import (Measure, check_claims, claims_markdown, order, spread_text, table1,
+                                                table6, table7, table10)
 
 
 def row(variant, sampler, tokenizer, fid, fid_std=0.0, sweep="default", value="-", steps="9+3", seeds=3):

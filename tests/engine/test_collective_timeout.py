@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from stratagen.engine.distributed import collective_timeout
+from stratagen.engine.devices.processes import collective_timeout
 from stratagen.registry import StratagenError
 
 HANGING_RANK = (
     "import time\n"
     "import torch.distributed as dist\n"
-    "from stratagen.engine.distributed import setup_processes\n"
+    "from stratagen.engine.devices.processes import setup_processes\n"
     "procs = setup_processes('cpu')\n"
     "if procs.rank == 1:\n"
     "    time.sleep(120)  # a stopped process: it never reaches the collective\n"

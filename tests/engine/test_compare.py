@@ -8,9 +8,10 @@ import yaml
 
 from stratagen import api
 from stratagen import config as cfg
-from stratagen.engine import compare as compare_module
-from stratagen.engine import compare_plan
-from stratagen.engine import dashboard, evaluate
+from stratagen.engine.comparison import compare as compare_module
+from stratagen.engine.comparison import plan as compare_plan
+from stratagen.engine.evaluation import evaluate
+from stratagen.engine.reporting import dashboard
 from stratagen.registry import ConfigError
 from tinyconfigs import tiny_config, write_config
 

@@ -12,8 +12,8 @@ import yaml
 from stratagen import api, cli
 from stratagen import config as cfg
 from stratagen.engine import build as build_module
-from stratagen.engine import compare as compare_module
-from stratagen.engine import compare_plan
+from stratagen.engine.comparison import compare as compare_module
+from stratagen.engine.comparison import plan as compare_plan
 from stratagen.io.run import Run
 
 REPO = Path(__file__).resolve().parents[2]

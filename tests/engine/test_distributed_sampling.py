@@ -32,9 +32,9 @@ import sys
 from safetensors.torch import save_file
 from stratagen import api
 from stratagen.cli import main
-from stratagen.engine import evaluate
-from stratagen.engine.distributed import setup_processes
-from stratagen.engine.gather import on_main
+from stratagen.engine.evaluation import evaluate
+from stratagen.engine.devices.processes import setup_processes
+from stratagen.engine.devices.gather import on_main
 
 run, out, compare = sys.argv[1:4]
 procs = setup_processes("cpu")

@@ -13,8 +13,8 @@ from typing import Callable
 import pytest
 from fsspec.implementations.local import LocalFileSystem
 
-import stratagen.engine.tokenize as tokenize_module
-import stratagen.engine.train as train_module
+import stratagen.engine.training.tokenize as tokenize_module
+import stratagen.engine.training.train as train_module
 from stratagen import api
 from stratagen.io import checkpoint
 from stratagen.io.run import Run

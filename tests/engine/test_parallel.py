@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from stratagen import api
 from stratagen.io import checkpoint
-from stratagen.engine.parallel import blocks, block_options
+from stratagen.engine.devices.parallel import blocks, block_options
 from stratagen.nn import TransformerBlock
 from tinyconfigs import tiny_config, write_config
 
@@ -27,7 +27,7 @@ WORST, TYPICAL = 3e-3, 1e-4
 
 RUN_RANKS = (
     "import sys\n"
-    "import stratagen.engine.train as t\n"
+    "import stratagen.engine.training.train as t\n"
     "from stratagen import api\n"
     "stop = next((int(a) for a in sys.argv[2:] if a.isdigit()), None)\n"
     "real = t.fit\n"

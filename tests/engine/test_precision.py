@@ -8,8 +8,8 @@ from torch import nn
 
 from stratagen import api
 from stratagen.config.schema import validate
-from stratagen.engine import precision
-from stratagen.engine.bench import count_flops
+from stratagen.engine.devices import precision
+from stratagen.engine.evaluation.bench import count_flops
 from stratagen.engine.pipeline import Pipeline
 from stratagen.io.run import Run
 from stratagen.plugins import orders

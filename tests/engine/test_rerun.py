@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-import stratagen.engine.train as train_module
+import stratagen.engine.training.train as train_module
 from stratagen import api
 from stratagen import config as cfg
-from stratagen.engine import compare as compare_module
-from stratagen.engine.resume import check_unchanged
+from stratagen.engine.comparison import compare as compare_module
+from stratagen.engine.training.resume import check_unchanged
 from stratagen.io.run import Run
 from tinyconfigs import TINY_TRAIN, tiny_config, write_config
 

@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from stratagen import api, cli
-from stratagen.engine import logger
+from stratagen.engine.reporting import logger
 from stratagen.registry import StratagenError
 
 

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-import stratagen.engine.tokenize as tokenize_module
+import stratagen.engine.training.tokenize as tokenize_module
 from stratagen import api
 from stratagen.data import SyntheticShapes
 from stratagen.engine import build
-from stratagen.engine.distributed import Processes
+from stratagen.engine.devices.processes import Processes
 from stratagen.io.run import Run
 from stratagen.io.tokens import TokenCache, TokenReader
 from stratagen.registry import StratagenError

@@ -28,7 +28,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, monkeypatc
     parted = tiny_config(tmp_path / "parted")
     parted["tokenizers"]["vq"]["model"]["loss"] = whole["tokenizers"]["vq"]["model"]["loss"]
     path = write_config(tmp_path / "parted.yaml", parted)
-    import stratagen.engine.train as train_module
+    import stratagen.engine.training.train as train_module
 
     real_fit = train_module.fit
     calls = {"n": 0}
@@ -125,7 +125,7 @@ def test_two_process_ddp_ranks_hold_identical_weights(tmp_path):
     # each rank dumps its in-memory weights after training through a hook on fit
     script.write_text(
         "import os, sys, torch\n"
-        "import stratagen.engine.train as t\n"
+        "import stratagen.engine.training.train as t\n"
         "from safetensors.torch import save_file\n"
         "real = t.fit\n"
         "def fit(**kw):\n"

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from stratagen.data import ImageFolder, SyntheticShapes
-from stratagen.engine.evaluate import reference_statistics
+from stratagen.engine.evaluation.evaluate import reference_statistics
 from stratagen.eval import frechet_distance, gaussian_stats, to_uint8
 from stratagen.eval.adm import (SPATIAL_DIM, AdmEvaluator, AdmFeatures, AdmInception, GaussianAccumulator,
                                 ReferenceBatch, inception_score, precision_recall)

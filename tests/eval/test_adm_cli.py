@@ -51,7 +51,7 @@ def test_eval_against_the_reference_batch_of_a_folder_gives_the_folder_fid(train
     assert 0 <= samples["precision_adm"] <= 1 and 0 <= samples["recall_adm"] <= 1
 
     # --reference-only: the same ADM scores, nothing else, and the run's dataset is never opened
-    from stratagen.engine import evaluate
+    from stratagen.engine.evaluation import evaluate
 
     def no_dataset(*args, **kwargs):
         raise AssertionError("the run's dataset was opened")

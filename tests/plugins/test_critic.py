@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from stratagen import api
-from stratagen.engine.plan import training_plan
+from stratagen.engine.training.plan import training_plan
 from stratagen.plugins.critic import TokenCritic
 from stratagen.plugins.maskgit import MaskedTokenTransformer
 from stratagen.registry import ConfigError, IncompatibleComponentsError, LevelSpec, get_registry

@@ -207,7 +207,7 @@ def test_incompatible_sampler_is_refused_before_work(tiny, tmp_path):
 
 
 def test_condition_augmentation_replaces_about_the_ratio_with_top_prior_predictions():
-    from stratagen.engine.train import augment_conditions
+    from stratagen.engine.training.train import augment_conditions
 
     torch.manual_seed(0)
     top = MaskedTokenTransformer(target=LevelSpec("top", 4, 4, 8), num_classes=3, depth=1, width=16, heads=2,

@@ -133,7 +133,7 @@ def _raise_terminated_on_sigterm() -> object | None:
 
 def _is_process_0() -> bool:
     """True unless this is another process than the first under torchrun."""
-    from stratagen.engine.distributed import launched_rank
+    from stratagen.engine.devices.processes import launched_rank
 
     return launched_rank() == 0
 

@@ -138,8 +138,8 @@ def _train(args: argparse.Namespace) -> int:
 
 @verb("tokenize")
 def _tokenize(args: argparse.Namespace) -> int:
-    from stratagen.engine.distributed import Processes
-    from stratagen.engine.tokenize import tokenize
+    from stratagen.engine.devices.processes import Processes
+    from stratagen.engine.training.tokenize import tokenize
 
     pipe = api.Pipeline.from_run(args.source, args.set, tokenizers_only=True)  # the priors may be untrained
     dataset = pipe.built.dataset(args.split)
@@ -152,8 +152,8 @@ def _tokenize(args: argparse.Namespace) -> int:
 
 @verb("sample")
 def _sample(args: argparse.Namespace) -> int:
-    from stratagen.engine.distributed import launched_processes, launched_rank
-    from stratagen.engine.images import check_sample_folder, save_images
+    from stratagen.engine.devices.processes import launched_processes, launched_rank
+    from stratagen.engine.reporting.images import check_sample_folder, save_images
 
     if args.caption is not None and args.classes is not None:
         raise StratagenError("sample: give --classes or --caption, not both")
@@ -187,8 +187,8 @@ def _sample(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     import json
 
-    from stratagen.engine.distributed import setup_processes
-    from stratagen.engine.evaluate import adm_evaluator, evaluate_run
+    from stratagen.engine.devices.processes import setup_processes
+    from stratagen.engine.evaluation.evaluate import adm_evaluator, evaluate_run
     from stratagen.io import checkpoint
 
     config = api.load(args.source, args.set)
@@ -205,7 +205,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _reference(args: argparse.Namespace, config: Any) -> tuple[Any, str]:
     """``eval --reference``'s reference batch and Inception weights path, checked before any work."""
-    from stratagen.engine.evaluate import read_reference
+    from stratagen.engine.evaluation.evaluate import read_reference
 
     if args.tokenizers_only:
         raise StratagenError("eval: --reference scores samples; drop --tokenizers-only")
@@ -267,7 +267,7 @@ def _convert(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     import json
 
-    from stratagen.engine.bench import benchmark
+    from stratagen.engine.evaluation.bench import benchmark
 
     result = benchmark(api.load(args.source, args.set), args.repeats, [int(b) for b in args.batches.split(",")],
                        args.parts.split(","))
@@ -346,7 +346,7 @@ def _data_stats(args: argparse.Namespace) -> int:
 
     from stratagen.data import ImageFolder
     from stratagen.data.shards import TarShards
-    from stratagen.engine.evaluate import load_inception, reference_statistics
+    from stratagen.engine.evaluation.evaluate import load_inception, reference_statistics
 
     if not args.out.endswith(".npz"):
         raise StratagenError(f"data stats: OUT must end in .npz, got {args.out}")

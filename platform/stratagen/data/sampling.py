@@ -5,7 +5,7 @@ the global batch at positions ``[s * G, (s + 1) * G)`` of it, and process ``rank
 reads the ``rank``-th of its ``world`` equal slices. The processes' reads of an epoch are
 therefore disjoint and cover it, and the global batch of a step is the same whatever the number
 of processes, so a run on 8 GPUs sees exactly the batches of a run on one (with gradient
-accumulation over the same micro-batches, :mod:`stratagen.engine.fit`). The epoch of a position
+accumulation over the same micro-batches, :mod:`stratagen.engine.training.fit`). The epoch of a position
 is ``position // len(dataset)``, so a resumed run starts mid-epoch at exactly the sample an
 uninterrupted run would have read (:class:`StepSampler` is told the first step, never the epoch).
 """

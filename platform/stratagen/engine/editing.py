@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from stratagen.data.transforms import resize_center_crop, resize_images, to_tensor
-from stratagen.engine.logger import image_grid
+from stratagen.engine.reporting.logger import image_grid
 from stratagen.registry import UNKNOWN, Sampler, StratagenError, TokenGrids, split_stream_key, stream_parts
 
 if TYPE_CHECKING:

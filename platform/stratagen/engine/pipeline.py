@@ -17,15 +17,15 @@ from stratagen.io.run import Run
 from stratagen.registry import (GenerativeModel, IncompatibleComponentsError, Registry, Sampler, SampleOutput,
                                 StratagenError, get_registry)
 
-from . import train as training
 from .build import BuiltRun, build
-from .distributed import launched_processes, per_rank_batch, setup_processes
-from .figures import loss_curves
-from .logger import RunLogger
-from .plan import training_plan
-from .precision import InferenceNetworks, autocast, inference_dtype
-from .resume import check_unchanged, keep_records
-from .tokenize import tokenize
+from .devices.precision import InferenceNetworks, autocast, inference_dtype
+from .devices.processes import launched_processes, per_rank_batch, setup_processes
+from .reporting.figures import loss_curves
+from .reporting.logger import RunLogger
+from .training import train as training
+from .training.plan import training_plan
+from .training.resume import check_unchanged, keep_records
+from .training.tokenize import tokenize
 
 
 def load_config(source: str, overrides: Sequence[str] = (), registry: Registry | None = None) -> BaseModel:
@@ -93,7 +93,7 @@ class Pipeline:
 
     def ready(self) -> "Pipeline":
         """Every module on the device, in evaluation mode, and the inference copies of the priors and
-        critics made (see :class:`~.precision.InferenceNetworks`)."""
+        critics made (see :class:`stratagen.engine.devices.precision.InferenceNetworks`)."""
         for module in self.built.modules():
             module.to(self.device).eval()
         self.networks.model(self.model)
@@ -130,7 +130,7 @@ class Pipeline:
 
 
 def train(config: BaseModel, resume: bool = False, registry: Registry | None = None) -> Pipeline:
-    """Run every stage of the training plan (see :mod:`.plan`) and return the trained pipeline.
+    """Run every stage of the training plan (see :mod:`stratagen.engine.training.plan`) and return the trained pipeline.
 
     Components whose final weights exist are loaded, not retrained; ``resume`` continues
     interrupted components from their last checkpoint. The returned pipeline holds the very

@@ -34,7 +34,7 @@ from torch.utils.checkpoint import checkpoint
 from stratagen.io import checkpoint as checkpoint_io
 from stratagen.nn import AdaLNBlock, PostNormBlock, ResBlock, TransformerBlock
 
-from .distributed import Processes, average_gradients
+from .processes import Processes, average_gradients
 
 #: the units of sharding, activation checkpointing and compilation
 BLOCKS = (TransformerBlock, PostNormBlock, AdaLNBlock, ResBlock)

@@ -2,8 +2,8 @@
 
 Under ``torchrun`` each process takes its slice of the global batch
 (:mod:`stratagen.data.sampling`); only rank 0 logs and writes checkpoints. Every micro-batch draws
-its masks and dropout from seeds derived from ``(run.seed, step, slot)`` (:class:`stratagen.engine.fit.MicroBatch`),
-so a resumed run reproduces an uninterrupted one exactly.
+its masks and dropout from seeds derived from ``(run.seed, step, slot)``
+(:class:`stratagen.engine.training.fit.MicroBatch`), so a resumed run reproduces an uninterrupted one exactly.
 """
 from __future__ import annotations
 

@@ -21,10 +21,10 @@ from pydantic import BaseModel
 from stratagen.io.run import Run
 from stratagen.registry import ConfigError, Registry, SamplerConfig, StratagenError, get_registry
 
-from .build import BuiltRun, build, build_metrics, build_sampler
-from .evaluate import sample_labels
-from .pipeline import load_config
-from .resume import check_unchanged
+from ..build import BuiltRun, build, build_metrics, build_sampler
+from ..evaluation.evaluate import sample_labels
+from ..pipeline import load_config
+from ..training.resume import check_unchanged
 
 
 @dataclass

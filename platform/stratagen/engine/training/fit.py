@@ -15,9 +15,9 @@ from stratagen.io import checkpoint
 from stratagen.io.run import TRAIN_STATE, Run, load_state
 from stratagen.registry import Registry
 
-from .distributed import Processes, mean_over_processes, step_seed
-from .logger import RunLogger, progress
-from .parallel import Replica
+from ..devices.parallel import Replica
+from ..devices.processes import Processes, mean_over_processes, step_seed
+from ..reporting.logger import RunLogger, progress
 
 log = logging.getLogger("stratagen")
 

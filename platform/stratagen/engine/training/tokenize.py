@@ -20,8 +20,8 @@ from stratagen.io.run import Run
 from stratagen.io.tokens import Fingerprint, TokenCache, tensor_hash, text_hash, token_dtype
 from stratagen.registry import Tokenizer
 
-from .distributed import Processes, barrier
-from .logger import progress
+from ..devices.processes import Processes, barrier
+from ..reporting.logger import progress
 
 log = logging.getLogger("stratagen")
 

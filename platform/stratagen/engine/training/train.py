@@ -1,5 +1,5 @@
 """Training of each component kind: tokenizers on images; priors and critics on cached tokens;
-and the token cache in between. :mod:`.fit` runs the optimisation; :mod:`.distributed`
+and the token cache in between. :mod:`.fit` runs the optimisation; :mod:`stratagen.engine.devices.processes`
 says which share of each batch this process takes; :mod:`.plan` orders the stages.
 Priors and critics are wrapped in DistributedDataParallel; a tokenizer's gradients (two
 optimizers, generator and discriminator, over one forward) are averaged explicitly after
@@ -21,11 +21,11 @@ from stratagen.io.tokens import TokenCache
 from stratagen.registry import (GenerativeModel, Prior, Registry, StratagenError, Tokenizer, split_stream_key,
                                 stream_grid)
 
-from . import precision
-from .distributed import Processes, per_rank_batch, step_seed
+from ..devices import precision
+from ..devices.parallel import replicate
+from ..devices.processes import Processes, per_rank_batch, step_seed
+from ..reporting.logger import RunLogger
 from .fit import MicroBatch, fit
-from .parallel import replicate
-from .logger import RunLogger
 
 
 def stack_batch(dataset: Any, indices: torch.Tensor,

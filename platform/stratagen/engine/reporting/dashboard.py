@@ -1,6 +1,6 @@
 """Check a TensorBoard logdir the way a person sees it: served on 127.0.0.1, opened in Chromium.
 
-``python -m stratagen.engine.dashboard LOGDIR --expect A,B --screenshot shot.png`` serves LOGDIR
+``python -m stratagen.engine.reporting.dashboard LOGDIR --expect A,B --screenshot shot.png`` serves LOGDIR
 with TensorBoard, checks its HTTP API (``/data/runs``, ``/data/plugin/scalars/tags``), loads the
 custom-scalars page in headless Chromium (the system's, driven by Playwright; nothing is
 downloaded), waits until every expected run name is on the page, and saves a screenshot.

@@ -28,13 +28,14 @@ Output, under the compare directory::
     tb/claims/                   TensorBoard text: the claims section
     cache/<variant>/seed<s>/     finished sweep points (re-running skips them); metric caches in cache/
 
-The whole comparison is checked before any work (:mod:`.compare_plan`, ``stratagen compare --check``).
+The whole comparison is checked before any work (:mod:`.plan`, ``stratagen compare --check``).
 Re-running skips finished work; a variant that fails while running is reported and the others finish.
 
 Under torchrun every process trains the variants together (DDP, as ``stratagen train``), and each
 sweep point's samples are split over the processes by batch and gathered on rank 0
-(:func:`.evaluate.generate`), the same images as one process samples; rank 0 alone scores them,
-evaluates the tokenizers and writes every file above (:func:`.gather.on_main`).
+(:func:`stratagen.engine.evaluation.evaluate.generate`), the same images as one process samples;
+rank 0 alone scores them, evaluates the tokenizers and writes every file above
+(:func:`stratagen.engine.devices.gather.on_main`).
 """
 from __future__ import annotations
 
@@ -56,14 +57,15 @@ from stratagen.io import checkpoint
 from stratagen.io.run import Run
 from stratagen.registry import Registry, StratagenError, get_registry
 
-from . import evaluate, figures
+from ..devices.gather import on_main
+from ..devices.processes import Processes, setup_processes
+from ..evaluation import evaluate
+from ..pipeline import Pipeline, load_config, train
+from ..reporting import figures
+from ..reporting.logger import announce
 from .claims import Claim, check_claims, claims_markdown, spread_text
-from .compare_plan import (ComparePlan, VariantPlan, plan_comparison, resolve_variants, sampling_seeds, sweep_points,
-                           variant_configs, variant_sweeps)
-from .distributed import Processes, setup_processes
-from .gather import on_main
-from .logger import announce
-from .pipeline import Pipeline, load_config, train
+from .plan import (ComparePlan, VariantPlan, plan_comparison, resolve_variants, sampling_seeds, sweep_points,
+                   variant_configs, variant_sweeps)
 
 log = logging.getLogger("stratagen")
 
@@ -240,7 +242,7 @@ class CompareRunner:
         from torch.utils.tensorboard import SummaryWriter
         from torch.utils.tensorboard.summary import hparams
 
-        from .logger import add_png, image_grid
+        from ..reporting.logger import add_png, image_grid
 
         shutil.rmtree(self.path("tb"), ignore_errors=True)  # a re-run rewrites the dashboard, not a second copy
         metrics = [m for m in TABLE_METRICS if any(m in r for r in result.rows)]
@@ -362,7 +364,7 @@ def compare(source: str, overrides: list[str] | None = None, registry: Registry 
 
 
 def check_compare(source: str, overrides: list[str] | None = None, registry: Registry | None = None) -> ComparePlan:
-    """Load a compare config and check the whole comparison (:func:`.compare_plan.plan_comparison`);
+    """Load a compare config and check the whole comparison (:func:`.plan.plan_comparison`);
     nothing is trained, sampled or written."""
     return plan_comparison(cfg.load_compare_config(source, overrides, registry), registry)
 

@@ -24,13 +24,13 @@ from torch.utils.flop_counter import FlopCounterMode
 from stratagen.io.run import Run
 from stratagen.registry import StratagenError
 
-from .build import BuiltRun, build
-from .pipeline import Pipeline
-from .parallel import block_options
-from .precision import inference_dtype, onednn_linear_flops, onednn_linear_supported
-from .distributed import Processes
-from .train import autocast as train_autocast
-from .train import stack_batch
+from ..build import BuiltRun, build
+from ..devices.parallel import block_options
+from ..devices.precision import inference_dtype, onednn_linear_flops, onednn_linear_supported
+from ..devices.processes import Processes
+from ..pipeline import Pipeline
+from ..training.train import autocast as train_autocast
+from ..training.train import stack_batch
 
 #: classifier-free guidance scale of the "with guidance" rows when the config sets none (StraIT Table 3)
 DEFAULT_GUIDANCE = 0.2
@@ -64,7 +64,7 @@ def count_flops(fn: Callable[[], Any]) -> int:
 def matmul_peak(device: torch.device, dtype: torch.dtype, repeats: int = 3) -> float:
     """FLOP/s of a dense square ``dtype`` matmul (4096 on CUDA, 2048 on the CPU) on ``device``: the
     faster of ``torch.matmul`` and, where the inference copies use it, oneDNN's linear
-    (:class:`~.precision.OneDNNLinear`; in fp32 on AMD CPUs it beats the default GEMM)."""
+    (:class:`stratagen.engine.devices.precision.OneDNNLinear`; in fp32 on AMD CPUs it beats the default GEMM)."""
     n = 4096 if device.type == "cuda" else 2048
     a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
     kernels = [lambda: a @ b]
@@ -164,7 +164,7 @@ def benchmark(config: Any, repeats: int = 3, batches: Sequence[int] = (1, 8, 32,
     """``{"device", "threads", "torch", "peaks": {dtype: {"start", "end"}}, "rows": [...]}`` for the
     ``parts`` asked for (tokenizer train steps, prior train steps, sampling); each row has
     ``seconds``, ``seconds_per_image``, ``flops``, ``achieved_flops``, ``peak_flops`` and ``mfu``.
-    Sampling computes in ``run.inference_dtype``, training as :func:`stratagen.engine.train.autocast`."""
+    Sampling computes in ``run.inference_dtype``, training as :func:`stratagen.engine.training.train.autocast`."""
     unknown = set(parts) - set(PARTS)
     if unknown:
         raise StratagenError(f"bench: unknown parts {sorted(unknown)}; parts: {', '.join(PARTS)}")

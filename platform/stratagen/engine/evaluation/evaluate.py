@@ -23,11 +23,11 @@ from stratagen.eval.adm import (NEIGHBOURS, POOL_DIM, SPATIAL_DIM, AdmEvaluator,
 from stratagen.eval.fidelity import INCEPTION_FILE
 from stratagen.registry import Sampler, StratagenError
 
-from . import figures
-from .build import BuiltRun, build_metrics
-from .distributed import Processes
-from .gather import gather_batches, on_main
-from .logger import progress
+from ..build import BuiltRun, build_metrics
+from ..devices.gather import gather_batches, on_main
+from ..devices.processes import Processes
+from ..reporting import figures
+from ..reporting.logger import progress
 
 #: batch seeds of sampling seed ``s`` are ``s * SEED_STRIDE + batch index``
 SEED_STRIDE = 1_000_003
@@ -67,7 +67,7 @@ def generate(pipe: Any, labels: Sequence[int], seed: int, batch_size: int, sampl
     under identical conditions, and nearby seeds (a compare's ``seeds: [0, 1, 2]``) never share a batch.
 
     Under torchrun (``procs``) the batches are split over the processes and gathered on rank 0
-    (:func:`stratagen.engine.gather.gather_batches`): the same images, in the same order, as one
+    (:func:`stratagen.engine.devices.gather.gather_batches`): the same images, in the same order, as one
     process samples. Returns the whole set on rank 0 and None on the other ranks.
     """
     procs = procs or Processes(device=pipe.device)
@@ -134,7 +134,7 @@ def _log_tokenizers(logdir: str, reports: dict[str, dict[str, float]], swap_figu
     figures as images."""
     import shutil
 
-    from .logger import RunLogger
+    from ..reporting.logger import RunLogger
 
     shutil.rmtree(logdir, ignore_errors=True)  # the latest evaluation, not one copy per run of `eval`
     logger = RunLogger(logdir)

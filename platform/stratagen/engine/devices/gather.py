@@ -1,7 +1,7 @@
 """Work split over the torchrun processes and gathered on rank 0; results rank 0 computes for all.
 
 Sampling for evaluation (``stratagen eval``, ``stratagen compare``) splits a sample set by
-batch: batch ``i`` (its labels and its seed, see :func:`stratagen.engine.evaluate.generate`)
+batch: batch ``i`` (its labels and its seed, see :func:`stratagen.engine.evaluation.evaluate.generate`)
 goes to rank ``i mod world``. Batch ``i``'s images depend on ``i`` alone, not on the number of
 processes, so the gathered set equals a single process's, image for image. Round ``r`` samples
 batches ``r * world ... r * world + world - 1`` at once and gathers them on rank 0 right away,
@@ -28,8 +28,8 @@ import torch.distributed as dist
 
 from stratagen.registry import StratagenError
 
-from .distributed import Processes
-from .logger import progress
+from ..reporting.logger import progress
+from .processes import Processes
 
 T = TypeVar("T")
 

@@ -1,0 +1,1 @@
+"""Measuring a trained run: sample and reconstruction quality, and speed against the hardware."""

@@ -1,0 +1,1 @@
+"""What a person watches and reads: TensorBoard logs and progress, PNG images and figures."""
