@@ -10,10 +10,12 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 import torch
+import yaml
 from pydantic import BaseModel
 
 from stratagen import config as cfg
-from stratagen.io.run import Run
+from stratagen.io import checkpoint
+from stratagen.io.run import CONFIG, Run
 from stratagen.registry import (GenerativeModel, IncompatibleComponentsError, Registry, Sampler, SampleOutput,
                                 StratagenError, get_registry)
 
@@ -182,8 +184,9 @@ def _run_stage(kind: str, cid: str, pipeline: Pipeline, procs: Any, logger: RunL
         run.load_weights(kind, cid, module, entry.model.name, built.registry)
         module.eval()
         return
-    if procs.is_main:  # what --resume checks this component against (see .resume); the resume check let
-        run.save_config(config, kind, cid)  # through only changes it may take, e.g. raised steps (an extension)
+    if procs.is_main and not (run.started(kind, cid) and run.trained_with(kind, cid)
+                              and _recorded_steps(run, kind, cid) == entry.train.steps):
+        run.save_config(config, kind, cid)  # what --resume checks it against (see .resume); also an extension's
     if kind == "tokenizer":
         training.train_tokenizer(run, config, cid, module, built.dataset("train"), procs, logger, resume,
                                  built.registry)
@@ -191,6 +194,12 @@ def _run_stage(kind: str, cid: str, pipeline: Pipeline, procs: Any, logger: RunL
         training.train_on_tokens(run, config, kind, cid, model, built.schedules[cid], procs, logger, on_images,
                                  resume, built.registry)
     module.eval()
+
+
+def _recorded_steps(run: Run, kind: str, cid: str) -> Any:
+    """The training steps in the component's config record (raised steps that extend it differ)."""
+    stored = yaml.safe_load(checkpoint.read_bytes(run.component_url(kind, cid, CONFIG))) or {}
+    return (stored.get(f"{kind}s") or {}).get(cid, {}).get("train", {}).get("steps")
 
 
 def _components(model: GenerativeModel) -> list[tuple[str, str]]:
