@@ -21,9 +21,9 @@ usual ways to make a coarse level carry the image:
 - ``small bottom codebook``: a separate bottom codebook of 64 codes (Table 8's separate codebooks,
   smaller than the shared 256).
 
-Training lengths: the run is trained to the first length, evaluated, then extended (its saved
-config's ``steps`` raised, ``train --resume`` continues from the final checkpoint with its optimizer
-state); with the constant learning rate of the demo recipe that is the same training as one longer
+Training lengths: the run is trained to the first length, evaluated, then extended (``train --resume``
+with ``steps`` raised continues from the final checkpoint with its optimizer state; README "Training
+longer"); with the constant learning rate of the demo recipe that is the same training as one longer
 run. Finished runs and evaluations under ``--work`` are reused, so an interrupted study continues.
 """
 from __future__ import annotations
@@ -36,7 +36,6 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
 
 CONFIG = "configs/demo/strait_r.yaml"
 BASE = ["priors.top=null", "priors.bottom=null", "sampler=null", "data.resolution=64",
@@ -67,10 +66,6 @@ def measure(name: str, overrides: list[str], steps: list[int], work: Path) -> di
         report = run_dir / f"eval-{length}.json"
         if not report.exists():
             sets = [f"run.dir={run_dir}", *BASE, *overrides, f"tokenizers.vq.train.steps={length}"]
-            if (run_dir / "config.yaml").exists():  # extend the finished shorter run
-                saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-                saved["tokenizers"]["vq"]["train"]["steps"] = length
-                (run_dir / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
             start = time.perf_counter()
             stratagen("train", CONFIG, *[a for s in sets for a in ("--set", s)],
                       *(["--resume"] if run_dir.exists() else []))

@@ -182,7 +182,21 @@ def test_sampling_again_replaces_the_folder_as_a_whole(run, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "samples"]  # no staging folder left
 
 
-def test_an_interrupted_sample_leaves_the_earlier_images_untouched(run, tmp_path, capsys, monkeypatch):
+def _ctrl_c() -> None:
+    raise KeyboardInterrupt
+
+
+def _sigterm() -> None:
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.parametrize("interrupt,code,line", [
+    (_ctrl_c, 130, "interrupted"),
+    # a scheduler's stop (SIGTERM, e.g. `timeout`) cleans up like Ctrl-C and says how to go on
+    (_sigterm, 143, "terminated (SIGTERM): no half-written file is left"),
+], ids=["ctrl-c", "sigterm"])
+def test_an_interrupted_sample_leaves_the_earlier_images_untouched(run, tmp_path, capsys, monkeypatch,
+                                                                  interrupt, code, line):
     import torchvision.utils
 
     from stratagen.engine.reporting import images
@@ -192,43 +206,18 @@ def test_an_interrupted_sample_leaves_the_earlier_images_untouched(run, tmp_path
     before = files(out)
     real, calls = torchvision.utils.save_image, []
 
-    def dies_on_the_second_image(tensor, fp, **kwargs):
+    def interrupted_on_the_second_image(tensor, fp, **kwargs):
         calls.append(fp)
         if len(calls) == 2:
             Path(fp).write_bytes(b"\x89PNG torn")
-            raise KeyboardInterrupt
+            interrupt()
         return real(tensor, fp, **kwargs)
 
-    monkeypatch.setattr(images, "save_image", dies_on_the_second_image)
-    assert stratagen(["sample", run, "--classes", "2,3", "--out", out], capsys)[0] == 130  # interrupted
+    monkeypatch.setattr(images, "save_image", interrupted_on_the_second_image)
+    got, err = stratagen(["sample", run, "--classes", "2,3", "--out", out], capsys)
+    assert got == code and err.strip().startswith(line)
     assert files(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["run", "samples"]
-
-
-def test_sigterm_is_an_interruption_with_a_line_and_exit_143(run, tmp_path, capsys, monkeypatch):
-    """A scheduler's stop (SIGTERM, e.g. `timeout`) cleans up like Ctrl-C and says how to continue."""
-    import os
-    import signal
-
-    import torchvision.utils
-
-    from stratagen.engine.reporting import images
-
-    out = tmp_path / "samples"
-    assert stratagen(["sample", run, "--classes", "0,1", "--out", out], capsys)[0] == 0
-    before = files(out)
-    real, calls = torchvision.utils.save_image, []
-
-    def terminated_on_the_second_image(tensor, fp, **kwargs):
-        calls.append(fp)
-        if len(calls) == 2:
-            Path(fp).write_bytes(b"\x89PNG torn")
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real(tensor, fp, **kwargs)
-
-    monkeypatch.setattr(images, "save_image", terminated_on_the_second_image)
-    code, err = stratagen(["sample", run, "--classes", "2,3", "--out", out], capsys)
-    assert code == 143 and err.strip().startswith("terminated (SIGTERM): no half-written file is left")
-    assert files(out) == before and len(calls) == 2
+    assert len(calls) == 2
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the command's handler is gone after it
 
 

@@ -94,7 +94,7 @@ def test_outputs_and_rerun_skips_finished_work(compare_run, monkeypatch):
     def must_not_run(*args, **kwargs):
         raise AssertionError("finished work was redone")
 
-    def load_or_crash(config, resume=False, registry=None):  # loads, trains nothing; one variant crashes
+    def load_or_crash(config, resume=False, registry=None, label=None):  # loads, trains nothing; one variant crashes
         if config.run.dir.endswith("maskgit"):
             raise RuntimeError("out of memory")
         return compare_module.Pipeline.from_config(config, registry=registry)

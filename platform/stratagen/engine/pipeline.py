@@ -10,12 +10,10 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 import torch
-import yaml
 from pydantic import BaseModel
 
 from stratagen import config as cfg
-from stratagen.io import checkpoint
-from stratagen.io.run import CONFIG, Run
+from stratagen.io.run import Run
 from stratagen.registry import (GenerativeModel, IncompatibleComponentsError, Registry, Sampler, SampleOutput,
                                 StratagenError, get_registry)
 
@@ -23,10 +21,10 @@ from .build import BuiltRun, build
 from .devices.precision import InferenceNetworks, autocast, inference_dtype
 from .devices.processes import launched_processes, per_rank_batch, setup_processes
 from .reporting.figures import loss_curves
-from .reporting.logger import RunLogger
+from .reporting.logger import RunLogger, announce
 from .training import train as training
 from .training.plan import training_plan
-from .training.resume import check_unchanged, keep_records
+from .training.resume import check_unchanged, extends_record, keep_records
 from .training.tokenize import tokenize
 
 
@@ -131,20 +129,25 @@ class Pipeline:
         return output
 
 
-def train(config: BaseModel, resume: bool = False, registry: Registry | None = None) -> Pipeline:
+def train(config: BaseModel, resume: bool = False, registry: Registry | None = None,
+          label: str | None = None) -> Pipeline:
     """Run every stage of the training plan (see :mod:`stratagen.engine.training.plan`) and return the trained pipeline.
 
     Components whose final weights exist are loaded, not retrained; ``resume`` continues
     interrupted components from their last checkpoint. The returned pipeline holds the very
-    modules trained here: sampling needs no rebuild and no reload.
+    modules trained here: sampling needs no rebuild and no reload. With ``label`` (a comparison's
+    variant and seed), a run with anything left to train is announced as ``<label>: training <run>``.
     """
     registry = registry or get_registry()
     built = build(config, registry)  # refuses an incompatible sampler before any work
     model = built.model
     run = Run(config.run.dir)
-    for key, settings in _train_settings(config, model, run):  # before any process joins a group
+    to_train = _train_settings(config, model, run)
+    for key, settings in to_train:  # before any process joins a group
         per_rank_batch(settings, launched_processes(), key)
     procs = setup_processes(config.run.device)
+    if label and to_train and procs.is_main:
+        announce(f"{label}: training {config.run.dir}")
     trained = _trained(run, model)
     if trained and not resume:
         raise StratagenError(f"{run.url} already holds checkpoints; pass --resume to continue it, "
@@ -184,9 +187,9 @@ def _run_stage(kind: str, cid: str, pipeline: Pipeline, procs: Any, logger: RunL
         run.load_weights(kind, cid, module, entry.model.name, built.registry)
         module.eval()
         return
-    if procs.is_main and not (run.started(kind, cid) and run.trained_with(kind, cid)
-                              and _recorded_steps(run, kind, cid) == entry.train.steps):
-        run.save_config(config, kind, cid)  # what --resume checks it against (see .resume); also an extension's
+    if procs.is_main and (not (run.started(kind, cid) and run.trained_with(kind, cid))
+                          or extends_record(run, config, kind, cid)):
+        run.save_config(config, kind, cid)  # what --resume checks this component against (see .resume)
     if kind == "tokenizer":
         training.train_tokenizer(run, config, cid, module, built.dataset("train"), procs, logger, resume,
                                  built.registry)
@@ -194,12 +197,6 @@ def _run_stage(kind: str, cid: str, pipeline: Pipeline, procs: Any, logger: RunL
         training.train_on_tokens(run, config, kind, cid, model, built.schedules[cid], procs, logger, on_images,
                                  resume, built.registry)
     module.eval()
-
-
-def _recorded_steps(run: Run, kind: str, cid: str) -> Any:
-    """The training steps in the component's config record (raised steps that extend it differ)."""
-    stored = yaml.safe_load(checkpoint.read_bytes(run.component_url(kind, cid, CONFIG))) or {}
-    return (stored.get(f"{kind}s") or {}).get(cid, {}).get("train", {}).get("steps")
 
 
 def _components(model: GenerativeModel) -> list[tuple[str, str]]:

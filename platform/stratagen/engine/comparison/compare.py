@@ -54,7 +54,6 @@ from pydantic import BaseModel
 from stratagen import config as cfg
 from stratagen.eval import from_uint8
 from stratagen.io import checkpoint
-from stratagen.io.run import Run
 from stratagen.registry import Registry, StratagenError, get_registry
 
 from ..devices.gather import on_main
@@ -62,7 +61,6 @@ from ..devices.processes import Processes, setup_processes
 from ..evaluation import evaluate
 from ..pipeline import Pipeline, load_config, train
 from ..reporting import figures
-from ..reporting.logger import announce
 from .claims import Claim, check_claims, claims_markdown, spread_text
 from .plan import (ComparePlan, VariantPlan, plan_comparison, resolve_variants, sampling_seeds, sweep_points,
                    variant_configs, variant_sweeps)
@@ -138,10 +136,8 @@ class CompareRunner:
             if per_seed_training or not reports:  # one trained model, or one per seed
                 run_config = plan.run_configs[seed if per_seed_training else None]
                 if variant.config is not None:
-                    if self.procs.is_main and _untrained(run_config):
-                        announce(f"{name} seed {seed}: training {run_config.run.dir}" if per_seed_training
-                                 else f"{name}: training {run_config.run.dir}")
-                    pipe = train(run_config, resume=True, registry=self.registry)
+                    pipe = train(run_config, resume=True, registry=self.registry,
+                                 label=f"{name} seed {seed}" if per_seed_training else name)
                 else:
                     if plan.trained_by is not None:  # an earlier variant trained it: read what it saved
                         run_config = variant_configs(self.config, name, variant, self.registry,
@@ -380,10 +376,3 @@ def show_compare(source: str, overrides: list[str] | None = None, registry: Regi
             documents.append(f"# variant {plan.name}: {plan.source}{how}, resolved\n{cfg.dump_config(run_config)}")
     return "---\n".join(documents)
 
-
-def _untrained(run_config: BaseModel) -> bool:
-    """Whether the run lacks the final weights of a component it configures (training has work to do)."""
-    run = Run(run_config.run.dir)
-    return any(getattr(entry, "share", None) is None and not run.finished(section[:-1], cid, entry.train.steps)
-               for section in ("tokenizers", "priors", "critics")
-               for cid, entry in (getattr(run_config, section) or {}).items())

@@ -93,6 +93,15 @@ def _extends(key: Key, kind: str, cid: str, old: dict[Key, Any], new: dict[Key, 
             and old.get(warmup) == new.get(warmup) and (new.get(warmup) or 0) <= old[key])
 
 
+def extends_record(run: Run, config: Any, kind: str, cid: str) -> bool:
+    """Whether ``config`` gives the component other training steps than its record: an extension that
+    :func:`check_unchanged` let through, which the record must then hold (so steps cannot be lowered
+    back under the longer weights)."""
+    stored = _stored(run.component_url(kind, cid, CONFIG))
+    recorded = ((stored.get(f"{kind}s") or {}).get(cid) or {}).get("train", {}).get("steps")
+    return recorded != getattr(config, f"{kind}s")[cid].train.steps
+
+
 def keep_records(run: Run) -> None:
     """Before the run's ``config.yaml`` is replaced: give every trained component without a config
     record of its own (a run written before those records) the one it was checked against until
