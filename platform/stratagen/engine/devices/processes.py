@@ -7,6 +7,7 @@ its masks and dropout from seeds derived from ``(run.seed, step, slot)``
 """
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
 from dataclasses import dataclass
@@ -70,7 +71,7 @@ def collective_timeout() -> datetime.timedelta | None:
 
 def setup_processes(device_setting: str) -> Processes:
     """Join the torchrun process group if launched by torchrun (gloo on CPU, nccl on CUDA), with
-    :func:`collective_timeout`."""
+    :func:`collective_timeout`; the group is destroyed when the process exits."""
     use_cuda = device_setting == "cuda" or (device_setting == "auto" and torch.cuda.is_available())
     timeout = collective_timeout()
     world = launched_processes()
@@ -83,7 +84,15 @@ def setup_processes(device_setting: str) -> Processes:
         device = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timeout)
+        # left to the interpreter's teardown, gloo's worker threads now and then abort the process
+        # ("terminate called without an active exception", about 1 exit in 8 on 2 CPU processes)
+        atexit.register(_leave_processes)
     return Processes(rank, world, device)
+
+
+def _leave_processes() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def per_rank_batch(settings: Any, world: int, key: str) -> int:
