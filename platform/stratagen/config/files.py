@@ -4,6 +4,7 @@ Every mistake is a :class:`ConfigError` of one line naming the file and what is 
 """
 from __future__ import annotations
 
+import functools
 import logging
 import posixpath
 from pathlib import PurePosixPath
@@ -101,6 +102,12 @@ def load_raw(url: str, _chain: tuple[str, ...] = ()) -> dict[str, Any]:
     return deep_merge(load_raw(resolve_relative(url, parent), _chain + (url,)), data)
 
 
+@functools.cache
+def _say_dropped(notice: str) -> None:
+    """Said once per process: a comparison loads a variant's config once per seed."""
+    log.warning(notice)
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str], source: str) -> dict[str, Any]:
     """Apply ``key.path=value`` overrides; values are parsed as YAML (``3``, ``true``, ``[1,2]``).
 
@@ -132,8 +139,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], source: str) -> 
                 accepted = _fields(node.get("name"), value)
                 dropped = [k for k in node if k != "name" and accepted is not None and k not in accepted]
                 if dropped:
-                    log.warning("--set %s: %r takes no %s; dropped from %s", item, value, ", ".join(dropped),
-                                ".".join(parts[:-1]) or "the config")
+                    _say_dropped(f"--set {item}: {value!r} takes no {', '.join(dropped)}; dropped from "
+                                 f"{'.'.join(parts[:-1]) or 'the config'}")
                 for k in dropped:
                     del node[k]
             node[last] = value
