@@ -1,8 +1,13 @@
 """Run directories: a copy is itself the run; resuming with a changed config keeps what is valid;
-progress reaches a log."""
+progress reaches a log; one process at a time trains a run."""
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import socket
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -93,3 +98,45 @@ def test_raising_steps_under_a_constant_rate_extends_a_finished_component_exactl
     train("cosine.yaml", 2, "cosine", schedule="cosine")
     with pytest.raises(StratagenError, match="priors.main.train.steps was 2, now 4.*only under lr_schedule: constant"):
         train("cosine-long.yaml", 4, "cosine", resume=True, schedule="cosine")
+
+
+HOLDER = """
+import sys
+from stratagen.io.run import Run
+with Run(sys.argv[1]).training():
+    print("holding", flush=True)
+    sys.stdin.read()  # until the test closes it
+"""
+
+
+def test_a_run_being_trained_is_refused_to_a_second_trainer_and_left_as_it_was(trained_run, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(trained_run, copy)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(copy)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline() == "holding\n"
+        before = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()}
+        with pytest.raises(StratagenError, match=rf"another process is training this run \(process {holder.pid} on "
+                                                 rf".*remove .*\.training if that process is gone"):
+            api.train(api.load(str(copy)), resume=True)
+        assert {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()} == before
+    finally:
+        holder.communicate("")
+    assert holder.returncode == 0 and not (copy / ".training").exists()  # released when its block ends
+    api.train(api.load(str(copy)), resume=True)
+    assert not (copy / ".training").exists()
+
+
+def test_the_hold_of_a_process_that_died_is_taken_over_and_another_hosts_is_not(trained_run, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(trained_run, copy)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    hold = {"pid": dead.pid, "host": socket.gethostname(), "since": "2026-01-01 00:00:00"}
+    (copy / ".training").write_text(json.dumps(hold))
+    api.train(api.load(str(copy)), resume=True)  # a killed trainer's hold does not block the next
+    assert not (copy / ".training").exists()
+    (copy / ".training").write_text(json.dumps(hold | {"host": "another-host", "pid": os.getpid()}))
+    with pytest.raises(StratagenError, match=r"process \d+ on another-host, since 2026-01-01 00:00:00"):
+        api.train(api.load(str(copy)), resume=True)

@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -146,31 +147,32 @@ def train(config: BaseModel, resume: bool = False, registry: Registry | None = N
     for key, settings in to_train:  # before any process joins a group
         per_rank_batch(settings, launched_processes(), key)
     procs = setup_processes(config.run.device)
-    if label and to_train and procs.is_main:
-        announce(f"{label}: training {config.run.dir}")
-    trained = _trained(run, model)
-    if trained and not resume:
-        raise StratagenError(f"{run.url} already holds checkpoints; pass --resume to continue it, "
-                             f"or choose another run.dir")
-    check_unchanged(run, config, trained)
-    if procs.is_main:
-        run.prepare()
-        keep_records(run)
-        run.save_config(config)
-    logger = RunLogger(run.local_path("tb") if procs.is_main and run.is_local else None)
-    pipeline = Pipeline(built, run, procs.device)
-    augmented = frozenset(pid for pid, e in config.priors.items() if e.condition_augmentation > 0)
-    plan = training_plan(model, augmented)
-    last_sampled = next((s.key for s in reversed(plan) if s.kind in ("prior", "critic")), None)
-    try:
-        for stage in plan:
-            _run_stage(stage.kind, stage.cid, pipeline, procs, logger, resume,
-                       on_images=_sample_logger(pipeline, logger) if stage.key == last_sampled else None)
-    finally:
-        logger.close()
-    if procs.is_main and run.is_local:
-        loss_curves(run.local_path("tb"), run.local_path("plots"))
-    return pipeline.ready()
+    with run.training() if procs.is_main else contextlib.nullcontext():  # one trainer per run
+        if label and to_train and procs.is_main:
+            announce(f"{label}: training {config.run.dir}")
+        trained = _trained(run, model)
+        if trained and not resume:
+            raise StratagenError(f"{run.url} already holds checkpoints; pass --resume to continue it, "
+                                 f"or choose another run.dir")
+        check_unchanged(run, config, trained)
+        if procs.is_main:
+            run.prepare()
+            keep_records(run)
+            run.save_config(config)
+        logger = RunLogger(run.local_path("tb") if procs.is_main and run.is_local else None)
+        pipeline = Pipeline(built, run, procs.device)
+        augmented = frozenset(pid for pid, e in config.priors.items() if e.condition_augmentation > 0)
+        plan = training_plan(model, augmented)
+        last_sampled = next((s.key for s in reversed(plan) if s.kind in ("prior", "critic")), None)
+        try:
+            for stage in plan:
+                _run_stage(stage.kind, stage.cid, pipeline, procs, logger, resume,
+                           on_images=_sample_logger(pipeline, logger) if stage.key == last_sampled else None)
+        finally:
+            logger.close()
+        if procs.is_main and run.is_local:
+            loss_curves(run.local_path("tb"), run.local_path("plots"))
+        return pipeline.ready()
 
 
 def _run_stage(kind: str, cid: str, pipeline: Pipeline, procs: Any, logger: RunLogger, resume: bool,

@@ -10,10 +10,15 @@
     <run>/tokens/<tokenizer id>/<split>/     token cache (:mod:`stratagen.io.tokens`)
     <run>/tb/                                TensorBoard logs (local runs)
     <run>/samples/                           PNG files and grids
+    <run>/.training                          who is training the run now (local runs; see Run.training)
 """
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import socket
+import time
 import uuid
 from typing import Any, Iterator
 
@@ -29,6 +34,7 @@ from stratagen.io import checkpoint
 WEIGHTS = "model.safetensors"
 TRAIN_STATE = "checkpoint.safetensors"
 CONFIG = "config.yaml"
+TRAINING = ".training"
 
 
 class Run:
@@ -77,14 +83,58 @@ class Run:
         config.run.dir = self.url
         return config
 
+    @contextlib.contextmanager
+    def training(self) -> Iterator[None]:
+        """Held while this process trains the run (rank 0 under torchrun): a second process that
+        would train the same run directory meanwhile is refused, naming the first, rather than
+        interleave its checkpoints with the first's or remove the first's files in flight (see
+        :meth:`prepare`). The hold is ``<run>/.training`` (process id, host, start), removed when
+        the block ends; one left by a killed process of this host is taken over. Local runs only:
+        object stores have no exclusive create."""
+        if not self.is_local:
+            yield
+            return
+        self._refuse_file()
+        lock = self.local_path(TRAINING)
+        os.makedirs(os.path.dirname(lock), exist_ok=True)
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        written = f"{lock}{checkpoint.TEMPORARY}{uuid.uuid4().hex[:8]}"
+        with open(written, "w") as f:
+            json.dump(holder, f)
+        try:
+            while True:
+                try:
+                    os.link(written, lock)  # atomic, and the hold is complete when it appears
+                    break
+                except FileExistsError:
+                    other = _holder(lock)
+                    if other is not None and not _gone(other):
+                        raise StratagenError(
+                            f"{self.url}: another process is training this run (process {other['pid']} on "
+                            f"{other['host']}, since {other['since']}); wait for it to end, or remove {lock} "
+                            f"if that process is gone") from None
+                    with contextlib.suppress(FileNotFoundError):  # a dead process's hold: taken over
+                        os.remove(lock)
+        finally:
+            os.remove(written)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(lock)
+
     def prepare(self) -> None:
         """Before training: refuse a run directory that is a file, and remove the temporary files
         (``*.tmp-*``) of atomic writes that a killed process left behind."""
+        self._refuse_file()
+        fs, path = fsspec.core.url_to_fs(self.url)
+        for leftover in fs.glob(f"{path}/**/*{checkpoint.TEMPORARY}*"):
+            fs.rm(leftover)
+
+    def _refuse_file(self) -> None:
         fs, path = fsspec.core.url_to_fs(self.url)
         if fs.exists(path) and not fs.isdir(path):
             raise StratagenError(f"run.dir: {self.url} is a file; give a directory (it is created if missing)")
-        for leftover in fs.glob(f"{path}/**/*{checkpoint.TEMPORARY}*"):
-            fs.rm(leftover)
 
     # ---------------------------------------------------------------- components
     def component_url(self, kind: str, cid: str, filename: str = WEIGHTS) -> str:
@@ -148,6 +198,29 @@ class Run:
         """Whether the component's final weights are written and its checkpoint, if it has one, is
         not behind them (a run stopped between the two is resumed, and rewrites both)."""
         return self.trained_step(kind, cid) == steps and self.trained_step(kind, cid, TRAIN_STATE) in (None, steps)
+
+
+def _holder(lock: str) -> dict[str, Any] | None:
+    """Who holds a run's training hold, or None when the file is unreadable or already gone."""
+    try:
+        with open(lock) as f:
+            holder = json.load(f)
+        return holder if isinstance(holder, dict) and {"pid", "host", "since"} <= holder.keys() else None
+    except (OSError, ValueError):
+        return None
+
+
+def _gone(holder: dict[str, Any]) -> bool:
+    """Whether the holding process has ended (known only for a process of this host)."""
+    if holder["host"] != socket.gethostname():
+        return False
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, ValueError, OverflowError):
+        return False
+    return False
 
 
 def load_state(module: nn.Module, tensors: dict[str, torch.Tensor], url: str, what: str) -> None:
