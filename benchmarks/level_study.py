@@ -80,7 +80,7 @@ def table(rows: dict[str, dict[int, dict[str, float]]]) -> str:
     def cell(r: dict[str, float], key: str) -> str:
         if key not in r:
             return "-"
-        spread = r.get(f"{key}_std")
+        spread = r.get(f"{key}_image_std")
         return f"{r[key]:.2f}" + (f" ± {spread:.2f}" if spread is not None else "")
 
     lines = ["| option | steps | " + " | ".join(COLUMNS) + " |", "|---|---|" + "---|" * len(COLUMNS)]

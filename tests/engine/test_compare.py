@@ -233,3 +233,11 @@ def test_a_variant_may_bring_its_own_sweeps(tmp_path):
                                     "variants": {"mg": {"config": "m.yaml", "sweeps": {"steps": [5]}}}}))
     plan = compare_plan.plan_comparison(cfg.load_compare_config(str(path)))  # [18, 6] would not fit one stage
     assert [label for _, label, _ in plan.variants["mg"].points] == ["-", "5"]
+
+
+def test_tokenizer_reports_of_several_training_seeds_keep_the_seed_spread_apart_from_the_image_spread():
+    seeds = [{"vq": {"swap_keep_top_psnr": 10.0, "swap_keep_top_psnr_image_std": 2.0}},
+             {"vq": {"swap_keep_top_psnr": 12.0, "swap_keep_top_psnr_image_std": 3.0}}]
+    mean = compare_module._mean_reports(seeds)["vq"]
+    assert mean == {"swap_keep_top_psnr": 11.0, "swap_keep_top_psnr_std": pytest.approx(2 ** 0.5),
+                    "swap_keep_top_psnr_image_std": 2.5}

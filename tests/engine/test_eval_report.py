@@ -20,7 +20,7 @@ def test_eval_reports_level_swaps_with_a_figure_and_tensorboard(tmp_path, capsys
     printed = json.loads(capsys.readouterr().out)
     report = printed["tokenizers"]["vq"]
     for key in ("swap_keep_top_psnr", "swap_keep_bottom_psnr", "swap_other_psnr", "top_only_psnr"):
-        assert 0 < report[key] < 100 and report[f"{key}_std"] >= 0, key
+        assert 0 < report[key] < 100 and report[f"{key}_image_std"] >= 0, key
     assert printed == json.loads((tmp_path / "run/eval.json").read_text())
     figure = tmp_path / "run/figures/level_swap_vq.png"
     assert printed["figures"] == {"level_swap_vq": str(figure)} and figure.stat().st_size > 1000

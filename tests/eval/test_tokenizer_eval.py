@@ -148,7 +148,7 @@ def test_level_swap_when_the_top_level_carries_everything(data, top_alone: bool)
     images = torch.stack([data[i][0] for i in range(len(data))])
     result = evaluate_tokenizer(StoredImages(images, top_alone), data, BATCH, "cpu")
     assert result["psnr"] == 100.0
-    assert result["swap_keep_top_psnr"] == 100.0 and result["swap_keep_top_psnr_std"] == 0.0
+    assert result["swap_keep_top_psnr"] == 100.0 and result["swap_keep_top_psnr_image_std"] == 0.0
     # keeping only the bottom level gives back image B, exactly what an unrelated image scores
     assert result["swap_keep_bottom_psnr"] == pytest.approx(result["swap_other_psnr"])
     assert result["swap_other_psnr"] < 20
@@ -157,7 +157,7 @@ def test_level_swap_when_the_top_level_carries_everything(data, top_alone: bool)
     expected = torch.cat([psnr(images[s:s + n], images[s:s + n][swap_partners(n, generator)])
                           for s, n in ((0, 8), (8, 8), (16, 4))])
     assert result["swap_other_psnr"] == pytest.approx(expected.mean().item())
-    assert result["swap_other_psnr_std"] == pytest.approx(expected.std(unbiased=False).item())
+    assert result["swap_other_psnr_image_std"] == pytest.approx(expected.std(unbiased=False).item())
     assert ("top_only_psnr" in result) == top_alone
     if top_alone:
         assert result["top_only_psnr"] == 100.0

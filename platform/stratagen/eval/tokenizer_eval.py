@@ -158,7 +158,7 @@ def evaluate_tokenizer(tokenizer: Tokenizer, dataset: Dataset, batch_size: int, 
         out[f"ppl_dataset_{level}"], out[f"usage_{level}"] = codebook_stats(torch.cat(grids), codebook_sizes[level])
     for key, values in swap_psnrs.items():
         values = torch.cat(values)
-        out[key], out[f"{key}_std"] = values.mean().item(), values.std(unbiased=False).item()
+        out[key], out[f"{key}_image_std"] = values.mean().item(), values.std(unbiased=False).item()
     if fid_metric is not None:
         scores = fid_metric.compute(from_uint8(torch.cat(reconstructions)), torch.cat(labels),
                                     ReferenceSet(dataset, cache_dir))

@@ -341,7 +341,8 @@ def _tokenizer_kind(run_config: BaseModel, tokenizer_id: str) -> str:
 
 
 def _mean_reports(reports: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
-    """Tokenizer reports of several seeds -> their mean, with ``<key>_std`` when there are several."""
+    """Tokenizer reports of several seeds -> their mean, with ``<key>_std`` (the spread over seeds)
+    when there are several; a spread within one report (``<key>_image_std``) is averaged only."""
     from .aggregate import mean_and_spread
 
     out: dict[str, dict[str, float]] = {}
@@ -349,7 +350,7 @@ def _mean_reports(reports: list[dict[str, dict[str, float]]]) -> dict[str, dict[
         for key in reports[0][tid]:
             mean, spread = mean_and_spread([r[tid][key] for r in reports])
             out.setdefault(tid, {})[key] = mean
-            if len(reports) > 1:
+            if len(reports) > 1 and not key.endswith("_std"):
                 out[tid][f"{key}_std"] = spread
     return out
 
