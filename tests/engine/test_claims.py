@@ -29,9 +29,10 @@ def test_order_is_a_tie_within_the_summed_spreads():
 
 
 def test_table6_reproduced_not_reproduced_and_tie():
-    assert verdicts(table6(variants(r_fid=5.0), "fid")) == ["reproduced", "reproduced", "reproduced"]
+    claims = table6(variants(r_fid=5.0), "fid", per_seed_training=True)
+    assert verdicts(claims) == ["reproduced", "reproduced", "reproduced"]
     # StraIT-R worse than the cascade, single-level MaskGIT's best (f16, 8.5) within the spread, StraIT-C better
-    claims = table6(variants(r_fid=8.45, c_fid=6.0, cascade_fid=7.0, std=0.05), "fid")
+    claims = table6(variants(r_fid=8.45, c_fid=6.0, cascade_fid=7.0, std=0.05), "fid", per_seed_training=True)
     assert verdicts(claims) == ["not reproduced", "tie", "not reproduced"]
     assert "StraIT-R 8.45 ± 0.05 vs MaskGIT-cascade 7 ± 0.05" in claims[0].evidence
     assert "MaskGIT-f16" in claims[1].evidence  # the better single-level baseline is the one compared
@@ -39,7 +40,7 @@ def test_table6_reproduced_not_reproduced_and_tie():
 
 def test_table6_not_tested_without_the_variants():
     rows = [r for r in variants(r_fid=5.0) if r["sampler"] != "cascade"]
-    assert verdicts(table6(rows, "fid")) == ["not tested", "reproduced", "reproduced"]
+    assert verdicts(table6(rows, "fid", per_seed_training=True)) == ["not tested", "reproduced", "reproduced"]
 
 
 def test_table7_compares_top_heavy_with_bottom_heavy_allocations_of_equal_total():
@@ -77,17 +78,17 @@ def test_table1_perplexity_per_level():
 
 def test_one_seed_gives_indicative_verdicts_never_bare_ones():
     one = [{**r, "seeds": 1, "fid_std": 0.0} for r in variants(r_fid=8.45, c_fid=6.0, cascade_fid=7.0)]
-    assert verdicts(table6(one, "fid")) == ["indicative (1 seed): against the paper",
+    assert verdicts(table6(one, "fid", per_seed_training=True)) == ["indicative (1 seed): against the paper",
                                             "indicative (1 seed): as the paper",
                                             "indicative (1 seed): against the paper"]
     # one side with one seed is enough to make the claim indicative; equal means with one seed: "equal"
     mixed = variants(r_fid=7.0, cascade_fid=7.0)
     mixed[2] = {**mixed[2], "seeds": 1, "fid_std": 0.0}
-    assert verdicts(table6(mixed, "fid"))[0] == "indicative (1 seed): equal"
+    assert verdicts(table6(mixed, "fid", per_seed_training=True))[0] == "indicative (1 seed): equal"
     rows = [row("StraIT-R", "stratified", "vqgan2-r", 5.0, seeds=1),
             row("StraIT-R", "stratified", "vqgan2-r", 6.0, sweep="steps", value="3+9", steps="3+9", seeds=1),
             row("StraIT-R", "stratified", "vqgan2-r", 7.0, sweep="schedule", value="sqrt", seeds=1)]
-    text = claims_markdown(check_claims(rows, rows, {}), spread="The spread is nothing.")
+    text = claims_markdown(check_claims(rows, rows, {}, per_seed_training=False), spread="The spread is nothing.")
     assert "| reproduced |" not in text and "| not reproduced |" not in text and "| tie |" not in text
     assert text.count("| indicative (1 seed): as the paper |") == 2  # Table 7 and Table 10
     assert "The spread is nothing. A difference counts only" in text
@@ -104,10 +105,16 @@ def test_spread_text_names_the_sampling_and_training_seeds():
 
 def test_check_claims_covers_every_table_and_renders():
     rows = variants(r_fid=5.0)
-    claims = check_claims(rows, rows, {})
+    claims = check_claims(rows, rows, {}, per_seed_training=True)
     assert [c.table for c in claims] == ["Table 1"] * 2 + ["Table 6"] * 3 + ["Table 7", "Table 10"]
     text = claims_markdown(claims, spread="")
     assert text.count("| not tested |") == 4 and text.count("| reproduced |") == 3
+
+
+def test_a_table6_verdict_on_one_trained_model_per_variant_says_its_spread_is_sampling_noise_only():
+    one_model = table6(variants(r_fid=8.45, c_fid=6.0, cascade_fid=7.0, std=0.05), "fid", per_seed_training=False)
+    assert verdicts(one_model) == ["not reproduced (one trained model per variant: sampling noise only)", "tie",
+                                   "not reproduced (one trained model per variant: sampling noise only)"]
 
 
 def test_aggregate_mean_and_std_over_seeds_and_ties():

@@ -123,7 +123,8 @@ class CompareRunner:
                     log.error("variant %s failed: %s", name, message)
                     log.debug("%s", traceback.format_exc())
         result.rows = aggregate(result.seed_rows)
-        result.claims = check_claims(result.rows, best_rows(result.rows), result.tokenizers)
+        result.claims = check_claims(result.rows, best_rows(result.rows), result.tokenizers,
+                                     self.config.train_per_seed)
         if self.procs.is_main:
             self._write_outputs(result)
         return result
