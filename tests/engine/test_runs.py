@@ -15,6 +15,7 @@ import yaml
 
 from stratagen import api, cli
 from stratagen.engine.reporting import logger
+from stratagen.io.run import Run
 from stratagen.registry import StratagenError
 
 
@@ -140,3 +141,12 @@ def test_the_hold_of_a_process_that_died_is_taken_over_and_another_hosts_is_not(
     (copy / ".training").write_text(json.dumps(hold | {"host": "another-host", "pid": os.getpid()}))
     with pytest.raises(StratagenError, match=r"process \d+ on another-host, since 2026-01-01 00:00:00"):
         api.train(api.load(str(copy)), resume=True)
+
+
+def test_a_hold_naming_this_very_process_is_an_earlier_process_s_and_is_taken_over(tmp_path):
+    """A restarted container gives its trainer the killed one's process id: that hold is no one's."""
+    (tmp_path / ".training").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                                    "since": "2026-01-01 00:00:00"}))
+    with Run(str(tmp_path)).training():
+        assert json.loads((tmp_path / ".training").read_text())["since"] != "2026-01-01 00:00:00"
+    assert not (tmp_path / ".training").exists()

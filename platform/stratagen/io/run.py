@@ -99,8 +99,12 @@ class Run:
         os.makedirs(os.path.dirname(lock), exist_ok=True)
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
         written = f"{lock}{checkpoint.TEMPORARY}{uuid.uuid4().hex[:8]}"
-        with open(written, "w") as f:
-            json.dump(holder, f)
+        try:
+            with open(written, "w") as f:
+                json.dump(holder, f)
+        except OSError as exc:
+            raise StratagenError(f"{self.url}: cannot write into the run directory ({exc.strerror}); training "
+                                 f"writes its checkpoints there") from None
         try:
             while True:
                 try:
@@ -211,9 +215,13 @@ def _holder(lock: str) -> dict[str, Any] | None:
 
 
 def _gone(holder: dict[str, Any]) -> bool:
-    """Whether the holding process has ended (known only for a process of this host)."""
+    """Whether the holding process has ended (known only for a process of this host). A hold that
+    names this very process was left by an earlier one with the same id (a restarted container
+    numbers its processes alike): this process takes a hold only once, so it holds none yet."""
     if holder["host"] != socket.gethostname():
         return False
+    if holder["pid"] == os.getpid():
+        return True
     try:
         os.kill(int(holder["pid"]), 0)
     except ProcessLookupError:
