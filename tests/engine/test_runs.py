@@ -2,7 +2,9 @@
 progress reaches a log; one process at a time trains a run."""
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 import shutil
 import socket
@@ -150,3 +152,14 @@ def test_a_hold_naming_this_very_process_is_an_earlier_process_s_and_is_taken_ov
     with Run(str(tmp_path)).training():
         assert json.loads((tmp_path / ".training").read_text())["since"] != "2026-01-01 00:00:00"
     assert not (tmp_path / ".training").exists()
+
+
+def test_a_filesystem_without_hard_links_trains_unheld_with_a_warning(tmp_path, monkeypatch, caplog):
+    """FAT and FUSE mounts of buckets refuse os.link: training goes on, as on an object store."""
+    def no_link(source, target):
+        raise OSError(errno.EPERM, "Operation not permitted", source)
+
+    monkeypatch.setattr(os, "link", no_link)
+    with caplog.at_level(logging.WARNING, "stratagen"), Run(str(tmp_path)).training():
+        assert not [p.name for p in tmp_path.iterdir()]  # no hold, and no temporary file left
+    assert "its filesystem has no hard links, so this run is not held" in caplog.text

@@ -15,7 +15,9 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import logging
 import os
 import socket
 import time
@@ -35,6 +37,10 @@ WEIGHTS = "model.safetensors"
 TRAIN_STATE = "checkpoint.safetensors"
 CONFIG = "config.yaml"
 TRAINING = ".training"
+#: what ``os.link`` fails with on a filesystem without hard links (FAT, FUSE mounts of buckets)
+NO_HARD_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS)
+
+log = logging.getLogger("stratagen")
 
 
 class Run:
@@ -89,8 +95,9 @@ class Run:
         would train the same run directory meanwhile is refused, naming the first, rather than
         interleave its checkpoints with the first's or remove the first's files in flight (see
         :meth:`prepare`). The hold is ``<run>/.training`` (process id, host, start), removed when
-        the block ends; one left by a killed process of this host is taken over. Local runs only:
-        object stores have no exclusive create."""
+        the block ends; one left by a killed process of this host is taken over. Local runs on
+        filesystems with hard links only: object stores have no exclusive create, and FAT or a FUSE
+        mount of a bucket no hard links (a warning says the run is not held)."""
         if not self.is_local:
             yield
             return
@@ -105,6 +112,7 @@ class Run:
         except OSError as exc:
             raise StratagenError(f"{self.url}: cannot write into the run directory ({exc.strerror}); training "
                                  f"writes its checkpoints there") from None
+        held = True
         try:
             while True:
                 try:
@@ -119,13 +127,21 @@ class Run:
                             f"if that process is gone") from None
                     with contextlib.suppress(FileNotFoundError):  # a dead process's hold: taken over
                         os.remove(lock)
+                except OSError as exc:
+                    if exc.errno not in NO_HARD_LINKS:
+                        raise
+                    log.warning("%s: its filesystem has no hard links, so this run is not held against a second "
+                                "trainer", self.url)
+                    held = False
+                    break
         finally:
             os.remove(written)
         try:
             yield
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(lock)
+            if held:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(lock)
 
     def prepare(self) -> None:
         """Before training: refuse a run directory that is a file, and remove the temporary files
