@@ -163,3 +163,22 @@ def test_a_filesystem_without_hard_links_trains_unheld_with_a_warning(tmp_path, 
     with caplog.at_level(logging.WARNING, "stratagen"), Run(str(tmp_path)).training():
         assert not [p.name for p in tmp_path.iterdir()]  # no hold, and no temporary file left
     assert "its filesystem has no hard links, so this run is not held" in caplog.text
+
+
+def test_a_hold_copied_with_the_run_holds_only_the_original(tmp_path):
+    """A run copied while it trains (to fork it) carries the live trainer's hold: the copy is free."""
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    original.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(original)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "holding\n"
+        shutil.copytree(original, copy)
+        with Run(str(copy)).training():
+            assert json.loads((copy / ".training").read_text())["pid"] == os.getpid()
+        with pytest.raises(StratagenError, match=rf"another process is training this run \(process {holder.pid} "):
+            with Run(str(original)).training():
+                pass
+    finally:
+        holder.communicate("")
+    assert holder.returncode == 0 and not (original / ".training").exists()
