@@ -95,6 +95,7 @@ BAD_INPUTS = [
     ("not-a-run-dir", ["sample", "{root}/cfg"], {}, "not a run directory (no config.yaml)"),
     ("run-dir-is-a-file", ["sample", "{root}/afile"], {}, "not a run directory"),
     ("read-only-run-dir", ["sample", "{readonly}"], {}, "samples"),
+    ("read-only-run-train", ["train", "{readonly}", "--resume"], {}, "readonly-run: cannot write into the run directory"),
     ("caption-on-class-run", ["sample", "{run}", "--caption", "a red disc"], {},
      "error: sampler 'maskgit': it generates by class and takes no captions; captions need a text-conditioned model"),
     ("caption-and-classes", ["sample", "{run}", "--caption", "a red disc", "--classes", "0"], {},

@@ -31,6 +31,7 @@ SCRIPT = f"""
 import atexit
 import json
 import os
+import socket
 import sys
 import torch.distributed as dist
 from safetensors.torch import save_file
@@ -39,6 +40,7 @@ from stratagen.cli import main
 from stratagen.engine.evaluation import evaluate
 from stratagen.engine.devices.processes import setup_processes
 from stratagen.engine.devices.gather import on_main
+from stratagen.registry import StratagenError
 
 run, out, compare = sys.argv[1:4]
 # registered first, so it runs last: is the process group still up when the process ends?
@@ -64,6 +66,16 @@ except Exception as exc:
     error = f"{{type(exc).__name__}}: {{exc}}"
 with open(f"{{out}}/on_main-rank{{procs.rank}}.json", "w") as f:
     json.dump({{"value": on_main(procs, lambda: procs.rank + 7), "error": error}}, f)
+# a run another process (here torchrun's agent) trains: rank 0 holds runs for all, and every rank is refused
+hold = {{"pid": os.getppid(), "host": socket.gethostname(), "since": "then"}}
+on_main(procs, lambda: open(run + "/.training", "w").write(json.dumps(hold)))
+try:
+    api.train(api.load(run), resume=True)
+    refused = None
+except StratagenError as exc:
+    refused = str(exc)
+with open(f"{{out}}/refused-rank{{procs.rank}}.json", "w") as f:
+    json.dump(refused, f)
 """
 
 
@@ -154,3 +166,12 @@ def test_every_process_leaves_the_process_group_before_it_exits(launches):
     # left to the interpreter's teardown, gloo's threads abort about one exit in eight
     (two, _), _ = launches
     assert [json.loads((two / f"exit-rank{rank}.json").read_text()) for rank in (0, 1)] == [False, False]
+
+
+def test_a_run_another_process_trains_is_refused_on_every_rank(launches):
+    """Rank 0 alone holds a run; its refusal reaches every rank, so none trains on (or, in a
+    compare, samples a variant rank 0 recorded as failed)."""
+    (two, _), (one, _) = launches
+    for out, ranks in ((two, 2), (one, 1)):
+        refusals = [json.loads((out / f"refused-rank{r}.json").read_text()) for r in range(ranks)]
+        assert all(r is not None and "another process is training this run" in r for r in refusals), refusals

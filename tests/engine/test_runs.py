@@ -2,7 +2,9 @@
 progress reaches a log; one process at a time trains a run."""
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 import shutil
 import socket
@@ -15,6 +17,7 @@ import yaml
 
 from stratagen import api, cli
 from stratagen.engine.reporting import logger
+from stratagen.io.run import Run
 from stratagen.registry import StratagenError
 
 
@@ -140,3 +143,42 @@ def test_the_hold_of_a_process_that_died_is_taken_over_and_another_hosts_is_not(
     (copy / ".training").write_text(json.dumps(hold | {"host": "another-host", "pid": os.getpid()}))
     with pytest.raises(StratagenError, match=r"process \d+ on another-host, since 2026-01-01 00:00:00"):
         api.train(api.load(str(copy)), resume=True)
+
+
+def test_a_hold_naming_this_very_process_is_an_earlier_process_s_and_is_taken_over(tmp_path):
+    """A restarted container gives its trainer the killed one's process id: that hold is no one's."""
+    (tmp_path / ".training").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                                    "since": "2026-01-01 00:00:00"}))
+    with Run(str(tmp_path)).training():
+        assert json.loads((tmp_path / ".training").read_text())["since"] != "2026-01-01 00:00:00"
+    assert not (tmp_path / ".training").exists()
+
+
+def test_a_filesystem_without_hard_links_trains_unheld_with_a_warning(tmp_path, monkeypatch, caplog):
+    """FAT and FUSE mounts of buckets refuse os.link: training goes on, as on an object store."""
+    def no_link(source, target):
+        raise OSError(errno.EPERM, "Operation not permitted", source)
+
+    monkeypatch.setattr(os, "link", no_link)
+    with caplog.at_level(logging.WARNING, "stratagen"), Run(str(tmp_path)).training():
+        assert not [p.name for p in tmp_path.iterdir()]  # no hold, and no temporary file left
+    assert "its filesystem has no hard links, so this run is not held" in caplog.text
+
+
+def test_a_hold_copied_with_the_run_holds_only_the_original(tmp_path):
+    """A run copied while it trains (to fork it) carries the live trainer's hold: the copy is free."""
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    original.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(original)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "holding\n"
+        shutil.copytree(original, copy)
+        with Run(str(copy)).training():
+            assert json.loads((copy / ".training").read_text())["pid"] == os.getpid()
+        with pytest.raises(StratagenError, match=rf"another process is training this run \(process {holder.pid} "):
+            with Run(str(original)).training():
+                pass
+    finally:
+        holder.communicate("")
+    assert holder.returncode == 0 and not (original / ".training").exists()

@@ -19,6 +19,7 @@ from stratagen.registry import (GenerativeModel, IncompatibleComponentsError, Re
                                 StratagenError, get_registry)
 
 from .build import BuiltRun, build
+from .devices.gather import on_main
 from .devices.precision import InferenceNetworks, autocast, inference_dtype
 from .devices.processes import launched_processes, per_rank_batch, setup_processes
 from .reporting.figures import loss_curves
@@ -147,7 +148,8 @@ def train(config: BaseModel, resume: bool = False, registry: Registry | None = N
     for key, settings in to_train:  # before any process joins a group
         per_rank_batch(settings, launched_processes(), key)
     procs = setup_processes(config.run.device)
-    with run.training() if procs.is_main else contextlib.nullcontext():  # one trainer per run
+    with contextlib.ExitStack() as hold:  # one trainer per run: rank 0 holds it, and a refusal stops every rank
+        on_main(procs, lambda: hold.enter_context(run.training()))  # (a compare stays in step)
         if label and to_train and procs.is_main:
             announce(f"{label}: training {config.run.dir}")
         trained = _trained(run, model)

@@ -15,7 +15,9 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import logging
 import os
 import socket
 import time
@@ -35,6 +37,10 @@ WEIGHTS = "model.safetensors"
 TRAIN_STATE = "checkpoint.safetensors"
 CONFIG = "config.yaml"
 TRAINING = ".training"
+#: what ``os.link`` fails with on a filesystem without hard links (FAT, FUSE mounts of buckets)
+NO_HARD_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS)
+
+log = logging.getLogger("stratagen")
 
 
 class Run:
@@ -88,19 +94,29 @@ class Run:
         """Held while this process trains the run (rank 0 under torchrun): a second process that
         would train the same run directory meanwhile is refused, naming the first, rather than
         interleave its checkpoints with the first's or remove the first's files in flight (see
-        :meth:`prepare`). The hold is ``<run>/.training`` (process id, host, start), removed when
-        the block ends; one left by a killed process of this host is taken over. Local runs only:
-        object stores have no exclusive create."""
+        :meth:`prepare`). The hold is ``<run>/.training`` (process id, host, start, directory),
+        removed when the block ends; one left by a killed process of this host, or copied with the
+        run, is taken over. Local runs on filesystems with hard links only: object stores have no
+        exclusive create, and FAT or a FUSE mount of a bucket no hard links (a warning says the run
+        is not held)."""
         if not self.is_local:
             yield
             return
         self._refuse_file()
         lock = self.local_path(TRAINING)
         os.makedirs(os.path.dirname(lock), exist_ok=True)
-        holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        stat = os.stat(os.path.dirname(lock))
+        directory = f"{stat.st_dev}:{stat.st_ino}"  # which directory, however it is reached (links, bind mounts)
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+                  "dir": directory}
         written = f"{lock}{checkpoint.TEMPORARY}{uuid.uuid4().hex[:8]}"
-        with open(written, "w") as f:
-            json.dump(holder, f)
+        try:
+            with open(written, "w") as f:
+                json.dump(holder, f)
+        except OSError as exc:
+            raise StratagenError(f"{self.url}: cannot write into the run directory ({exc.strerror}); training "
+                                 f"writes its checkpoints there") from None
+        held = True
         try:
             while True:
                 try:
@@ -108,20 +124,28 @@ class Run:
                     break
                 except FileExistsError:
                     other = _holder(lock)
-                    if other is not None and not _gone(other):
+                    if other is not None and not _stale(other, directory):
                         raise StratagenError(
                             f"{self.url}: another process is training this run (process {other['pid']} on "
                             f"{other['host']}, since {other['since']}); wait for it to end, or remove {lock} "
                             f"if that process is gone") from None
-                    with contextlib.suppress(FileNotFoundError):  # a dead process's hold: taken over
+                    with contextlib.suppress(FileNotFoundError):  # no one's hold: taken over
                         os.remove(lock)
+                except OSError as exc:
+                    if exc.errno not in NO_HARD_LINKS:
+                        raise
+                    log.warning("%s: its filesystem has no hard links, so this run is not held against a second "
+                                "trainer", self.url)
+                    held = False
+                    break
         finally:
             os.remove(written)
         try:
             yield
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(lock)
+            if held:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(lock)
 
     def prepare(self) -> None:
         """Before training: refuse a run directory that is a file, and remove the temporary files
@@ -210,10 +234,16 @@ def _holder(lock: str) -> dict[str, Any] | None:
         return None
 
 
-def _gone(holder: dict[str, Any]) -> bool:
-    """Whether the holding process has ended (known only for a process of this host)."""
+def _stale(holder: dict[str, Any], directory: str) -> bool:
+    """Whether a hold of the run in ``directory`` (device and inode) is no one's: known only for a
+    hold of this host. It is when it names another directory (it came with a copy of the run),
+    this very process (an earlier one with the same id left it, as a restarted container numbers
+    its processes alike: this process takes a hold only once, so it holds none yet), or a process
+    that has ended."""
     if holder["host"] != socket.gethostname():
         return False
+    if holder.get("dir", directory) != directory or holder["pid"] == os.getpid():
+        return True
     try:
         os.kill(int(holder["pid"]), 0)
     except ProcessLookupError:
