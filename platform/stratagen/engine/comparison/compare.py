@@ -377,4 +377,3 @@ def show_compare(source: str, overrides: list[str] | None = None, registry: Regi
                 f", training seed {seed}" if seed is not None else "")
             documents.append(f"# variant {plan.name}: {plan.source}{how}, resolved\n{cfg.dump_config(run_config)}")
     return "---\n".join(documents)
-
