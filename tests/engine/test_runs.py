@@ -61,12 +61,12 @@ def test_progress_prints_lines_when_output_is_a_log(capsys, monkeypatch):
 
 def test_only_components_still_to_train_must_split_over_the_processes(trained_run):
     """A finished run is sampled and compared on any number of processes, whatever its batch."""
-    from stratagen.engine.pipeline import _train_settings
+    from stratagen.engine.pipeline import settings_to_train
     from stratagen.io.run import Run
 
     def to_train(changes: list[str]) -> list[str]:
         config = api.load(str(trained_run), changes)
-        return [key for key, _ in _train_settings(config, api.build(config).model, Run(str(trained_run)))]
+        return [key for key, _ in settings_to_train(config, api.build(config).model, Run(str(trained_run)))]
 
     assert to_train([]) == []
     assert to_train(["priors.main.train.steps=9"]) == ["priors.main.train"]

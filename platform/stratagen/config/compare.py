@@ -74,6 +74,9 @@ def _compare_config_model(registry: Registry) -> type[BaseModel]:
         train_per_seed=(bool, Field(False, description="also train every variant once per seed, into "
                                     "<run dir>-seed<s> (a run: variant reads the per-seed runs of the variant "
                                     "before it that trains its run)")),
+        train_jobs=(int, Field(1, ge=1, description="train up to this many of the comparison's runs at once, "
+                               "each in a process of its own with an equal share of the threads (one machine; "
+                               "not under torchrun)")),
     )
 
 

@@ -144,7 +144,7 @@ def train(config: BaseModel, resume: bool = False, registry: Registry | None = N
     built = build(config, registry)  # refuses an incompatible sampler before any work
     model = built.model
     run = Run(config.run.dir)
-    to_train = _train_settings(config, model, run)
+    to_train = settings_to_train(config, model, run)
     for key, settings in to_train:  # before any process joins a group
         per_rank_batch(settings, launched_processes(), key)
     procs = setup_processes(config.run.device)
@@ -214,7 +214,7 @@ def _trained(run: Run, model: GenerativeModel) -> list[tuple[str, str]]:
     return [(kind, cid) for kind, cid in _components(model) if run.trained_step(kind, cid) is not None]
 
 
-def _train_settings(config: BaseModel, model: GenerativeModel, run: Run) -> list[tuple[str, Any]]:
+def settings_to_train(config: BaseModel, model: GenerativeModel, run: Run) -> list[tuple[str, Any]]:
     """(config key, training settings) of every component still to train (finished ones are loaded)."""
     settings = [(kind, cid, getattr(config, f"{kind}s")[cid].train) for kind, cid in _components(model)]
     return [(f"{kind}s.{cid}.train", train) for kind, cid, train in settings

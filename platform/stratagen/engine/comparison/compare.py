@@ -27,6 +27,8 @@ Output, under the compare directory::
                                  a custom-scalars layout overlays the variants per metric
     tb/claims/                   TensorBoard text: the claims section
     cache/<variant>/seed<s>/     finished sweep points (re-running skips them); metric caches in cache/
+    jobs/<variant>-seed<s>.log   with ``train_jobs: N``: the config and output of each run trained in a
+                                 process of its own, N at once (:mod:`.jobs`)
 
 The whole comparison is checked before any work (:mod:`.plan`, ``stratagen compare --check``).
 Re-running skips finished work; a variant that fails while running is reported and the others finish.
@@ -62,6 +64,7 @@ from ..evaluation import evaluate
 from ..pipeline import Pipeline, load_config, train
 from ..reporting import figures
 from .claims import Claim, check_claims, claims_markdown, spread_text
+from .jobs import jobs_to_train, train_in_processes
 from .plan import (ComparePlan, VariantPlan, plan_comparison, resolve_variants, sampling_seeds, sweep_points,
                    variant_configs, variant_sweeps)
 
@@ -113,7 +116,19 @@ class CompareRunner:
         result = CompareResult(self.dir, written=self.procs.is_main)
         training = {name: sorted({c.run.seed for c in v.run_configs.values()}) for name, v in plan.variants.items()}
         result.spread = spread_text(self.seeds, training, self.config.train_per_seed)
+        untrained = {}  # variant -> why its run failed to train in a process of its own
+        if self.config.train_jobs > 1:  # plan_comparison refused it under torchrun
+            untrained = train_in_processes(jobs_to_train(plan, self.registry), self.config.train_jobs,
+                                           self.path("jobs"))
         for name, variant in plan.variants.items():
+            trainer = variant.trained_by
+            if trainer in untrained:
+                untrained[name] = f"variant {trainer} trains its run: {untrained[trainer]}"
+            if name in untrained:
+                result.failures[name] = untrained[name]
+                if self.procs.is_main:
+                    log.error("variant %s failed: %s", name, untrained[name])
+                continue
             try:
                 self._run_variant(variant, plan.metrics, result)
             except Exception as exc:  # a crashed variant is reported; the others still run

@@ -22,6 +22,7 @@ from stratagen.io.run import Run
 from stratagen.registry import ConfigError, Registry, SamplerConfig, StratagenError, get_registry
 
 from ..build import BuiltRun, build, build_metrics, build_sampler
+from ..devices.processes import launched_processes
 from ..evaluation.evaluate import sample_labels
 from ..pipeline import load_config
 from ..training.resume import check_unchanged
@@ -61,6 +62,8 @@ class ComparePlan:
         config = self.config
         training = ("one model per variant and seed (train_per_seed)" if config.train_per_seed
                     else "one model per variant")
+        if config.train_jobs > 1:
+            training += f", up to {config.train_jobs} trained at once (train_jobs)"
         lines = [f"{source}: the comparison is valid (checked without training, sampling or writing anything)",
                  f"  output: {config.dir}",
                  f"  sampling seeds: {self.seeds}; trained models: {training}",
@@ -169,6 +172,10 @@ def resolve_variants(config: BaseModel, registry: Registry | None = None) -> dic
 def plan_comparison(config: BaseModel, registry: Registry | None = None) -> ComparePlan:
     """Every variant, sweep point, seed and metric of a validated compare config, checked (see the module)."""
     registry = registry or get_registry()
+    if config.train_jobs > 1 and launched_processes() > 1:
+        raise ConfigError(f"train_jobs: {config.train_jobs} trains runs side by side in processes of its own, which "
+                          f"torchrun's {launched_processes()} processes cannot share; under torchrun set "
+                          f"train_jobs: 1 (every process trains each run together)")
     variants = resolve_variants(config, registry)
     for plan in variants.values():
         variant = config.variants[plan.name]

@@ -1,0 +1,102 @@
+"""A comparison's runs trained side by side in processes of their own (``train_jobs``)."""
+import re
+
+import pytest
+import torch
+import yaml
+
+from stratagen import api
+from stratagen.engine.comparison import compare as compare_module
+from stratagen.engine.comparison import jobs as jobs_module
+from stratagen.io import checkpoint
+from stratagen.io.run import Run
+from stratagen.registry import ConfigError
+from tinyconfigs import tiny_config, write_config
+
+
+@pytest.fixture
+def compare_file(tmp_path):
+    write_config(tmp_path / "maskgit.yaml", tiny_config(tmp_path / "runs/maskgit", "maskgit"))
+    write_config(tmp_path / "strait.yaml", tiny_config(tmp_path / "runs/strait", "strait"))
+    spec = {"dir": str(tmp_path / "out"), "device": "cpu", "seeds": [3, 4], "train_per_seed": True, "train_jobs": 2,
+            "variants": {"tiny-maskgit": {"config": "maskgit.yaml"}, "tiny-strait": {"config": "strait.yaml"},
+                         "tiny-maskgit-2steps": {"run": str(tmp_path / "runs/maskgit"),
+                                                 "set": ["sampler.stage.steps=2"]}},
+            "eval": {"samples_per_class": 2, "seed": 4, "batch_size": 8,
+                     "metrics": [{"name": "in-domain", "classifier_steps": 10, "batch_size": 16,
+                                  "kid_subset_size": 4}]}}
+    path = tmp_path / "compare.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _weights(run_dir) -> dict[str, torch.Tensor]:
+    run = Run(str(run_dir))
+    out = {}
+    for kind, cid in (("tokenizer", "vq"), ("prior", "main")):
+        tensors, _ = checkpoint.load_tensors(run.component_url(kind, cid, "model.safetensors"))
+        out |= {f"{kind}.{cid}.{k}": v for k, v in tensors.items()}
+    return out
+
+
+def test_runs_trained_side_by_side_are_the_runs_one_process_trains(compare_file, tmp_path):
+    result = compare_module.compare(str(compare_file))
+    assert not result.failures
+    assert {(r["variant"], r["seed"]) for r in result.seed_rows} == {
+        (v, s) for v in ("tiny-maskgit", "tiny-strait", "tiny-maskgit-2steps") for s in (3, 4)}
+    jobs = tmp_path / "out/jobs"
+    assert sorted(p.name for p in jobs.glob("*.log")) == [
+        "tiny-maskgit-seed3.log", "tiny-maskgit-seed4.log", "tiny-strait-seed3.log", "tiny-strait-seed4.log"]
+    assert "prior/main: 4/4" in (jobs / "tiny-maskgit-seed4.log").read_text()
+    # the same config, trained in this process at the children's thread count: the same weights, bit for bit
+    config = api.load(str(jobs / "tiny-maskgit-seed4.yaml"), [f"run.dir={tmp_path / 'again'}"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads // 2))
+    try:
+        api.train(config)
+    finally:
+        torch.set_num_threads(threads)
+    side_by_side, here = _weights(tmp_path / "runs/maskgit-seed4"), _weights(tmp_path / "again")
+    assert side_by_side.keys() == here.keys() and all(torch.equal(side_by_side[k], here[k]) for k in here)
+    # finished: a second run trains nothing and samples nothing
+    assert jobs_module.jobs_to_train(compare_module.plan_comparison(compare_module.cfg.load_compare_config(
+        str(compare_file))), api.get_registry() if hasattr(api, "get_registry") else None) == []
+
+
+def test_the_largest_run_trains_first_and_a_run_failing_fails_its_variants_only(compare_file, tmp_path):
+    config = compare_module.cfg.load_compare_config(str(compare_file), ["seeds=[3]", "train_jobs=3"])
+    jobs = jobs_module.jobs_to_train(compare_module.plan_comparison(config), None)
+    assert [(j.label, j.steps) for j in jobs] == [("tiny-strait seed 3", 12), ("tiny-maskgit seed 3", 8)]
+    busy = Run(str(tmp_path / "runs/maskgit-seed3"))
+    with busy.training():  # this process trains it: the child's `stratagen train` is refused
+        result = compare_module.compare(str(compare_file), ["seeds=[3]"])
+    assert set(result.failures) == {"tiny-maskgit", "tiny-maskgit-2steps"}
+    assert re.search(r"training \S+maskgit-seed3 failed \(exit 2\): .*another process is training this run "
+                     r".*\(log: \S+tiny-maskgit-seed3\.log\)", result.failures["tiny-maskgit"])
+    assert result.failures["tiny-maskgit-2steps"].startswith("variant tiny-maskgit trains its run: training ")
+    assert {r["variant"] for r in result.seed_rows} == {"tiny-strait"}
+
+
+def test_an_interrupted_comparison_stops_its_children(compare_file, monkeypatch):
+    started = []
+    start = jobs_module._start
+
+    def spy(*args):
+        started.append(start(*args))
+        return started[-1]
+
+    def interrupt(seconds):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(jobs_module, "_start", spy)
+    monkeypatch.setattr(jobs_module.time, "sleep", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        compare_module.compare(str(compare_file))
+    assert len(started) == 2 and all(child.returncode is not None for child in started)
+
+
+def test_train_jobs_is_refused_under_torchrun(compare_file, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="train_jobs: 2 trains runs side by side in processes of its own, which "
+                                          "torchrun's 2 processes cannot share; under torchrun set train_jobs: 1"):
+        compare_module.check_compare(str(compare_file))
