@@ -6,7 +6,9 @@
 Copies results.md/.csv, results_per_seed.csv, claims.csv, tokenizers.md and figures/ (not the
 caches or TensorBoard files) from the config's ``dir`` to DEST, and, given the compare's log, writes
 DEST/stages.txt: every run the comparison trains (``<variant> seed <s>: training <dir>``) and every
-finished stage's line (``... (done in N s)``), in order, with the total of the stage times.
+finished stage's line (``... (done in N s)``), in order, then those of every run it trained in a
+process of its own (``train_jobs``: its log under ``jobs/``), with the total of the stage times
+(with ``train_jobs`` the runs trained side by side, so the total exceeds the wall time).
 """
 from __future__ import annotations
 
@@ -21,10 +23,16 @@ FILES = ("results.md", "results.csv", "results_per_seed.csv", "claims.csv", "tok
 DONE = re.compile(r"\(done in (\d+) s\)")
 
 
-def stage_times(log: str) -> str:
-    """The log's finished stages and trained runs, one a line, then the sum of the stage times."""
-    lines = [line.strip() for line in log.replace("\r", "\n").splitlines()
-             if DONE.search(line) or ": training " in line]
+def stage_times(log: str, job_logs: dict[str, str]) -> str:
+    """The log's finished stages and trained runs, one a line, then each job log's finished stages
+    under its name, then the sum of the stage times."""
+    def finished(text: str) -> list[str]:
+        return [line.strip() for line in text.replace("\r", "\n").splitlines()
+                if DONE.search(line) or ": training " in line]
+
+    lines = finished(log)
+    for name, text in sorted(job_logs.items()):
+        lines += [f"== {name} (trained in a process of its own)"] + finished(text)
     total = sum(int(m.group(1)) for line in lines for m in [DONE.search(line)] if m)
     return "\n".join(lines + [f"sum of the stage times: {total} s ({total / 60:.1f} min)"]) + "\n"
 
@@ -44,7 +52,8 @@ def main() -> None:
         shutil.rmtree(dest / "figures", ignore_errors=True)  # no figure of an earlier run left beside them
         shutil.copytree(source / "figures", dest / "figures")
     if args.log:
-        (dest / "stages.txt").write_text(stage_times(Path(args.log).read_text(errors="replace")))
+        job_logs = {log.stem: log.read_text(errors="replace") for log in (source / "jobs").glob("*.log")}
+        (dest / "stages.txt").write_text(stage_times(Path(args.log).read_text(errors="replace"), job_logs))
 
 
 if __name__ == "__main__":

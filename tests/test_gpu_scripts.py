@@ -59,7 +59,7 @@ def test_var_official_script_converts_samples_and_scores_the_fixture(tmp_path, c
 def test_medium_script_runs_a_comparison_and_writes_its_results_and_stage_times(tmp_path):
     write_config(tmp_path / "strait.yaml", tiny_config(tmp_path / "runs/strait", "strait"))
     (tmp_path / "compare.yaml").write_text(yaml.safe_dump({
-        "dir": str(tmp_path / "compare"), "device": "cpu", "seeds": [0, 1], "train_per_seed": True,
+        "dir": str(tmp_path / "compare"), "device": "cpu", "seeds": [0, 1], "train_per_seed": True, "train_jobs": 2,
         "variants": {"tiny-strait": {"config": "strait.yaml"}},
         "eval": {"samples_per_class": 2, "seed": 0, "batch_size": 4,
                  "metrics": [{"name": "in-domain", "classifier_steps": 5, "batch_size": 8, "kid_subset_size": 4}]},
@@ -74,7 +74,12 @@ def test_medium_script_runs_a_comparison_and_writes_its_results_and_stage_times(
     assert "choice_temperature" in (out / "results.csv").read_text() and (out / "claims.csv").exists()
     stages = (out / "stages.txt").read_text().splitlines()
     trained = [line for line in stages if ": training " in line]
-    assert trained == [f"tiny-strait seed {s}: training {tmp_path}/runs/strait-seed{s}" for s in (0, 1)]
+    assert trained == [f"tiny-strait seed {s}: training {tmp_path}/runs/strait-seed{s} (log: {tmp_path}/compare/"
+                       f"jobs/tiny-strait-seed{s}.log)" for s in (0, 1)]
+    for seed in (0, 1):  # each run's stages, from the log of the process that trained it
+        job = stages.index(f"== tiny-strait-seed{seed} (trained in a process of its own)")
+        assert [line.split(":")[0] for line in stages[job + 1:job + 5]] == [
+            "tokenizer/vq", "tokenize vq (train, 1 view(s), rank 0)", "prior/top", "prior/bottom"]
     total = sum(int(line.rsplit("(done in ", 1)[1].split()[0]) for line in stages if "(done in " in line)
     assert f"sum of the stage times: {total} s" in stages[-2] and stages[-1].startswith("compare exit 0 after ")
     assert "StraIT" not in done.stderr and "results.md" not in done.stderr

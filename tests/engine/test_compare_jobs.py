@@ -1,13 +1,17 @@
 """A comparison's runs trained side by side in processes of their own (``train_jobs``)."""
 import re
+import time
+from types import SimpleNamespace
 
 import pytest
 import torch
 import yaml
 
 from stratagen import api
+from stratagen.config import load_compare_config
 from stratagen.engine.comparison import compare as compare_module
 from stratagen.engine.comparison import jobs as jobs_module
+from stratagen.engine.comparison.plan import plan_comparison
 from stratagen.io import checkpoint
 from stratagen.io.run import Run
 from stratagen.registry import ConfigError
@@ -47,26 +51,35 @@ def test_runs_trained_side_by_side_are_the_runs_one_process_trains(compare_file,
     jobs = tmp_path / "out/jobs"
     assert sorted(p.name for p in jobs.glob("*.log")) == [
         "tiny-maskgit-seed3.log", "tiny-maskgit-seed4.log", "tiny-strait-seed3.log", "tiny-strait-seed4.log"]
-    assert "prior/main: 4/4" in (jobs / "tiny-maskgit-seed4.log").read_text()
-    # the same config, trained in this process at the children's thread count: the same weights, bit for bit
-    config = api.load(str(jobs / "tiny-maskgit-seed4.yaml"), [f"run.dir={tmp_path / 'again'}"])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, threads // 2))
+    log = (jobs / "tiny-maskgit-seed4.log").read_text().splitlines()
+    threads = max(1, torch.get_num_threads() // 2)
+    assert log[0].endswith(f": OMP_NUM_THREADS={threads} -m stratagen.cli train {jobs / 'tiny-maskgit-seed4.yaml'} "
+                           "--resume")
+    assert any(line.startswith("prior/main: 4/4") for line in log)
+    # the config the comparison would train itself, at the children's thread count: the same weights, bit for bit
+    config = plan_comparison(load_compare_config(str(compare_file))).variants["tiny-maskgit"].run_configs[4]
+    assert api.load(str(jobs / "tiny-maskgit-seed4.yaml")).model_dump() == config.model_dump()  # the dump is exact
+    config = config.model_copy(update={"run": config.run.model_copy(update={"dir": str(tmp_path / "again")})})
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
     try:
         api.train(config)
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
     side_by_side, here = _weights(tmp_path / "runs/maskgit-seed4"), _weights(tmp_path / "again")
     assert side_by_side.keys() == here.keys() and all(torch.equal(side_by_side[k], here[k]) for k in here)
-    # finished: a second run trains nothing and samples nothing
-    assert jobs_module.jobs_to_train(compare_module.plan_comparison(compare_module.cfg.load_compare_config(
-        str(compare_file))), api.get_registry() if hasattr(api, "get_registry") else None) == []
+    # finished: nothing left to train
+    assert jobs_module.jobs_to_train(plan_comparison(load_compare_config(str(compare_file)))) == []
 
 
 def test_the_largest_run_trains_first_and_a_run_failing_fails_its_variants_only(compare_file, tmp_path):
-    config = compare_module.cfg.load_compare_config(str(compare_file), ["seeds=[3]", "train_jobs=3"])
-    jobs = jobs_module.jobs_to_train(compare_module.plan_comparison(config), None)
-    assert [(j.label, j.steps) for j in jobs] == [("tiny-strait seed 3", 12), ("tiny-maskgit seed 3", 8)]
+    config = load_compare_config(str(compare_file), ["seeds=[3]", "train_jobs=3"])
+    jobs = jobs_module.jobs_to_train(plan_comparison(config))
+    assert [(j.label, j.name, j.steps) for j in jobs] == [("tiny-strait seed 3", "tiny-strait-seed3", 12),
+                                                          ("tiny-maskgit seed 3", "tiny-maskgit-seed3", 8)]
+    config = load_compare_config(str(compare_file), ["train_per_seed=false"])
+    assert [(j.label, j.name, j.variants) for j in jobs_module.jobs_to_train(plan_comparison(config))] == [
+        ("tiny-strait", "tiny-strait", ["tiny-strait"]), ("tiny-maskgit", "tiny-maskgit", ["tiny-maskgit"])]
     busy = Run(str(tmp_path / "runs/maskgit-seed3"))
     with busy.training():  # this process trains it: the child's `stratagen train` is refused
         result = compare_module.compare(str(compare_file), ["seeds=[3]"])
@@ -89,10 +102,13 @@ def test_an_interrupted_comparison_stops_its_children(compare_file, monkeypatch)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(jobs_module, "_start", spy)
-    monkeypatch.setattr(jobs_module.time, "sleep", interrupt)
+    # Ctrl-C while the comparison waits for its children (only jobs.py's clock is replaced)
+    monkeypatch.setattr(jobs_module, "time", SimpleNamespace(sleep=interrupt, monotonic=time.monotonic,
+                                                             strftime=time.strftime))
     with pytest.raises(KeyboardInterrupt):
         compare_module.compare(str(compare_file))
-    assert len(started) == 2 and all(child.returncode is not None for child in started)
+    # stopped by SIGTERM: by the CLI's handler (143), or before it was set (-15)
+    assert len(started) == 2 and all(child.returncode in (143, -15) for child in started)
 
 
 def test_train_jobs_is_refused_under_torchrun(compare_file, monkeypatch):
@@ -100,3 +116,10 @@ def test_train_jobs_is_refused_under_torchrun(compare_file, monkeypatch):
     with pytest.raises(ConfigError, match="train_jobs: 2 trains runs side by side in processes of its own, which "
                                           "torchrun's 2 processes cannot share; under torchrun set train_jobs: 1"):
         compare_module.check_compare(str(compare_file))
+
+
+def test_train_jobs_is_refused_for_runs_in_memory(compare_file):
+    with pytest.raises(ConfigError, match=re.escape("variant tiny-strait: run.dir memory://strait-seed3 lives in this "
+                                                    "process's memory, which the processes that train_jobs trains in "
+                                                    "do not share")):
+        compare_module.check_compare(str(compare_file), ["variants.tiny-strait.set=[run.dir=memory://strait]"])

@@ -27,7 +27,7 @@ Output, under the compare directory::
                                  a custom-scalars layout overlays the variants per metric
     tb/claims/                   TensorBoard text: the claims section
     cache/<variant>/seed<s>/     finished sweep points (re-running skips them); metric caches in cache/
-    jobs/<variant>-seed<s>.log   with ``train_jobs: N``: the config and output of each run trained in a
+    jobs/<variant>[-seed<s>].log with ``train_jobs: N``: the config (.yaml) and output of each run trained in a
                                  process of its own, N at once (:mod:`.jobs`)
 
 The whole comparison is checked before any work (:mod:`.plan`, ``stratagen compare --check``).

@@ -1,19 +1,24 @@
 """Training a comparison's runs side by side, each in a process of its own (``train_jobs: N``).
 
-A comparison trains its runs one after another in its own process by default. Small models on a
-CPU use its cores poorly (two threads train a 64 px prior about 1.3x as fast as one), so with
+A comparison trains its runs one after another in its own process by default. A second CPU thread
+speeds a small run up by less than 2x (1.7x for the medium StraIT-R run on 2 cores, where two runs
+side by side train 14% more runs per hour: ``benchmarks/bench_train_jobs.py``), so with
 ``train_jobs: N`` every run with something left to train is trained by ``stratagen train
 <config> --resume`` in a child process, up to N at once, each with ``T // N`` intra-op threads
-(T: this process's threads, ``OMP_NUM_THREADS`` or the cores; at least one). Largest first
-(by the optimizer steps left), so the longest run does not start last.
+(T: this process's threads, ``OMP_NUM_THREADS`` or the cores; at least one), whatever the number
+of runs still queued: a run's weights depend on its thread count, so it must not depend on the
+order in which the runs end. The runs whose unfinished components have the most optimizer steps
+start first, so the longest does not start last. On a GPU the children share the comparison's
+device (their threads matter little there).
 
-Each child reads the run config the comparison resolved (written to ``jobs/<run>.yaml`` under
-the compare directory) and writes its output to ``jobs/<run>.log``; the same config and threads
-train the same weights as the comparison itself would at those threads. The comparison then
-samples and scores as usual, loading what the children trained. A run whose training fails makes
-its variant fail (the last lines of its log say why); the others go on. Ctrl-C or SIGTERM stops
-the children (they keep what they finished; the same command continues), and on Linux a child
-also stops when the comparison is killed outright.
+Each child reads the run config the comparison resolved (written to ``jobs/<name>.yaml`` under
+the compare directory, ``<name>`` being the variant, ``-seed<s>`` added with ``train_per_seed``)
+and appends its output to ``jobs/<name>.log``; the same config and threads train the same weights
+as the comparison itself would at those threads. The comparison then samples and scores as usual,
+loading what the children trained. A run whose training fails makes its variants fail (the last
+line of its log says why); the others go on. Ctrl-C or SIGTERM stops the children (they keep what
+they finished; the same command continues), and on Linux a child also stops when the comparison is
+killed outright.
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from pydantic import BaseModel
@@ -36,10 +42,12 @@ from stratagen.registry import Registry
 from ..build import build
 from ..pipeline import settings_to_train
 from ..reporting.logger import announce
-from .plan import ComparePlan
+from .plan import ComparePlan, run_key
 
 #: seconds between two looks at the running children
 POLL_SECONDS = 1.0
+#: seconds a stopped child has to end before it is killed
+STOP_SECONDS = 60.0
 
 
 @dataclass
@@ -51,11 +59,11 @@ class TrainJob:
     #: file name of its config and log under the work directory, e.g. ``StraIT-R-seed0``
     name: str
     config: BaseModel
-    #: optimizer steps left to train (what the queue orders by)
+    #: optimizer steps of its unfinished components (what the queue orders by)
     steps: int
 
 
-def jobs_to_train(plan: ComparePlan, registry: Registry) -> list[TrainJob]:
+def jobs_to_train(plan: ComparePlan, registry: Registry | None = None) -> list[TrainJob]:
     """Every run the comparison trains that has a component left to train, largest first.
 
     A run two variants train (the same ``config:``) is one job that names both.
@@ -65,7 +73,7 @@ def jobs_to_train(plan: ComparePlan, registry: Registry) -> list[TrainJob]:
         if not variant.trains:
             continue
         for seed, run_config in variant.run_configs.items():
-            key = os.path.normpath(os.path.abspath(run_config.run.dir))
+            key = run_key(run_config.run.dir)
             if key in jobs:
                 jobs[key].variants.append(variant.name)
                 continue
@@ -77,7 +85,7 @@ def jobs_to_train(plan: ComparePlan, registry: Registry) -> list[TrainJob]:
     return sorted(jobs.values(), key=lambda job: -job.steps)
 
 
-def _steps_left(run_config: BaseModel, registry: Registry) -> int:
+def _steps_left(run_config: BaseModel, registry: Registry | None) -> int:
     """Optimizer steps of the run's components without final weights (0: nothing to train)."""
     with torch.device("meta"):
         model = build(run_config, registry).model
@@ -98,7 +106,12 @@ def train_in_processes(jobs: list[TrainJob], processes: int, work_dir: str) -> d
         while queue or running:
             while queue and len(running) < processes:
                 job = queue.pop(0)
-                running[job.label] = (job, _start(job, threads, work_dir), time.monotonic())
+                try:
+                    running[job.label] = (job, _start(job, threads, work_dir), time.monotonic())
+                except OSError as exc:  # its config or log cannot be written: this run fails, not the others
+                    why = f"training {job.config.run.dir} could not start: {exc.strerror or exc} ({exc.filename})"
+                    announce(f"{job.label}: {why}")
+                    failures.update({variant: why for variant in job.variants})
             time.sleep(POLL_SECONDS)
             for label, (job, child, started) in list(running.items()):
                 if child.poll() is None:
@@ -108,15 +121,20 @@ def train_in_processes(jobs: list[TrainJob], processes: int, work_dir: str) -> d
                 if child.returncode == 0:
                     announce(f"{label}: trained {job.config.run.dir} in {time.monotonic() - started:.0f} s")
                 else:
-                    why = f"training {job.config.run.dir} failed (exit {child.returncode}): {_last_line(log)} " \
-                          f"(log: {log})"
+                    how = (f"exit {child.returncode}" if child.returncode > 0
+                           else f"killed by signal {-child.returncode}")
+                    why = f"training {job.config.run.dir} failed ({how}): {_last_line(log)} (log: {log})"
                     announce(f"{label}: {why}")
                     failures.update({variant: why for variant in job.variants})
     finally:  # Ctrl-C, SIGTERM or an error here: the children stop too, keeping what they finished
         for _, child, _ in running.values():
             child.send_signal(signal.SIGTERM)
         for _, child, _ in running.values():
-            child.wait()
+            try:
+                child.wait(STOP_SECONDS)
+            except subprocess.TimeoutExpired:  # stuck in a long call: what it did not save is lost anyway
+                child.kill()
+                child.wait()
     return failures
 
 
@@ -124,17 +142,30 @@ def _start(job: TrainJob, threads: int, work_dir: str) -> subprocess.Popen:
     config_path = _log_path(job, work_dir).removesuffix(".log") + ".yaml"
     checkpoint.write_bytes_atomic(config_path, cfg.dump_config(job.config).encode())
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    command = [sys.executable, "-m", "stratagen.cli", "train", config_path, "--resume"]
     announce(f"{job.label}: training {job.config.run.dir} (log: {_log_path(job, work_dir)})")
-    with open(_log_path(job, work_dir), "w") as log:
-        return subprocess.Popen([sys.executable, "-m", "stratagen.cli", "train", config_path, "--resume"],
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                preexec_fn=_stop_with_parent if sys.platform == "linux" else None)
+    with open(_log_path(job, work_dir), "a") as log:  # a continued comparison keeps the earlier output
+        log.write(f"== {time.strftime('%Y-%m-%d %H:%M:%S')}: OMP_NUM_THREADS={threads} {' '.join(command[1:])}\n")
+        log.flush()
+        # a session of its own: Ctrl-C reaches the comparison alone, which then stops its children
+        return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True, preexec_fn=_stop_with_parent())
 
 
-def _stop_with_parent() -> None:
-    """In the child, before it runs: SIGTERM when the comparison's process dies (Linux prctl)."""
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+def _stop_with_parent() -> Callable[[], None] | None:
+    """What the child runs before the command so that it gets SIGTERM when the comparison's process
+    dies (Linux ``prctl(PR_SET_PDEATHSIG)``; None elsewhere). The C function is looked up here, in the
+    parent: between fork and exec the child must not load libraries."""
+    if sys.platform != "linux":
+        return None
+    prctl, pr_set_pdeathsig, sigterm, parent = ctypes.CDLL(None).prctl, 1, int(signal.SIGTERM), os.getpid()
+
+    def stop_with_parent() -> None:
+        prctl(pr_set_pdeathsig, sigterm)
+        if os.getppid() != parent:  # the comparison died before the request: nobody will signal it
+            os._exit(143)
+
+    return stop_with_parent
 
 
 def _log_path(job: TrainJob, work_dir: str) -> str:
@@ -143,5 +174,6 @@ def _log_path(job: TrainJob, work_dir: str) -> str:
 
 def _last_line(path: str) -> str:
     with open(path, errors="replace") as f:
-        lines = [line.strip() for line in f.read().replace("\r", "\n").splitlines() if line.strip()]
+        lines = [line.strip() for line in f.read().replace("\r", "\n").splitlines()
+                 if line.strip() and not line.startswith("== ")]  # not the headers _start writes
     return lines[-1] if lines else "no output"

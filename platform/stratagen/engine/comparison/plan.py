@@ -151,9 +151,9 @@ def resolve_variants(config: BaseModel, registry: Registry | None = None) -> dic
         if variant.config is not None:
             run_configs = variant_configs(config, name, variant, registry, seeds)
             for seed, run_config in run_configs.items():
-                trained_here.setdefault(_directory(run_config.run.dir.removesuffix(f"-seed{seed}")), name)
+                trained_here.setdefault(run_key(run_config.run.dir.removesuffix(f"-seed{seed}")), name)
         else:
-            trained_by = trained_here.get(_directory(variant.run))
+            trained_by = trained_here.get(run_key(variant.run))
             trainer = config.variants[trained_by] if trained_by else None
             if trainer is None and seeds is not None:
                 raise ConfigError(f"variant {name}: train_per_seed trains every variant once per seed, but no "
@@ -177,6 +177,8 @@ def plan_comparison(config: BaseModel, registry: Registry | None = None) -> Comp
                           f"torchrun's {launched_processes()} processes cannot share; under torchrun set "
                           f"train_jobs: 1 (every process trains each run together)")
     variants = resolve_variants(config, registry)
+    if config.train_jobs > 1:
+        _check_shared_with_children(variants)
     for plan in variants.values():
         variant = config.variants[plan.name]
         run_config = next(iter(plan.run_configs.values()))
@@ -214,6 +216,16 @@ def _check_variant(config: BaseModel, name: str, variant: Any, run_config: BaseM
     return points
 
 
+def _check_shared_with_children(variants: dict[str, VariantPlan]) -> None:
+    """``train_jobs`` trains in child processes: a ``memory://`` run would vanish with its child."""
+    for plan in variants.values():
+        for run_config in plan.run_configs.values():
+            if plan.trains and run_config.run.dir.startswith("memory://"):
+                raise ConfigError(f"variant {plan.name}: run.dir {run_config.run.dir} lives in this process's "
+                                  f"memory, which the processes that train_jobs trains in do not share; give it a "
+                                  f"directory or a bucket URL, or set train_jobs: 1")
+
+
 def _components(built: BuiltRun) -> list[tuple[str, str]]:
     """(kind, id) of every component of a run that has weights of its own."""
     model = built.model
@@ -244,5 +256,6 @@ def _check_trained(name: str, run_dir: str, built: BuiltRun) -> None:
                               f"--resume` first")
 
 
-def _directory(path: str) -> str:
+def run_key(path: str) -> str:
+    """One name per run directory, however it is written (relative, with ``..``, or a URL)."""
     return os.path.normpath(os.path.abspath(path)) if "://" not in path else path.rstrip("/")
