@@ -84,8 +84,8 @@ def test_the_largest_run_trains_first_and_a_run_failing_fails_its_variants_only(
     with busy.training():  # this process trains it: the child's `stratagen train` is refused
         result = compare_module.compare(str(compare_file), ["seeds=[3]"])
     assert set(result.failures) == {"tiny-maskgit", "tiny-maskgit-2steps"}
-    assert re.search(r"training \S+maskgit-seed3 failed \(exit 2\): .*another process is training this run "
-                     r".*\(log: \S+tiny-maskgit-seed3\.log\)", result.failures["tiny-maskgit"])
+    assert re.search(r"training \S+maskgit-seed3 failed \(exit 2\): \S+maskgit-seed3: another process is training "
+                     r"this run .*\(log: \S+tiny-maskgit-seed3\.log\)", result.failures["tiny-maskgit"])
     assert result.failures["tiny-maskgit-2steps"].startswith("variant tiny-maskgit trains its run: training ")
     assert {r["variant"] for r in result.seed_rows} == {"tiny-strait"}
 

@@ -173,7 +173,9 @@ def _log_path(job: TrainJob, work_dir: str) -> str:
 
 
 def _last_line(path: str) -> str:
+    """The child's last line of output, without the ``error: `` the CLI starts it with (the message it
+    goes into already says that the training failed)."""
     with open(path, errors="replace") as f:
         lines = [line.strip() for line in f.read().replace("\r", "\n").splitlines()
                  if line.strip() and not line.startswith("== ")]  # not the headers _start writes
-    return lines[-1] if lines else "no output"
+    return lines[-1].removeprefix("error: ") if lines else "no output"
