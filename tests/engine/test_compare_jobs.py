@@ -90,6 +90,18 @@ def test_the_largest_run_trains_first_and_a_run_failing_fails_its_variants_only(
     assert {r["variant"] for r in result.seed_rows} == {"tiny-strait"}
 
 
+def test_a_variant_whose_runs_both_fail_names_both(compare_file, tmp_path):
+    config = load_compare_config(str(compare_file), ["train_jobs=3"])
+    jobs = [job for job in jobs_module.jobs_to_train(plan_comparison(config)) if job.variants == ["tiny-maskgit"]]
+    (tmp_path / "runs").mkdir()
+    for seed in (3, 4):
+        (tmp_path / f"runs/maskgit-seed{seed}").write_text("not a run")
+    failures = jobs_module.train_in_processes(jobs, 2, str(tmp_path / "jobs"))
+    assert list(failures) == ["tiny-maskgit"]
+    failed = re.findall(r"training (\S+) failed \(exit 2\): run.dir: \1 is a file", failures["tiny-maskgit"])
+    assert sorted(failed) == [f"{tmp_path}/runs/maskgit-seed{seed}" for seed in (3, 4)]
+
+
 def test_an_interrupted_comparison_stops_its_children(compare_file, monkeypatch):
     started = []
     start = jobs_module._start

@@ -110,8 +110,7 @@ def train_in_processes(jobs: list[TrainJob], processes: int, work_dir: str) -> d
                     running[job.label] = (job, _start(job, threads, work_dir), time.monotonic())
                 except OSError as exc:  # its config or log cannot be written: this run fails, not the others
                     why = f"training {job.config.run.dir} could not start: {exc.strerror or exc} ({exc.filename})"
-                    announce(f"{job.label}: {why}")
-                    failures.update({variant: why for variant in job.variants})
+                    _fail(job, why, failures)
             time.sleep(POLL_SECONDS)
             for label, (job, child, started) in list(running.items()):
                 if child.poll() is None:
@@ -124,8 +123,7 @@ def train_in_processes(jobs: list[TrainJob], processes: int, work_dir: str) -> d
                     how = (f"exit {child.returncode}" if child.returncode > 0
                            else f"killed by signal {-child.returncode}")
                     why = f"training {job.config.run.dir} failed ({how}): {_last_line(log)} (log: {log})"
-                    announce(f"{label}: {why}")
-                    failures.update({variant: why for variant in job.variants})
+                    _fail(job, why, failures)
     finally:  # Ctrl-C, SIGTERM or an error here: the children stop too, keeping what they finished
         for _, child, _ in running.values():
             child.send_signal(signal.SIGTERM)
@@ -136,6 +134,13 @@ def train_in_processes(jobs: list[TrainJob], processes: int, work_dir: str) -> d
                 child.kill()
                 child.wait()
     return failures
+
+
+def _fail(job: TrainJob, why: str, failures: dict[str, str]) -> None:
+    """Says why ``job`` failed and fails its variants; a variant two of whose runs (seeds) failed names both."""
+    announce(f"{job.label}: {why}")
+    for variant in job.variants:
+        failures[variant] = f"{failures[variant]}; {why}" if variant in failures else why
 
 
 def _start(job: TrainJob, threads: int, work_dir: str) -> subprocess.Popen:
