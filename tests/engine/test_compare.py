@@ -12,7 +12,7 @@ from stratagen.engine.comparison import compare as compare_module
 from stratagen.engine.comparison import plan as compare_plan
 from stratagen.engine.evaluation import evaluate
 from stratagen.engine.reporting import dashboard
-from stratagen.registry import ConfigError
+from stratagen.registry import ConfigError, StratagenError
 from tinyconfigs import tiny_config, write_config
 
 
@@ -241,3 +241,34 @@ def test_tokenizer_reports_of_several_training_seeds_keep_the_seed_spread_apart_
     mean = compare_module._mean_reports(seeds)["vq"]
     assert mean == {"swap_keep_top_psnr": 11.0, "swap_keep_top_psnr_std": pytest.approx(2 ** 0.5),
                     "swap_keep_top_psnr_image_std": 2.5}
+
+
+COMPARISON_HOLDER = """
+import sys
+from stratagen.engine.comparison.compare import COMPARING
+from stratagen.io.run import held_by_this_process
+with held_by_this_process(sys.argv[1] + "/" + COMPARING, sys.argv[1], "running this comparison", "compare", ""):
+    print("holding", flush=True)
+    sys.stdin.read()  # until the test closes it
+"""
+
+
+def test_a_compare_directory_another_comparison_runs_is_refused_and_left_as_it_was(compare_run):
+    import subprocess
+    import sys
+
+    root, path, _ = compare_run
+    out = root / "out"
+    holder = subprocess.Popen([sys.executable, "-c", COMPARISON_HOLDER, str(out)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "holding\n"
+        before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+        with pytest.raises(StratagenError, match=rf"{out}: another process is running this comparison \(process "
+                                                 rf"{holder.pid} on .*remove .*\.comparing if that process is gone"):
+            compare_module.compare(str(path))
+        assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    finally:
+        holder.communicate("")
+    assert holder.returncode == 0 and not (out / ".comparing").exists()
+    assert not compare_module.compare(str(path)).failures and not (out / ".comparing").exists()

@@ -103,49 +103,9 @@ class Run:
             yield
             return
         self._refuse_file()
-        lock = self.local_path(TRAINING)
-        os.makedirs(os.path.dirname(lock), exist_ok=True)
-        stat = os.stat(os.path.dirname(lock))
-        directory = f"{stat.st_dev}:{stat.st_ino}"  # which directory, however it is reached (links, bind mounts)
-        holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S"),
-                  "dir": directory}
-        written = f"{lock}{checkpoint.TEMPORARY}{uuid.uuid4().hex[:8]}"
-        try:
-            with open(written, "w") as f:
-                json.dump(holder, f)
-        except OSError as exc:
-            raise StratagenError(f"{self.url}: cannot write into the run directory ({exc.strerror}); training "
-                                 f"writes its checkpoints there") from None
-        held = True
-        try:
-            while True:
-                try:
-                    os.link(written, lock)  # atomic, and the hold is complete when it appears
-                    break
-                except FileExistsError:
-                    other = _holder(lock)
-                    if other is not None and not _stale(other, directory):
-                        raise StratagenError(
-                            f"{self.url}: another process is training this run (process {other['pid']} on "
-                            f"{other['host']}, since {other['since']}); wait for it to end, or remove {lock} "
-                            f"if that process is gone") from None
-                    with contextlib.suppress(FileNotFoundError):  # no one's hold: taken over
-                        os.remove(lock)
-                except OSError as exc:
-                    if exc.errno not in NO_HARD_LINKS:
-                        raise
-                    log.warning("%s: its filesystem has no hard links, so this run is not held against a second "
-                                "trainer", self.url)
-                    held = False
-                    break
-        finally:
-            os.remove(written)
-        try:
+        with held_by_this_process(self.local_path(TRAINING), self.url, "training this run", "run",
+                                  "training writes its checkpoints there"):
             yield
-        finally:
-            if held:
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(lock)
 
     def prepare(self) -> None:
         """Before training: refuse a run directory that is a file, and remove the temporary files
@@ -222,6 +182,55 @@ class Run:
         """Whether the component's final weights are written and its checkpoint, if it has one, is
         not behind them (a run stopped between the two is resumed, and rewrites both)."""
         return self.trained_step(kind, cid) == steps and self.trained_step(kind, cid, TRAIN_STATE) in (None, steps)
+
+
+@contextlib.contextmanager
+def held_by_this_process(lock: str, name: str, doing: str, kind: str, writes: str) -> Iterator[None]:
+    """Held while the block runs: the hold file ``lock`` (process id, host, start, directory) is made
+    atomically; another process's live hold refuses this one (``<name>: another process is <doing>
+    ...``), a stale one is taken over (see :func:`_stale`), and the file is removed when the block ends.
+    ``kind`` and ``writes`` say what the directory is and why it must be writable. On a filesystem
+    without hard links a warning says the directory is not held."""
+    os.makedirs(os.path.dirname(lock), exist_ok=True)
+    stat = os.stat(os.path.dirname(lock))
+    directory = f"{stat.st_dev}:{stat.st_ino}"  # which directory, however it is reached (links, bind mounts)
+    holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "dir": directory}
+    written = f"{lock}{checkpoint.TEMPORARY}{uuid.uuid4().hex[:8]}"
+    try:
+        with open(written, "w") as f:
+            json.dump(holder, f)
+    except OSError as exc:
+        raise StratagenError(f"{name}: cannot write into the {kind} directory ({exc.strerror}); {writes}") from None
+    held = True
+    try:
+        while True:
+            try:
+                os.link(written, lock)  # atomic, and the hold is complete when it appears
+                break
+            except FileExistsError:
+                other = _holder(lock)
+                if other is not None and not _stale(other, directory):
+                    raise StratagenError(
+                        f"{name}: another process is {doing} (process {other['pid']} on {other['host']}, since "
+                        f"{other['since']}); wait for it to end, or remove {lock} if that process is gone") from None
+                with contextlib.suppress(FileNotFoundError):  # no one's hold: taken over
+                    os.remove(lock)
+            except OSError as exc:
+                if exc.errno not in NO_HARD_LINKS:
+                    raise
+                log.warning("%s: its filesystem has no hard links, so this %s is not held against a second process",
+                            name, kind)
+                held = False
+                break
+    finally:
+        os.remove(written)
+    try:
+        yield
+    finally:
+        if held:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(lock)
 
 
 def _holder(lock: str) -> dict[str, Any] | None:

@@ -32,6 +32,8 @@ Output, under the compare directory::
 
 The whole comparison is checked before any work (:mod:`.plan`, ``stratagen compare --check``).
 Re-running skips finished work; a variant that fails while running is reported and the others finish.
+One process runs a compare directory at a time (``.comparing`` holds it; a second comparison of it is
+refused, naming the first, rather than overwrite its results with a partial table).
 
 Under torchrun every process trains the variants together (DDP, as ``stratagen train``), and each
 sweep point's samples are split over the processes by batch and gathered on rank 0
@@ -41,6 +43,7 @@ rank 0 alone scores them, evaluates the tokenizers and writes every file above
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
@@ -56,6 +59,7 @@ from pydantic import BaseModel
 from stratagen import config as cfg
 from stratagen.eval import from_uint8
 from stratagen.io import checkpoint
+from stratagen.io.run import held_by_this_process
 from stratagen.registry import Registry, StratagenError, get_registry
 
 from ..devices.gather import on_main
@@ -69,6 +73,9 @@ from .plan import (ComparePlan, VariantPlan, plan_comparison, resolve_variants, 
                    variant_configs, variant_sweeps)
 
 log = logging.getLogger("stratagen")
+
+#: the hold of the comparison running in a compare directory (see :func:`stratagen.io.run.held_by_this_process`)
+COMPARING = ".comparing"
 
 TABLE_METRICS = ("fid", "swd", "is", "kid", "precision", "recall", "class_accuracy")
 
@@ -109,10 +116,17 @@ class CompareRunner:
         return sampling_seeds(self.config)
 
     def run(self) -> CompareResult:
-        from .aggregate import aggregate
-
         plan = plan_comparison(self.config, self.registry)  # every check before any work
         self.procs = setup_processes(self.config.device)  # after the checks: a config error stops no group
+        with contextlib.ExitStack() as hold:  # one comparison per directory: a second would overwrite its files
+            on_main(self.procs, lambda: hold.enter_context(held_by_this_process(
+                self.path(COMPARING), self.dir, "running this comparison", "compare",
+                "the comparison writes its results there")))
+            return self._run(plan)
+
+    def _run(self, plan: ComparePlan) -> CompareResult:
+        from .aggregate import aggregate
+
         result = CompareResult(self.dir, written=self.procs.is_main)
         training = {name: sorted({c.run.seed for c in v.run_configs.values()}) for name, v in plan.variants.items()}
         result.spread = spread_text(self.seeds, training, self.config.train_per_seed)
