@@ -264,11 +264,19 @@ def test_a_compare_directory_another_comparison_runs_is_refused_and_left_as_it_w
     try:
         assert holder.stdout.readline() == "holding\n"
         before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
-        with pytest.raises(StratagenError, match=rf"{out}: another process is running this comparison \(process "
-                                                 rf"{holder.pid} on .*remove .*\.comparing if that process is gone"):
+        with pytest.raises(StratagenError, match=re.escape(f"{out}: another process is running this comparison "
+                                                           f"(process {holder.pid} on ") + r".*remove .*\.comparing "
+                                                 r"if that process is gone"):
             compare_module.compare(str(path))
         assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     finally:
         holder.communicate("")
     assert holder.returncode == 0 and not (out / ".comparing").exists()
     assert not compare_module.compare(str(path)).failures and not (out / ".comparing").exists()
+
+
+def test_a_compare_dir_that_is_a_file_is_refused_before_any_work(compare_run, tmp_path):
+    _, path, _ = compare_run
+    (tmp_path / "results").write_text("not a directory")
+    with pytest.raises(ConfigError, match=re.escape(f"dir: {tmp_path / 'results'} is a file; give a directory")):
+        compare_module.check_compare(str(path), [f"dir={tmp_path / 'results'}"])

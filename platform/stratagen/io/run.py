@@ -234,7 +234,7 @@ def held_by_this_process(lock: str, name: str, doing: str, kind: str, writes: st
 
 
 def _holder(lock: str) -> dict[str, Any] | None:
-    """Who holds a run's training hold, or None when the file is unreadable or already gone."""
+    """Who holds the hold file ``lock``, or None when the file is unreadable or already gone."""
     try:
         with open(lock) as f:
             holder = json.load(f)
@@ -244,10 +244,10 @@ def _holder(lock: str) -> dict[str, Any] | None:
 
 
 def _stale(holder: dict[str, Any], directory: str) -> bool:
-    """Whether a hold of the run in ``directory`` (device and inode) is no one's: known only for a
+    """Whether a hold of ``directory`` (device and inode) is no one's: known only for a
     hold of this host. It is when it names another directory (it came with a copy of the run),
     this very process (an earlier one with the same id left it, as a restarted container numbers
-    its processes alike: this process takes a hold only once, so it holds none yet), or a process
+    its processes alike: this process takes each hold only once, so it holds none of this one yet), or a process
     that has ended."""
     if holder["host"] != socket.gethostname():
         return False

@@ -27,6 +27,7 @@ Output, under the compare directory::
                                  a custom-scalars layout overlays the variants per metric
     tb/claims/                   TensorBoard text: the claims section
     cache/<variant>/seed<s>/     finished sweep points (re-running skips them); metric caches in cache/
+    .comparing                   while a comparison runs here: its process id, host and start (the hold)
     jobs/<variant>[-seed<s>].log with ``train_jobs: N``: the config (.yaml) and output of each run trained in a
                                  process of its own, N at once (:mod:`.jobs`)
 
@@ -120,7 +121,7 @@ class CompareRunner:
         self.procs = setup_processes(self.config.device)  # after the checks: a config error stops no group
         with contextlib.ExitStack() as hold:  # one comparison per directory: a second would overwrite its files
             on_main(self.procs, lambda: hold.enter_context(held_by_this_process(
-                self.path(COMPARING), self.dir, "running this comparison", "compare",
+                self.path(COMPARING), self.dir, "running this comparison", "comparison",
                 "the comparison writes its results there")))
             return self._run(plan)
 

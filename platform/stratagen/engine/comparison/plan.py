@@ -176,6 +176,9 @@ def plan_comparison(config: BaseModel, registry: Registry | None = None) -> Comp
         raise ConfigError(f"train_jobs: {config.train_jobs} trains runs side by side in processes of its own, which "
                           f"torchrun's {launched_processes()} processes cannot share; under torchrun set "
                           f"train_jobs: 1 (every process trains each run together)")
+    if os.path.exists(config.dir) and not os.path.isdir(config.dir):
+        raise ConfigError(f"dir: {config.dir} is a file; give a directory for the comparison's results (it is "
+                          f"created if missing)")
     variants = resolve_variants(config, registry)
     if config.train_jobs > 1:
         _check_shared_with_children(variants)
