@@ -244,11 +244,11 @@ def _holder(lock: str) -> dict[str, Any] | None:
 
 
 def _stale(holder: dict[str, Any], directory: str) -> bool:
-    """Whether a hold of ``directory`` (device and inode) is no one's: known only for a
-    hold of this host. It is when it names another directory (it came with a copy of the run),
-    this very process (an earlier one with the same id left it, as a restarted container numbers
-    its processes alike: this process takes each hold only once, so it holds none of this one yet), or a process
-    that has ended."""
+    """Whether a hold of ``directory`` (device and inode) is no one's: known only for a hold of this
+    host. It is when it names another directory (it came with a copy of the directory), this very
+    process (an earlier one with the same id left it, as a restarted container numbers its processes
+    alike: a process takes each hold only once, so it holds none of this one yet), or a process that
+    has ended."""
     if holder["host"] != socket.gethostname():
         return False
     if holder.get("dir", directory) != directory or holder["pid"] == os.getpid():

@@ -116,7 +116,7 @@ def train_in_processes(jobs: list[TrainJob], processes: int, work_dir: str) -> d
                 if child.poll() is None:
                     continue
                 del running[label]
-                log = _log_path(job, work_dir)
+                log = _job_file(job, work_dir, ".log")
                 if child.returncode == 0:
                     announce(f"{label}: trained {job.config.run.dir} in {time.monotonic() - started:.0f} s")
                 else:
@@ -144,12 +144,12 @@ def _fail(job: TrainJob, why: str, failures: dict[str, str]) -> None:
 
 
 def _start(job: TrainJob, threads: int, work_dir: str) -> subprocess.Popen:
-    config_path = _log_path(job, work_dir).removesuffix(".log") + ".yaml"
+    config_path, log_path = _job_file(job, work_dir, ".yaml"), _job_file(job, work_dir, ".log")
     checkpoint.write_bytes_atomic(config_path, cfg.dump_config(job.config).encode())
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     command = [sys.executable, "-m", "stratagen.cli", "train", config_path, "--resume"]
-    announce(f"{job.label}: training {job.config.run.dir} (log: {_log_path(job, work_dir)})")
-    with open(_log_path(job, work_dir), "a") as log:  # a continued comparison keeps the earlier output
+    announce(f"{job.label}: training {job.config.run.dir} (log: {log_path})")
+    with open(log_path, "a") as log:  # a continued comparison keeps the earlier output
         log.write(f"== {time.strftime('%Y-%m-%d %H:%M:%S')}: OMP_NUM_THREADS={threads} {' '.join(command[1:])}\n")
         log.flush()
         # a session of its own: Ctrl-C reaches the comparison alone, which then stops its children
@@ -173,8 +173,9 @@ def _stop_with_parent() -> Callable[[], None] | None:
     return stop_with_parent
 
 
-def _log_path(job: TrainJob, work_dir: str) -> str:
-    return os.path.join(work_dir, f"{job.name}.log")
+def _job_file(job: TrainJob, work_dir: str, suffix: str) -> str:
+    """The job's config (``.yaml``) or log (``.log``) under the work directory."""
+    return os.path.join(work_dir, job.name + suffix)
 
 
 def _last_line(path: str) -> str:

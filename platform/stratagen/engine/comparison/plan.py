@@ -221,9 +221,9 @@ def _check_variant(config: BaseModel, name: str, variant: Any, run_config: BaseM
 
 def _check_shared_with_children(variants: dict[str, VariantPlan]) -> None:
     """``train_jobs`` trains in child processes: a ``memory://`` run would vanish with its child."""
-    for plan in variants.values():
+    for plan in (p for p in variants.values() if p.trains):
         for run_config in plan.run_configs.values():
-            if plan.trains and run_config.run.dir.startswith("memory://"):
+            if run_config.run.dir.startswith("memory://"):
                 raise ConfigError(f"variant {plan.name}: run.dir {run_config.run.dir} lives in this process's "
                                   f"memory, which the processes that train_jobs trains in do not share; give it a "
                                   f"directory or a bucket URL, or set train_jobs: 1")
